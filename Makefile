@@ -1,0 +1,40 @@
+# One-command set-up: every target that needs Python creates .venv and installs into it first.
+# torch is installed alone first (pinned), then the package under a constraint that keeps that torch:
+# an unpinned resolve would pull a multi-GB CUDA build (see DEVELOPERS.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+DATA ?= $(if $(DEBIASLAB_DATA),$(DEBIASLAB_DATA),$(abspath ../shared/data))
+export DEBIASLAB_DATA := $(DATA)
+
+.PHONY: venv test lint demo bench-speed clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+demo: venv
+	$(PY) -m debiaslab train --method erm --dataset colored_mnist --ratio 0.01 --seed 0 --epochs 10 \
+		--out runs/demo/erm-cmnist-1pct --overwrite
+
+bench-speed: venv
+	$(PY) benchmarks/engine_overhead.py --epochs 5
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,172 @@
+"""Command line: ``debiaslab train | evaluate | datasets | methods``.
+
+Problems with the input (unknown names, missing files, bad values, a finished run directory) are printed as one
+line starting with ``error:`` and exit with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from debiaslab.errors import DebiasLabError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="debiaslab", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one method on one dataset and write a run directory")
+    train.add_argument("--method", required=True, help="a registered method (see `debiaslab methods`)")
+    train.add_argument("--dataset", required=True, help="a registered dataset (see `debiaslab datasets`)")
+    train.add_argument("--ratio", type=float, help="bias-conflicting ratio of the training set (Colored MNIST)")
+    train.add_argument("--protocol", help="dataset protocol: default (select on validation) or paper")
+    train.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, help="shortcut for --hp epochs=N")
+    train.add_argument("--batch-size", type=int, help="shortcut for --hp batch_size=N")
+    train.add_argument("--lr", type=float, help="shortcut for --hp lr=X")
+    train.add_argument("--selection", help="selection rule: val_worst_group, val_unbiased, val_worst_class, ...")
+    train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyperparameter")
+    train.add_argument("--out", help="run directory (default runs/<dataset>-<options>/<method>/seed<seed>)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--no-progress", action="store_true")
+    _data_args(train)
+
+    evaluate = sub.add_parser("evaluate", help="re-evaluate a finished run directory and print its tables")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--device", default="auto")
+    _data_args(evaluate)
+
+    sub.add_parser("datasets", help="list registered datasets and their options")
+    sub.add_parser("methods", help="list registered methods and the labels they need")
+    return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="where datasets live (default $DEBIASLAB_DATA, then the user cache)")
+    p.add_argument("--cache-dir", help="where derived datasets are cached (default $DEBIASLAB_CACHE, then ...)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from debiaslab.runs import RunConfig, parse_key_values, train_run
+
+    dataset_options = parse_key_values(args.data_opt, "--data-opt")
+    if args.ratio is not None:
+        dataset_options["ratio"] = args.ratio
+    if args.protocol is not None:
+        dataset_options["protocol"] = args.protocol
+    hparams = parse_key_values(args.hp, "--hp")
+    for key, value in (
+        ("epochs", args.epochs),
+        ("batch_size", args.batch_size),
+        ("lr", args.lr),
+        ("selection", args.selection),
+    ):
+        if value is not None:
+            hparams[key] = value
+    cfg = RunConfig(
+        method=args.method,
+        dataset=args.dataset,
+        dataset_options=dataset_options,
+        hparams=hparams,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        out=args.out,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+        num_threads=args.threads,
+    )
+    final = train_run(cfg)
+    from debiaslab.evaluation.metrics import EvalReport
+
+    report = EvalReport.from_dict(final["test_report"])
+    console.print(report.render_auto())
+    console.print(
+        f"[bold]{final['method']}[/] test ({final['protocol']} protocol, selected on {final['selection_split']} "
+        f"by {final['selection']}): {report.summary_line()}"
+    )
+    console.print(f"run directory: {cfg.run_dir()}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from debiaslab.runs import evaluate_run
+
+    reports = evaluate_run(args.run_dir, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device)
+    console.print(reports["test"].render_auto())
+    for split, report in reports.items():
+        console.print(f"{split}: {report.summary_line()}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from debiaslab.data.registry import list_datasets
+
+    table = Table(title="datasets")
+    for col in ("name", "description", "options (defaults)"):
+        table.add_column(col)
+    for spec in list_datasets():
+        opts = ", ".join(f"{k}={v!r}" for k, v in spec.options().items())
+        table.add_row(spec.name, spec.description, opts)
+    console.print(table)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from debiaslab.methods.registry import list_methods
+
+    table = Table(title="methods")
+    for col in ("name", "what it does", "needs"):
+        table.add_column(col)
+    for method in list_methods():
+        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], method.requires.describe())
+    console.print(table)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "datasets": cmd_datasets, "methods": cmd_methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except DebiasLabError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; continue the run with the same command plus --resume")
+        return 130
+
+
+def run(argv: Any = None) -> None:
+    sys.exit(main(argv))

@@ -1,0 +1,39 @@
+"""Atomic checkpoints that load with ``weights_only=True``: a checkpoint from someone else cannot run code."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from debiaslab.errors import DataError
+from debiaslab.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` via a temp file + rename (an interrupted save leaves the old file intact)."""
+    return atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; a missing or unreadable file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise DataError(
+            f"checkpoint {path} could not be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "expected a debiaslab checkpoint written by torch.save"
+        ) from exc
+
+
+def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state (for keeping the best epoch in memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -1,0 +1,370 @@
+"""The one training loop: device, precision, batching, optimiser steps, per-epoch validation, selection,
+atomic checkpoints and resume. Methods describe stages (:mod:`debiaslab.engine.stage`); this runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from debiaslab.engine.optim import build_optimizer, build_scheduler
+from debiaslab.engine.progress import ProgressReporter
+from debiaslab.engine.sampling import iterate_batches, num_batches
+from debiaslab.engine.stage import Stage, StageResult, StepContext
+from debiaslab.errors import ConfigError, TrainingError
+from debiaslab.evaluation.metrics import EvalReport, PredictionCollector
+from debiaslab.evaluation.selection import check_rule_applicable, get_rule
+from debiaslab.utils import dist
+from debiaslab.utils.io import atomic_write_text
+from debiaslab.utils.seed import derive_seed, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+class Trainer:
+    """Runs stages. One instance per run; it owns the device, precision, seed, checkpoints and logs.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        precision: ``"fp32"`` or ``"bf16"`` (autocast for forward and loss; optimiser state stays fp32).
+        seed: master seed; stage initialisation and every epoch's sampling derive from it.
+        run_dir: where checkpoints and ``metrics.jsonl`` go (None: nothing is written).
+        resume: continue from checkpoints found in ``run_dir``.
+        progress: show a progress bar.
+        eval_batch_size: batch size for evaluation passes.
+        channels_last: feed 4-D inputs in channels-last memory format (faster convs on CPU and GPU).
+        num_threads: torch intra-op threads (None: leave torch's default).
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        seed: int = 0,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        eval_batch_size: int = 2048,
+        channels_last: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.seed = int(seed)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.resume = resume
+        self.eval_batch_size = int(eval_batch_size)
+        self.channels_last = channels_last
+        self.progress = ProgressReporter(enabled=progress and dist.is_main_process())
+        self.history: list[dict[str, Any]] = []
+        if num_threads is not None:
+            torch.set_num_threads(int(num_threads))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir is not None else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_inputs(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def seed_stage(self, name: str) -> None:
+        """Seed all RNGs from (seed, stage): a stage builds identical modules whether or not earlier ones ran."""
+        seed_everything(derive_seed(self.seed, "stage", name))
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, predict_fn: Callable[[Tensor], Tensor], dataset: GroupDataset) -> Tensor:
+        """Logits for every example of ``dataset``, in order, as float32 on the CPU."""
+        out = []
+        for idx in iterate_batches(torch.arange(len(dataset)), self.eval_batch_size):
+            with self.autocast():
+                out.append(predict_fn(self.prepare_inputs(dataset.inputs(idx))).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, dataset.n_classes)
+
+    def evaluate(
+        self,
+        predict_fn: Callable[[Tensor], Tensor],
+        dataset: GroupDataset,
+        modules: nn.Module | None = None,
+        **report_kwargs: Any,
+    ) -> EvalReport:
+        """Evaluate in eval mode (restoring the previous mode of ``modules`` afterwards)."""
+        was_training = modules.training if modules is not None else False
+        if modules is not None:
+            modules.eval()
+        try:
+            logits = self.predict(predict_fn, dataset)
+        finally:
+            if modules is not None and was_training:
+                modules.train()
+        collector = PredictionCollector()
+        collector.add(logits, dataset.y, dataset.attr)
+        return collector.report(
+            n_classes=dataset.n_classes,
+            n_attrs=dataset.n_attrs,
+            aligned_groups=dataset.aligned_groups,
+            **report_kwargs,
+        )
+
+    # ------------------------------------------------------------------ stages
+    def run_stage(
+        self,
+        name: str,
+        build: Callable[[], Stage],
+        train: GroupDataset,
+        val: GroupDataset | None = None,
+    ) -> tuple[Stage, StageResult]:
+        """Seed, build and train one stage (or restore it from checkpoints); returns the stage with its
+        modules holding the selected weights, and the stage's result."""
+        self.seed_stage(name)
+        stage = build()
+        if stage.name != name:
+            raise ValueError(f"stage built as {stage.name!r} but run as {name!r}")
+        rule = get_rule(stage.selection)
+        if val is None and rule.name != "last":
+            raise ConfigError(f"stage {name!r} selects by {rule.name} but no validation split was given")
+        if val is not None and rule.needs_groups:
+            check_rule_applicable(rule, val.has_attrs)
+        stage.modules.to(self.device)
+        dist.broadcast_module(stage.modules)
+
+        done = self._ckpt_path(name, "done")
+        if self.resume and done is not None and done.exists():
+            return stage, self._restore_done(stage, done)
+        result = self._train(stage, rule, train, val)
+        return stage, result
+
+    def _ckpt_path(self, name: str, kind: str) -> Path | None:
+        return self.checkpoint_dir / f"{name}.{kind}.pt" if self.checkpoint_dir is not None else None
+
+    def _restore_done(self, stage: Stage, path: Path) -> StageResult:
+        state = load_checkpoint(path, map_location=self.device)
+        stage.modules.load_state_dict(state["modules"])
+        result = StageResult(**state["result"], resumed=True)
+        self.history.extend(result.history)
+        log.info("stage %s restored from %s (selected epoch %d)", stage.name, path, result.selected_epoch)
+        return result
+
+    def _train(self, stage: Stage, rule: Any, train: GroupDataset, val: GroupDataset | None) -> StageResult:
+        params = stage.parameters_to_optimize()
+        optimizer = build_optimizer(params, stage.optim)
+        scheduler = build_scheduler(optimizer, stage.optim, stage.epochs)
+        flat_params = [p for group in optimizer.param_groups for p in group["params"]]
+        history: list[dict[str, Any]] = []
+        best_score: float | None = None
+        best_epoch = 0
+        best_state: dict[str, Tensor] | None = None
+        start_epoch = 0
+        wall = 0.0
+
+        last_path = self._ckpt_path(stage.name, "last")
+        best_path = self._ckpt_path(stage.name, "best")
+        if self.resume and last_path is not None and last_path.exists():
+            state = load_checkpoint(last_path, map_location=self.device)
+            stage.modules.load_state_dict(state["modules"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            history = list(state["history"])
+            start_epoch, best_epoch, best_score, wall = (
+                state["epoch"],
+                state["best_epoch"],
+                state["best_score"],
+                state["wall_time_s"],
+            )
+            if best_path is not None and best_path.exists() and rule.name != "last":
+                best_state = load_checkpoint(best_path)["modules"]
+            log.info("stage %s resumed after epoch %d from %s", stage.name, start_epoch, last_path)
+
+        n_per_epoch = len(dist.shard(torch.arange(len(stage.sampler))))
+        steps_per_epoch = num_batches(n_per_epoch, stage.batch_size, stage.drop_last)
+        ctx = StepContext(stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch)
+        self.progress.start(stage.name, total=stage.epochs * steps_per_epoch, completed=ctx.step)
+        try:
+            for epoch in range(start_epoch, stage.epochs):
+                ctx.epoch = epoch
+                t0 = time.perf_counter()
+                train_logs = self._train_epoch(stage, train, optimizer, flat_params, ctx)
+                record: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, **train_logs}
+                record["train_time_s"] = round(time.perf_counter() - t0, 4)
+                record["lr"] = optimizer.param_groups[0]["lr"]
+                if stage.on_epoch_end is not None:
+                    record.update(stage.on_epoch_end(ctx) or {})
+                score = None
+                if val is not None:
+                    score = self._validate(stage, rule, val, record)
+                wall += time.perf_counter() - t0
+                record["time_s"] = round(time.perf_counter() - t0, 4)
+                if rule.name != "last" and rule.is_better(score, best_score):
+                    best_score, best_epoch = score, epoch + 1
+                    best_state = clone_state(stage.modules)
+                    if best_path is not None and dist.is_main_process():
+                        save_checkpoint(best_path, {"modules": best_state, "epoch": epoch + 1})
+                elif rule.name == "last":
+                    best_epoch, best_score = epoch + 1, score
+                if scheduler is not None:
+                    if stage.optim.scheduler == "plateau":
+                        scheduler.step(score if score is not None and math.isfinite(score) else 0.0)
+                    else:
+                        scheduler.step()
+                history.append(record)
+                self.progress.epoch_done(stage.name, epoch + 1, stage.epochs, record, rule)
+                if last_path is not None and dist.is_main_process():
+                    save_checkpoint(
+                        last_path,
+                        {
+                            "modules": stage.modules.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "rng": rng_state(),
+                            "history": history,
+                            "epoch": epoch + 1,
+                            "best_epoch": best_epoch,
+                            "best_score": best_score,
+                            "wall_time_s": wall,
+                        },
+                    )
+                    self._write_metrics(self.history + history)
+        finally:
+            self.progress.stop(stage.name)
+
+        if rule.name != "last" and best_state is not None:
+            stage.modules.load_state_dict(best_state)
+        result = StageResult(stage.name, history, best_epoch, rule.name, best_score, round(wall, 3))
+        self.history.extend(history)
+        done = self._ckpt_path(stage.name, "done")
+        if done is not None and dist.is_main_process():
+            result_state = {k: v for k, v in vars(result).items() if k != "resumed"}
+            save_checkpoint(done, {"modules": stage.modules.state_dict(), "result": result_state})
+            for stale in (last_path, best_path):
+                if stale is not None and stale.exists():
+                    stale.unlink()
+            self._write_metrics(self.history)
+        log.info(
+            "stage %s done: selected epoch %d by %s (score %s) in %.1fs",
+            stage.name,
+            best_epoch,
+            rule.name,
+            "n/a" if best_score is None else f"{best_score:.4f}",
+            wall,
+        )
+        return result
+
+    def _train_epoch(
+        self,
+        stage: Stage,
+        train: GroupDataset,
+        optimizer: torch.optim.Optimizer,
+        flat_params: list[nn.Parameter],
+        ctx: StepContext,
+    ) -> dict[str, float]:
+        if stage.train_mode is not None:
+            stage.train_mode(stage.modules)
+        else:
+            stage.modules.train()
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, stage.name, "epoch", ctx.epoch))
+        indices = dist.shard(stage.sampler.epoch_indices(ctx.epoch, generator))
+        sums: dict[str, Tensor] = {}
+        n_steps = 0
+        clip = stage.optim.grad_clip
+        for idx in _batches(indices, stage.batch_size, stage.drop_last):
+            batch = train.batch(idx)
+            batch = batch._replace(x=self.prepare_inputs(batch.x))
+            if self.device.type != "cpu":
+                batch = batch._replace(**{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")})
+            with self.autocast():
+                out = stage.loss_fn(batch, ctx)
+            loss = out["loss"] if isinstance(out, dict) else out
+            if not bool(torch.isfinite(loss.detach())):
+                where = f"stage {stage.name!r}, epoch {ctx.epoch + 1}, step {ctx.step + 1}"
+                kept = self._ckpt_path(stage.name, "last")
+                keep = f"; last good checkpoint kept at {kept}" if kept is not None and kept.exists() else ""
+                raise TrainingError(f"non-finite loss ({float(loss.detach()):.4g}) at {where}{keep}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dist.average_gradients(flat_params)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(flat_params, clip)
+            optimizer.step()
+            ctx.step += 1
+            if stage.after_step is not None:
+                stage.after_step(ctx)
+            if isinstance(out, dict):
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+            else:
+                sums["loss"] = sums.get("loss", 0.0) + loss.detach().float()
+            n_steps += 1
+            self.progress.advance(stage.name)
+        return {("train_" + k): float(v) / max(n_steps, 1) for k, v in sums.items()}
+
+    def _validate(self, stage: Stage, rule: Any, val: GroupDataset, record: dict[str, Any]) -> float | None:
+        main = self.evaluate(stage.predict_fn, val, stage.modules)
+        record["val"] = main.metrics
+        scored = main
+        for key, fn in stage.extra_predictors.items():
+            report = self.evaluate(fn, val, stage.modules)
+            record[f"val_{key}"] = report.metrics
+            if key == stage.selection_predictor:
+                scored = report
+        return rule.score(scored.metrics) if rule.name != "last" else None
+
+    def _write_metrics(self, lines: list[dict[str, Any]]) -> None:
+        if self.run_dir is None:
+            return
+        import json
+
+        text = "".join(json.dumps(_jsonable(line)) + "\n" for line in lines)
+        atomic_write_text(self.run_dir / "metrics.jsonl", text)
+
+
+def _batches(indices: Tensor, batch_size: int, drop_last: bool) -> Iterator[Tensor]:
+    return iterate_batches(indices, batch_size, drop_last)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,28 @@
+"""Exceptions that the CLI turns into one-line messages instead of tracebacks."""
+
+
+class DebiasLabError(Exception):
+    """Base class: a user-facing problem (bad input, missing file, unknown name).
+
+    The message must name the offending thing (file, column, value) and say what was expected.
+    """
+
+
+class ConfigError(DebiasLabError):
+    """An unknown name, a value out of range, or an option a component does not accept."""
+
+
+class DataError(DebiasLabError):
+    """A dataset file is missing, corrupt, or does not match its expected layout or checksum."""
+
+
+class MissingLabelsError(DebiasLabError):
+    """A method needs labels (groups / attributes) that the dataset does not provide."""
+
+
+class TrainingError(DebiasLabError):
+    """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class RunDirError(DebiasLabError):
+    """The output directory is unwritable, or already holds a finished run."""

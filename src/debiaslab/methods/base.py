@@ -1,0 +1,153 @@
+"""The method contract: constructor stores hyperparameters, ``fit`` runs the method's stages on the engine.
+
+Like scikit-learn estimators, ``Method(**hparams)`` only stores; ``fit(train, val)`` returns ``self`` with
+``model_`` (the deployed model) and ``fit_result_`` (stages, history, what was selected and why) set.
+A method never writes a training loop: it describes :class:`~debiaslab.engine.stage.Stage` objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.stage import StageResult
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import MissingLabelsError
+from debiaslab.evaluation.metrics import EvalReport
+from debiaslab.evaluation.selection import get_rule
+from debiaslab.methods.hparams import HparamTable, TrainHparams, resolve_hparams
+from debiaslab.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Labels a method needs: bias attributes on the training split and/or on the validation split."""
+
+    train_attrs: bool = False
+    val_attrs: bool = False
+
+    def describe(self) -> str:
+        needs = [s for s, flag in (("training", self.train_attrs), ("validation", self.val_attrs)) if flag]
+        return "attribute labels on " + " and ".join(needs) if needs else "no attribute labels"
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` produced: the deployed model, how to rebuild it, and every stage's history."""
+
+    model: nn.Module
+    model_spec: dict[str, Any]
+    stages: list[StageResult]
+    selection: str
+    selected: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return [line for stage in self.stages for line in stage.history]
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``Hparams``, ``hparam_table``, ``requires`` and implement ``_fit``."""
+
+    name: ClassVar[str] = ""
+    Hparams: ClassVar[type[TrainHparams]] = TrainHparams
+    hparam_table: ClassVar[HparamTable] = {}
+    requires: ClassVar[Requirements] = Requirements()
+    summary: ClassVar[str] = ""
+
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        self.dataset = dataset
+        self.hparams, self.hparam_sources = resolve_hparams(
+            self.Hparams, self.hparam_table, dataset, hparams, self.name
+        )
+        self.model_: nn.Module | None = None
+        self.fit_result_: FitResult | None = None
+
+    # ------------------------------------------------------------------ contract
+    def fit(self, train: GroupDataset, val: GroupDataset | None, *, trainer: Trainer | None = None) -> Method:
+        """Run every stage and keep the selected model; labels the method needs are checked first."""
+        self.check_labels(train, val)
+        trainer = trainer or Trainer(progress=False)
+        result = self._fit(train, val, trainer)
+        self.model_, self.fit_result_ = result.model, result
+        return self
+
+    def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Logits of the deployed model for a batch of inputs."""
+        model = self._fitted_model()
+        model.eval()
+        return model(x)
+
+    def evaluate(self, dataset: GroupDataset, trainer: Trainer | None = None, **kwargs: Any) -> EvalReport:
+        model = self._fitted_model()
+        trainer = trainer or Trainer(progress=False)
+        return trainer.evaluate(model, dataset, model, **kwargs)
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def selection_rule(self, val: GroupDataset | None) -> str:
+        """The configured rule, with ``auto`` resolved from the labels validation has."""
+        rule = self.hparams.selection
+        if val is None:
+            return "last"
+        if rule == "auto":
+            return "val_worst_group" if val.has_attrs else "val_worst_class"
+        return get_rule(rule).name
+
+    def build_model(self, train: GroupDataset, name: str | None = None, **kwargs: Any) -> nn.Module:
+        name = name or self.hparams.model
+        merged = {**self.hparams.model_kwargs, **kwargs} if name == self.hparams.model else kwargs
+        return build_model(name, train.input_shape, train.n_classes, **merged)
+
+    def model_spec(self, train: GroupDataset, name: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        name = name or self.hparams.model
+        merged = {**self.hparams.model_kwargs, **kwargs} if name == self.hparams.model else kwargs
+        return {
+            "name": name,
+            "kwargs": merged,
+            "input_shape": list(train.input_shape),
+            "n_classes": train.n_classes,
+        }
+
+    def check_labels(self, train: GroupDataset, val: GroupDataset | None) -> None:
+        """Fail before any training when the method or its selection rule needs labels the data lacks."""
+        missing = []
+        if self.requires.train_attrs and not train.has_attrs:
+            missing.append(f"training split {train.name}/{train.split} has no attribute labels")
+        if self.requires.val_attrs and (val is None or not val.has_attrs):
+            missing.append("validation split has no attribute labels")
+        if missing:
+            from debiaslab.methods.registry import methods_that_work
+
+            ok = methods_that_work(train_attrs=train.has_attrs, val_attrs=val is not None and val.has_attrs)
+            raise MissingLabelsError(
+                f"method {self.name!r} needs {self.requires.describe()}, but "
+                + "; ".join(missing)
+                + f". Methods that work with these labels: {', '.join(ok)}"
+            )
+        if val is not None:
+            rule = get_rule(self.selection_rule(val))
+            if rule.needs_groups and not val.has_attrs:
+                raise MissingLabelsError(
+                    f"selection rule {rule.name!r} needs attribute labels on validation, which "
+                    f"{val.name}/{val.split} lacks; use val_worst_class, val_classdiff or val_accuracy"
+                )
+
+    def _fitted_model(self) -> nn.Module:
+        if self.model_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit(train, val) first")
+        return self.model_
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hparams})"

@@ -1,0 +1,110 @@
+"""Hyperparameters: a dataclass per method, plus a per-dataset table of defaults that records each value's source.
+
+Resolution order (later wins): the dataclass default, the table's ``"*"`` row, the table's row for the dataset,
+then the user's overrides. The resolved values and their sources are written to every run's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from debiaslab.engine.optim import OptimConfig
+from debiaslab.errors import ConfigError
+
+
+class Default(NamedTuple):
+    """A default value and where it comes from (paper, official code, or our own tuning run)."""
+
+    value: Any
+    source: str
+
+
+HparamTable = dict[str, dict[str, Default]]
+
+
+@dataclass
+class TrainHparams:
+    """Hyperparameters every method has: the model, the optimiser and how the epoch is selected.
+
+    ``selection="auto"`` becomes ``val_worst_group`` when validation has attribute labels and
+    ``val_worst_class`` otherwise; the resolved rule is recorded with the result.
+    """
+
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    grad_clip: float | None = None
+    selection: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs {self.epochs} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size {self.batch_size} must be >= 1")
+
+    def optim_config(self, **overrides: Any) -> OptimConfig:
+        values = {
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "scheduler": self.scheduler,
+            "grad_clip": self.grad_clip,
+        }
+        values.update(overrides)
+        return OptimConfig(**values)
+
+
+def hparam_names(cls: type[TrainHparams]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def coerce_value(cls: type[TrainHparams], name: str, value: Any) -> Any:
+    """Convert a CLI string (``--hp lr=1e-3``) to the field's type; values of other types pass through."""
+    if not isinstance(value, str):
+        return value
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"hyperparameter {name}={value!r} is not a valid value") from exc
+    return value if parsed is None and value.lower() not in ("null", "none", "~") else parsed
+
+
+def resolve_hparams(
+    cls: type[TrainHparams],
+    table: HparamTable,
+    dataset: str | None,
+    overrides: dict[str, Any],
+    method: str,
+) -> tuple[TrainHparams, dict[str, str]]:
+    """Build the hyperparameters and a ``{name: source}`` map."""
+    names = hparam_names(cls)
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"method {method!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+            f"expected some of: {', '.join(names)}"
+        )
+    values: dict[str, Any] = {}
+    sources = {n: "default" for n in names}
+    for row in ("*", dataset):
+        for name, default in (table.get(row, {}) if row else {}).items():
+            if name not in names:
+                raise ValueError(f"{method}: hparam table row {row!r} names unknown field {name!r}")
+            values[name], sources[name] = default.value, default.source
+    for name, value in overrides.items():
+        values[name], sources[name] = coerce_value(cls, name, value), "user"
+    try:
+        return cls(**values), sources
+    except TypeError as exc:
+        raise ConfigError(f"method {method!r}: invalid hyperparameters ({exc})") from exc

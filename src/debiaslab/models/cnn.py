@@ -1,0 +1,152 @@
+"""Small plain CNNs: REST's Colored MNIST model and the shallow branches of DeNetDM (3 and 4 conv layers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from torch import Tensor, nn
+
+from debiaslab.errors import ConfigError
+from debiaslab.models.base import Backbone, global_avg_pool, image_shape, init_conv_bn
+from debiaslab.models.registry import register_model
+
+Downsample = Literal["maxpool", "stride", "none"]
+
+
+class ConvBlock(nn.Module):
+    """Conv -> BatchNorm -> ReLU, optionally followed by 2x2 max pooling."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int, pool: bool
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU(inplace=True)
+        self.pool: nn.Module = nn.MaxPool2d(2, 2) if pool else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(self.bn(self.conv(x))))
+
+
+class ConvNet(Backbone):
+    """A stack of :class:`ConvBlock` s, global average pooling, linear head. ``feature_dim = channels[-1]``.
+
+    Every block but the last downsamples by 2: with a 2x2 max pool (``"maxpool"``), a stride-2 convolution
+    (``"stride"``), or not at all (``"none"``; use ``stride`` for conv strides then).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        n_classes: int,
+        channels: Sequence[int],
+        *,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        downsample: Downsample = "maxpool",
+        name: str = "cnn",
+    ) -> None:
+        super().__init__()
+        if downsample not in ("maxpool", "stride", "none"):
+            raise ConfigError(f"{name}: downsample must be 'maxpool', 'stride' or 'none'; got {downsample!r}")
+        channels = [int(c) for c in channels]
+        if not channels or min(channels) < 1:
+            raise ConfigError(f"{name}: channels must be a non-empty list of positive widths; got {channels}")
+        pad = kernel_size // 2 if padding is None else int(padding)
+        c_in, h, w = input_shape
+        blocks = []
+        for i, c_out in enumerate(channels):
+            last = i == len(channels) - 1
+            s = 2 if downsample == "stride" and not last else stride
+            pool = downsample == "maxpool" and not last
+            blocks.append(ConvBlock(c_in, c_out, kernel_size, s, pad, pool))
+            h, w = ((d + 2 * pad - kernel_size) // s + 1 for d in (h, w))
+            if pool:
+                h, w = h // 2, w // 2
+            if min(h, w) < 1:
+                raise ConfigError(
+                    f"{name}: input {input_shape[1]}x{input_shape[2]} is too small for {len(channels)} conv "
+                    f"layers of kernel {kernel_size} (feature map vanishes after layer {i + 1})"
+                )
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_dim = channels[-1]
+        self.head = nn.Linear(self.feature_dim, n_classes)
+        init_conv_bn(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        return global_avg_pool(self.blocks(x))
+
+
+@register_model("cnn_rest")
+def cnn_rest(
+    input_shape: tuple[int, ...], n_classes: int, *, channels: Sequence[int] = (64, 128, 256)
+) -> ConvNet:
+    """REST's Colored MNIST model: three 4x4 stride-2 convolutions (64/128/256), BN+ReLU, GAP, fc."""
+    return ConvNet(
+        image_shape(input_shape, "cnn_rest"),
+        n_classes,
+        channels,
+        kernel_size=4,
+        stride=2,
+        padding=1,
+        downsample="none",
+        name="cnn_rest",
+    )
+
+
+@register_model("cnn3")
+def cnn3(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    *,
+    channels: Sequence[int] = (32, 64, 128),
+    kernel_size: int = 3,
+    padding: int | None = None,
+    downsample: Downsample = "maxpool",
+) -> ConvNet:
+    """Three conv blocks (DeNetDM's shallow branch on Corrupted CIFAR-10).
+
+    The release used ``channels=(32, 64, 64), kernel_size=5, padding=0`` (64 = ResNet-20's feature width).
+    """
+    if len(channels) != 3:
+        raise ConfigError(f"cnn3 needs exactly 3 channel widths; got {list(channels)}")
+    return ConvNet(
+        image_shape(input_shape, "cnn3"),
+        n_classes,
+        channels,
+        kernel_size=kernel_size,
+        padding=padding,
+        downsample=downsample,
+        name="cnn3",
+    )
+
+
+@register_model("cnn4")
+def cnn4(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    *,
+    channels: Sequence[int] = (32, 64, 128, 256),
+    kernel_size: int = 3,
+    padding: int | None = None,
+    downsample: Downsample = "maxpool",
+) -> ConvNet:
+    """Four conv blocks (DeNetDM's shallow branch on BFFHQ).
+
+    The release used ``channels=(128, 256, 512, 512), kernel_size=7, padding=0`` (512 = ResNet-18's width).
+    """
+    if len(channels) != 4:
+        raise ConfigError(f"cnn4 needs exactly 4 channel widths; got {list(channels)}")
+    return ConvNet(
+        image_shape(input_shape, "cnn4"),
+        n_classes,
+        channels,
+        kernel_size=kernel_size,
+        padding=padding,
+        downsample=downsample,
+        name="cnn4",
+    )

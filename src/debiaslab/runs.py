@@ -1,0 +1,291 @@
+"""A run: one method on one dataset with one seed, written to a run directory.
+
+Layout: ``config.yaml`` (what was asked and every resolved hyperparameter with its source),
+``metrics.jsonl`` (one line per epoch and stage), ``checkpoints/`` (resume), ``model.pt`` (the deployed model),
+``final.json`` (metrics; its presence marks the run finished), ``test_groups.csv`` and ``report.md``.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import platform
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from debiaslab import __version__
+from debiaslab.data.core import DatasetBundle
+from debiaslab.data.registry import build_dataset
+from debiaslab.engine.checkpoint import load_checkpoint, save_checkpoint
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError, DataError, RunDirError
+from debiaslab.evaluation.metrics import EvalReport
+from debiaslab.methods.registry import get_method
+from debiaslab.models import build_model
+from debiaslab.reporting import run_report_markdown
+from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+
+log = logging.getLogger(__name__)
+
+FINAL = "final.json"
+CONFIG = "config.yaml"
+MODEL = "model.pt"
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. The same config and seed give the same metrics."""
+
+    method: str
+    dataset: str
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    out: str | None = None
+    data_root: str | None = None
+    cache_dir: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    num_threads: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for ``--resume`` to continue a run."""
+        return {
+            "method": self.method,
+            "dataset": self.dataset,
+            "dataset_options": self.dataset_options,
+            "hparams": self.hparams,
+            "seed": self.seed,
+            "precision": self.precision,
+        }
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        opts = "-".join(f"{k}{v}" for k, v in sorted(self.dataset_options.items()))
+        return Path("runs") / f"{self.dataset}{'-' + opts if opts else ''}" / self.method / f"seed{self.seed}"
+
+
+def is_finished(run_dir: str | os.PathLike[str]) -> bool:
+    return (Path(run_dir) / FINAL).is_file()
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Create or reuse ``run_dir``; refuse to clobber a finished or unfinished run without being told to."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output path {run_dir} exists and is not a directory")
+    if (run_dir / FINAL).exists() and not cfg.overwrite:
+        raise RunDirError(
+            f"run directory {run_dir} already holds a finished run ({FINAL}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    has_config = (run_dir / CONFIG).exists()
+    if cfg.overwrite and run_dir.exists():
+        for name in (FINAL, CONFIG, MODEL, "metrics.jsonl", "report.md", "test_groups.csv", "checkpoints"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif has_config and not cfg.resume:
+        raise RunDirError(
+            f"run directory {run_dir} holds an unfinished run; pass --resume to continue it "
+            "or --overwrite to start again"
+        )
+    elif has_config and cfg.resume:
+        previous = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
+        if previous.get("run") != _plain(cfg.identity()):
+            raise RunDirError(
+                f"cannot resume {run_dir}: its config.yaml describes a different run "
+                f"({previous.get('run')}); expected {_plain(cfg.identity())}"
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+
+
+def train_run(cfg: RunConfig) -> dict[str, Any]:
+    """Build the data and the method, check labels, train (or resume), evaluate, write the run directory."""
+    started = time.perf_counter()
+    bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
+    method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)
+    val = bundle.selection_split
+    method.check_labels(bundle.train, val)
+    run_dir = cfg.run_dir()
+    prepare_run_dir(run_dir, cfg)
+    config_doc = {
+        "run": _plain(cfg.identity()),
+        "device": cfg.device,
+        "dataset_recipe": _plain(bundle.recipe),
+        "protocol": bundle.protocol,
+        "selection_split": bundle.selection,
+        "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
+        "hparam_sources": method.hparam_sources,
+        "debiaslab_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    atomic_write_yaml(run_dir / CONFIG, config_doc)
+    for note in bundle.notes:
+        log.warning("%s", note)
+
+    trainer = Trainer(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        resume=cfg.resume,
+        progress=cfg.progress,
+        num_threads=cfg.num_threads,
+    )
+    method.fit(bundle.train, val, trainer=trainer)
+    result = method.fit_result_
+    assert result is not None and method.model_ is not None
+    save_checkpoint(
+        run_dir / MODEL,
+        {"spec": result.model_spec, "state_dict": {k: v.cpu() for k, v in method.model_.state_dict().items()}},
+    )
+    reports = evaluate_splits(method.model_, bundle, trainer)
+    reports["test"].to_csv(run_dir / "test_groups.csv")
+    wall = sum(s.wall_time_s for s in result.stages)
+    final = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "dataset_options": _plain(cfg.dataset_options),
+        "seed": cfg.seed,
+        "protocol": bundle.protocol,
+        "selection_split": bundle.selection,
+        "selection": result.selection,
+        "selected": _plain(result.selected),
+        "stages": [
+            {"name": s.name, "selected_epoch": s.selected_epoch, "selection": s.selection, "epochs": len(s.history)}
+            for s in result.stages
+        ],
+        "metrics": {split: report.metrics for split, report in reports.items()},
+        "test_report": reports["test"].to_dict(),
+        "extras": _plain(result.extras),
+        "train_time_s": round(wall, 2),
+        "total_time_s": round(time.perf_counter() - started, 2),
+        "peak_memory_mb": peak_memory_mb(trainer.device),
+        "machine": machine_description(trainer.device),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": bundle.notes,
+    }
+    atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
+    atomic_write_json(run_dir / FINAL, _jsonable(final))
+    return final
+
+
+def evaluate_splits(model: torch.nn.Module, bundle: DatasetBundle, trainer: Trainer) -> dict[str, EvalReport]:
+    """Validation and test reports for the deployed model (weighted-group accuracy uses training proportions)."""
+    counts = bundle.train.group_counts if bundle.train.has_attrs else None
+    return {
+        split: trainer.evaluate(model, data, model, train_group_counts=counts)
+        for split, data in (("val", bundle.val), ("test", bundle.test))
+    }
+
+
+def load_run_model(run_dir: str | os.PathLike[str]) -> torch.nn.Module:
+    """Rebuild the deployed model of a finished run from ``model.pt`` (loaded with ``weights_only=True``)."""
+    path = Path(run_dir) / MODEL
+    state = load_checkpoint(path)
+    if "spec" not in state or "state_dict" not in state:
+        raise DataError(f"{path} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")
+    spec = state["spec"]
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **spec["kwargs"])
+    model.load_state_dict(state["state_dict"])
+    return model
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: {CONFIG} is missing")
+    return yaml.safe_load(path.read_text())
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    device: str = "auto",
+) -> dict[str, EvalReport]:
+    """Re-evaluate a finished run's model on its dataset's validation and test splits."""
+    run_dir = Path(run_dir)
+    if not is_finished(run_dir):
+        raise RunDirError(f"{run_dir} holds no finished run ({FINAL} missing); train it first or --resume it")
+    config = load_run_config(run_dir)
+    run = config["run"]
+    bundle = build_dataset(run["dataset"], data_root, cache_dir, **run["dataset_options"])
+    model = load_run_model(run_dir)
+    trainer = Trainer(device=device, progress=False)
+    model.to(trainer.device)
+    return evaluate_splits(model, bundle, trainer)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def _plain(obj: Any) -> Any:
+    """YAML/JSON-safe copy (tuples to lists, tensors to lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _jsonable(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def parse_key_values(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """``["lr=1e-3", "model=mlp"]`` -> dict with YAML-parsed values; malformed pairs are a clear error."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {pair!r} is not of the form key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{what} {pair!r}: value is not valid YAML") from exc
+    return out

@@ -1,0 +1,196 @@
+"""Engine: samplers, selection, determinism, NaN handling and resume on tiny synthetic data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.sampling import (
+    IndexListSampler,
+    UniformSampler,
+    WeightedSampler,
+    group_balanced_sampler,
+    inverse_frequency_weights,
+    iterate_batches,
+    subsample_groups,
+    upsample_indices,
+)
+from debiaslab.engine.stage import Stage
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError, TrainingError
+from debiaslab.methods.erm import ERM
+from debiaslab.models import build_model
+
+
+def make_split(n: int, seed: int, split: str, conflict: float) -> GroupDataset:
+    """Two classes, a spurious binary attribute that agrees with the label except for a ``conflict`` share."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < conflict
+    attr = torch.where(flip, 1 - y, y)
+    x = torch.randn(n, 8, generator=g) * 0.5
+    x[:, 0] += 2.0 * y - 1.0  # weak core feature
+    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
+    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[GroupDataset, GroupDataset]:
+    return make_split(512, 0, "train", 0.05), make_split(256, 1, "val", 0.5)
+
+
+def erm(**kw) -> ERM:
+    return ERM(model="mlp", model_kwargs={"width": 16, "depth": 1}, batch_size=64, lr=1e-2, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+def test_upsample_indices_counts_exactly() -> None:
+    idx = upsample_indices(6, torch.tensor([1, 4]), times=5)
+    counts = torch.bincount(idx, minlength=6)
+    assert counts.tolist() == [1, 5, 1, 1, 5, 1]
+    with pytest.raises(ConfigError):
+        upsample_indices(3, torch.tensor([0]), times=0)
+
+
+def test_samplers_are_deterministic_per_epoch_and_cover_data() -> None:
+    s = UniformSampler(10)
+    a = s.epoch_indices(0, torch.Generator().manual_seed(1))
+    b = s.epoch_indices(0, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and sorted(a.tolist()) == list(range(10))
+    lst = IndexListSampler(torch.tensor([0, 0, 3]))
+    assert sorted(lst.epoch_indices(0, torch.Generator().manual_seed(0)).tolist()) == [0, 0, 3]
+
+
+def test_inverse_frequency_and_group_balanced_sampling() -> None:
+    groups = torch.tensor([0] * 90 + [1] * 10)
+    w = inverse_frequency_weights(groups, 2)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert (w[95] / w[0]).item() == pytest.approx(9.0)
+    w_sqrt = inverse_frequency_weights(groups, 2, power=0.5)
+    assert (w_sqrt[95] / w_sqrt[0]).item() == pytest.approx(3.0)
+    draws = group_balanced_sampler(groups, 2, num_samples=20000).epoch_indices(0, torch.Generator().manual_seed(0))
+    share = (groups[draws] == 1).float().mean().item()
+    assert 0.47 < share < 0.53
+    with pytest.raises(ConfigError):
+        WeightedSampler(torch.zeros(3))
+
+
+def test_subsample_groups_keeps_min_count_per_group() -> None:
+    groups = torch.tensor([0] * 7 + [1] * 3 + [2] * 5)
+    kept = subsample_groups(groups, 4, torch.Generator().manual_seed(0))
+    assert torch.bincount(groups[kept], minlength=4).tolist() == [3, 3, 3, 0]
+
+
+def test_iterate_batches_slices() -> None:
+    sizes = [b.numel() for b in iterate_batches(torch.arange(10), 4)]
+    assert sizes == [4, 4, 2]
+    assert [b.numel() for b in iterate_batches(torch.arange(10), 4, drop_last=True)] == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_erm_learns_and_selection_keeps_the_best_epoch(toy) -> None:
+    train, val = toy
+    method = erm(epochs=4, selection="val_worst_group").fit(train, val, trainer=Trainer(progress=False))
+    result = method.fit_result_
+    scores = [h["val"]["worst_group"] for h in result.history]
+    assert result.selected["epoch"] == 1 + max(range(len(scores)), key=lambda i: (scores[i], -i))
+    report = method.evaluate(val)
+    assert report.metrics["worst_group"] == pytest.approx(max(scores))
+    assert report.metrics["aligned"] > 0.9  # the shortcut is learned on aligned groups
+
+
+def test_same_seed_same_metrics_and_different_seed_differs(toy) -> None:
+    train, val = toy
+    runs = [erm(epochs=2).fit(train, val, trainer=Trainer(progress=False, seed=s)) for s in (3, 3, 4)]
+    h = [r.fit_result_.history[-1]["val"] for r in runs]
+    assert repr(h[0]) == repr(h[1])  # repr: NaN entries compare equal
+    w0, w2 = (next(iter(r.model_.parameters())) for r in (runs[0], runs[2]))
+    assert not torch.equal(w0, w2)
+
+
+def test_bf16_autocast_runs(toy) -> None:
+    train, val = toy
+    method = erm(epochs=1).fit(train, val, trainer=Trainer(progress=False, precision="bf16"))
+    assert method.fit_result_.history[0]["train_loss"] > 0
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class InterruptingTrainer(Trainer):
+    """Dies in the middle of a given epoch, like a killed process (after that epoch's checkpoint is absent)."""
+
+    def __init__(self, die_in_epoch: int, **kw) -> None:
+        super().__init__(**kw)
+        self.die_in_epoch = die_in_epoch
+
+    def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
+        if ctx.epoch == self.die_in_epoch:
+            raise _Interrupt
+        return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path) -> None:
+    train, val = toy
+    full = erm(epochs=5).fit(train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "full"))
+    with pytest.raises(_Interrupt):
+        erm(epochs=5).fit(
+            train, val, trainer=InterruptingTrainer(3, progress=False, seed=7, run_dir=tmp_path / "cut")
+        )
+    assert (tmp_path / "cut" / "checkpoints" / "erm.last.pt").exists()
+    resumed = erm(epochs=5).fit(
+        train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "cut", resume=True)
+    )
+    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
+    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
+    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values()):
+        assert torch.equal(a, b)
+    # a finished stage is restored, not retrained
+    again = erm(epochs=5).fit(
+        train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "cut", resume=True)
+    )
+    assert again.fit_result_.stages[0].resumed
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(toy, tmp_path) -> None:
+    train, val = toy
+    model = build_model("mlp", train.input_shape, 2, width=8, depth=1)
+    steps_per_epoch = -(-len(train) // 64)
+
+    def loss(batch, ctx):
+        out = F.cross_entropy(model(batch.x), batch.y)
+        return out * float("nan") if ctx.step == steps_per_epoch + 2 else out
+
+    def build() -> Stage:
+        return Stage("s", model, loss, model, UniformSampler(len(train)), epochs=3, batch_size=64)
+
+    trainer = Trainer(progress=False, run_dir=tmp_path)
+    with pytest.raises(TrainingError, match=r"epoch 2, step 11.*last good checkpoint kept"):
+        trainer.run_stage("s", build, train, val)
+    assert (tmp_path / "checkpoints" / "s.last.pt").exists()
+
+
+def test_selection_needing_groups_on_unlabelled_val_fails_before_training(toy) -> None:
+    from debiaslab.errors import MissingLabelsError
+
+    train, val = toy
+    unlabelled = GroupDataset(x=val.x, y=val.y, n_classes=2, n_attrs=2, name="toy", split="val")
+    with pytest.raises(MissingLabelsError, match="val_worst_group"):
+        erm(epochs=1, selection="val_worst_group").fit(train, unlabelled)
+    # auto falls back to a label-free rule
+    method = erm(epochs=1).fit(train, unlabelled, trainer=Trainer(progress=False))
+    assert method.fit_result_.selection == "val_worst_class"
+
+
+def test_unknown_hparam_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="no hyperparameter 'lrr'.*lr"):
+        ERM(lrr=1)
+
+
+def test_hparam_table_records_sources() -> None:
+    m = ERM(dataset="colored_mnist", epochs=3)
+    assert m.hparams.lr == 1e-3 and m.hparam_sources["lr"].startswith("LfF paper")
+    assert m.hparam_sources["epochs"] == "user"
