@@ -2,7 +2,8 @@
 
 Both loops see the same in-memory uint8 tensors, the LfF MLP, Adam lr 1e-3, batch 256 and shuffled epochs.
 The engine's numbers are reported twice: training steps only, and the full epoch (plus per-epoch validation,
-selection bookkeeping and an atomic checkpoint). Run: ``make bench-speed`` (or ``python benchmarks/engine_overhead.py``).
+selection bookkeeping and an atomic checkpoint).
+Run: ``make bench-speed`` (or ``python benchmarks/engine_overhead.py``).
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run: Path, cache_
     ],
 )
 def test_bad_input_is_one_line_error(args, expected, cache_dir, tmp_path, capsys) -> None:
-    code = run_cli("train", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r"), "--no-progress")
+    code = run_cli(
+        "train", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r"), "--no-progress"
+    )
     assert code == 2
     assert expected in one_line_error(capsys)
 

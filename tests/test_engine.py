@@ -70,7 +70,9 @@ def test_inverse_frequency_and_group_balanced_sampling() -> None:
     assert (w[95] / w[0]).item() == pytest.approx(9.0)
     w_sqrt = inverse_frequency_weights(groups, 2, power=0.5)
     assert (w_sqrt[95] / w_sqrt[0]).item() == pytest.approx(3.0)
-    draws = group_balanced_sampler(groups, 2, num_samples=20000).epoch_indices(0, torch.Generator().manual_seed(0))
+    draws = group_balanced_sampler(groups, 2, num_samples=20000).epoch_indices(
+        0, torch.Generator().manual_seed(0)
+    )
     share = (groups[draws] == 1).float().mean().item()
     assert 0.47 < share < 0.53
     with pytest.raises(ConfigError):
@@ -186,7 +188,7 @@ def test_selection_needing_groups_on_unlabelled_val_fails_before_training(toy) -
 
 
 def test_unknown_hparam_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="no hyperparameter 'lrr'.*lr"):
+    with pytest.raises(ConfigError, match=r"no hyperparameter 'lrr'.*lr"):
         ERM(lrr=1)
 
 

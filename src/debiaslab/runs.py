@@ -124,8 +124,8 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
 def train_run(cfg: RunConfig) -> dict[str, Any]:
     """Build the data and the method, check labels, train (or resume), evaluate, write the run directory."""
     started = time.perf_counter()
+    method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
-    method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)
     val = bundle.selection_split
     method.check_labels(bundle.train, val)
     run_dir = cfg.run_dir()
@@ -139,7 +139,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
         "hparam_sources": method.hparam_sources,
         "debiaslab_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     atomic_write_yaml(run_dir / CONFIG, config_doc)
     for note in bundle.notes:
@@ -159,7 +159,10 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     assert result is not None and method.model_ is not None
     save_checkpoint(
         run_dir / MODEL,
-        {"spec": result.model_spec, "state_dict": {k: v.cpu() for k, v in method.model_.state_dict().items()}},
+        {
+            "spec": result.model_spec,
+            "state_dict": {k: v.cpu() for k, v in method.model_.state_dict().items()},
+        },
     )
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
@@ -174,7 +177,12 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "selection": result.selection,
         "selected": _plain(result.selected),
         "stages": [
-            {"name": s.name, "selected_epoch": s.selected_epoch, "selection": s.selection, "epochs": len(s.history)}
+            {
+                "name": s.name,
+                "selected_epoch": s.selected_epoch,
+                "selection": s.selection,
+                "epochs": len(s.history),
+            }
             for s in result.stages
         ],
         "metrics": {split: report.metrics for split, report in reports.items()},
@@ -195,10 +203,8 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
 def evaluate_splits(model: torch.nn.Module, bundle: DatasetBundle, trainer: Trainer) -> dict[str, EvalReport]:
     """Validation and test reports for the deployed model (weighted-group accuracy uses training proportions)."""
     counts = bundle.train.group_counts if bundle.train.has_attrs else None
-    return {
-        split: trainer.evaluate(model, data, model, train_group_counts=counts)
-        for split, data in (("val", bundle.val), ("test", bundle.test))
-    }
+    splits = {"test": bundle.test} if bundle.val is bundle.test else {"val": bundle.val, "test": bundle.test}
+    return {split: trainer.evaluate(model, data, model, train_group_counts=counts) for split, data in splits.items()}
 
 
 def load_run_model(run_dir: str | os.PathLike[str]) -> torch.nn.Module:
@@ -249,7 +255,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
 
 
 def _plain(obj: Any) -> Any:
@@ -260,8 +267,10 @@ def _plain(obj: Any) -> Any:
         return [_plain(v) for v in obj]
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
-    if isinstance(obj, Path):
+    if isinstance(obj, str | Path):
         return str(obj)
+    if hasattr(obj, "item") and not isinstance(obj, bool | int | float):
+        return obj.item()
     return obj
 
 

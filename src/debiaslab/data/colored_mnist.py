@@ -83,7 +83,10 @@ def bias_attributes(y: np.ndarray, aligned_ratio: float, n_attrs: int = N_CLASSE
 
 
 def colorize(
-    grey: np.ndarray, attr: np.ndarray, rng: np.random.Generator, sigma: float = SIGMA
+    grey: np.ndarray,
+    attr: np.ndarray,
+    rng: np.random.Generator,
+    sigma: float = SIGMA,
 ) -> np.ndarray:
     """uint8 ``(N, 3, H, W)``: each grey ``(N, H, W)`` digit times its own noisy colour, truncated."""
     n = len(grey)
@@ -195,16 +198,15 @@ def _load_cache(path: Path, recipe_json: str, protocol: str) -> dict[str, np.nda
                 raise DataError(f"split {s} has unexpected shapes or dtypes")
         return arrays
     except Exception as exc:  # a cache must never be fatal: any failure to read it means "rebuild"
-        log.warning(
-            "Colored MNIST cache %s is unreadable (%s: %s); rebuilding it", path, type(exc).__name__, exc
-        )
+        why = f"{type(exc).__name__}: {exc}"
+        log.warning("Colored MNIST cache %s is unreadable (%s); rebuilding it", path, why)
         return None
 
 
 def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str) -> None:
     try:
         atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
-        log.info("cached Colored MNIST in %s", path)
+        log.debug("cached Colored MNIST in %s", path)
     except OSError as exc:
         log.warning("cannot write the Colored MNIST cache %s (%s); continuing without it", path, exc)
 
@@ -237,9 +239,7 @@ def _check_options(
     if not 0.0 < vf < 1.0:
         raise ConfigError(f"val_fraction {val_fraction} is outside (0, 1); {vf_what}")
     if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
-        raise ConfigError(
-            f"data_seed {data_seed!r} is not a non-negative integer (it seeds colours and val split)"
-        )
+        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer (it seeds the colours)")
     sigma_what = "the standard deviation of the per-image colour noise, 0.005 in LfF"
     s = _number("sigma", sigma, sigma_what)
     if not 0.0 <= s <= 1.0:
@@ -276,20 +276,26 @@ def build_colored_mnist(
     before colouring, as an unbiased validation split; ``protocol="paper"`` colours all 60 000 training images
     and selects on the test split, as LfF / DeNetDM / REST do.
     """
-    ratio, protocol, val_fraction, data_seed, sigma = _check_options(
-        ratio, protocol, val_fraction, data_seed, sigma
-    )
+    opts = _check_options(ratio, protocol, val_fraction, data_seed, sigma)
+    ratio, protocol, val_fraction, data_seed, sigma = opts
+    if not isinstance(download, bool):
+        raise ConfigError(f"download {download!r} is not true or false")
     recipe = make_recipe(
-        ratio=ratio, protocol=protocol, val_fraction=val_fraction, data_seed=data_seed, sigma=sigma
+        ratio=ratio,
+        protocol=protocol,
+        val_fraction=val_fraction,
+        data_seed=data_seed,
+        sigma=sigma,
     )
     recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
     key = recipe_hash(recipe)
     path = Path(cache_dir) / NAME / f"{key}.npz"
     arrays = _load_cache(path, recipe_json, protocol) if path.exists() else None
     if arrays is not None:
-        log.info("loaded Colored MNIST from cache %s", path)
+        log.debug("loaded Colored MNIST from cache %s", path)
     else:
-        mnist = load_mnist(data_root, download=bool(download))
+        log.debug("building Colored MNIST (ratio=%g, protocol=%s) into %s", ratio, protocol, path)
+        mnist = load_mnist(data_root, download=download)
         if protocol == "default":
             _check_holdout_sizes(mnist.train_y, val_fraction)
         arrays = colorize_mnist(mnist, recipe)

@@ -87,9 +87,8 @@ def _read_bytes(path: Path) -> bytes:
                     return gz.read()
             return fh.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(
-            f"{path} is a truncated or corrupt gzip file ({exc}); delete it and download it again"
-        ) from exc
+        fix = "delete it and download it again"
+        raise DataError(f"{path} is a truncated or corrupt gzip file ({exc}); {fix}") from exc
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -105,16 +104,14 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(
-            f"{path}: expected a header of {header} bytes for {ndim} dimensions, found {len(data)}"
-        )
+        raise DataError(f"{path}: expected a {header}-byte IDX header, found {len(data)} bytes")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         raise DataError(
-            f"{path}: expected {expected} bytes for an IDX array of shape {dims} ({dtype.name}), "
-            f"found {len(data)}; the file is truncated or corrupt: delete it and download it again"
+            f"{path}: expected {expected} bytes, found {len(data)} (an IDX {dtype.name} array of shape "
+            f"{dims}); the file is truncated or corrupt: delete it and download it again"
         )
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
@@ -300,9 +297,7 @@ def load_mnist(
     )
     for split, x, y in (("train", out.train_x, out.train_y), ("test", out.test_x, out.test_y)):
         if len(x) != len(y):
-            raise DataError(
-                f"MNIST {split}: {len(x)} images but {len(y)} labels; expected one label per image"
-            )
+            raise DataError(f"MNIST {split}: {len(x)} images but {len(y)} labels; expected one per image")
     log.debug("loaded MNIST from %s", ", ".join(str(p) for p in paths.values()))
     return out
 

@@ -134,13 +134,11 @@ class RandomCrop:
     """Pad by ``padding`` (constant ``fill``, or 'reflect' / 'replicate'), then crop ``size`` at a random
     place per image (the CIFAR recipe: ``RandomCrop(32, padding=4)``)."""
 
-    def __init__(
-        self, size: Size, padding: int = 0, fill: float = 0.0, padding_mode: str = "constant"
-    ) -> None:
-        if padding_mode not in ("constant", "reflect", "replicate"):
-            raise ValueError(
-                f"RandomCrop: padding_mode {padding_mode!r}; expected constant, reflect or replicate"
-            )
+    MODES = ("constant", "reflect", "replicate")
+
+    def __init__(self, size: Size, padding: int = 0, fill: float = 0.0, padding_mode: str = "constant"):
+        if padding_mode not in self.MODES:
+            raise ValueError(f"RandomCrop: padding_mode {padding_mode!r}; expected one of {self.MODES}")
         self.size, self.padding, self.fill, self.padding_mode = _pair(size), int(padding), fill, padding_mode
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -229,9 +227,8 @@ class RandomResizedCrop:
         tries: int = 10,
     ) -> None:
         if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(
-                "RandomResizedCrop: need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]"
-            )
+            need = "0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]"
+            raise ValueError(f"RandomResizedCrop: need {need}; got scale={scale}, ratio={ratio}")
         self.size, self.scale, self.ratio, self.tries = _pair(size), tuple(scale), tuple(ratio), int(tries)
 
     def boxes(self, n: int, H: int, W: int) -> Tensor:
@@ -273,9 +270,8 @@ class RandomResizedCrop:
         gx = (2 * xs / W - 1).view(n, 1, ow).expand(n, oh, ow)
         grid = torch.stack([gx, gy], dim=-1).to(x.device)
         src = x if x.dtype.is_floating_point else x.float()
-        y = F.grid_sample(
-            src, grid.to(src.dtype), mode="bilinear", padding_mode="border", align_corners=False
-        )
+        grid = grid.to(src.dtype)
+        y = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return _back_to(y, x.dtype)
 
     def __repr__(self) -> str:

@@ -216,7 +216,9 @@ class Trainer:
 
         n_per_epoch = len(dist.shard(torch.arange(len(stage.sampler))))
         steps_per_epoch = num_batches(n_per_epoch, stage.batch_size, stage.drop_last)
-        ctx = StepContext(stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch)
+        ctx = StepContext(
+            stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch
+        )
         self.progress.start(stage.name, total=stage.epochs * steps_per_epoch, completed=ctx.step)
         try:
             for epoch in range(start_epoch, stage.epochs):
@@ -309,7 +311,9 @@ class Trainer:
             batch = train.batch(idx)
             batch = batch._replace(x=self.prepare_inputs(batch.x))
             if self.device.type != "cpu":
-                batch = batch._replace(**{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")})
+                batch = batch._replace(
+                    **{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")}
+                )
             with self.autocast():
                 out = stage.loss_fn(batch, ctx)
             loss = out["loss"] if isinstance(out, dict) else out

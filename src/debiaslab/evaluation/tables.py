@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -113,11 +114,13 @@ def render_matrix(report: EvalReport, title: str | None = None) -> Table:
     Aligned cells are bold, the worst group red, empty groups a dash.
     """
     table = Table(
-        title=title or "group accuracy % (rows: class, columns: attribute)",
+        title=title or "group accuracy % (rows: class y, columns: attribute a)",
         caption=_caption(report),
         caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
     )
-    table.add_column("class \\ attr")
+    table.add_column("y \\ a")
     for a in range(report.n_attrs):
         table.add_column(report.attr_name(a), justify="right")
     table.add_column("class", justify="right", style="italic")
@@ -126,7 +129,7 @@ def render_matrix(report: EvalReport, title: str | None = None) -> Table:
         cells = []
         for a in range(report.n_attrs):
             r = report.rows[c * report.n_attrs + a]
-            text = pct(r.accuracy)
+            text = "-" if r.n == 0 else f"{100 * r.accuracy:.0f}"
             if r.n > 0 and worst is not None and r.accuracy == worst:
                 text = f"[bold red]{text}[/]"
             elif r.aligned:

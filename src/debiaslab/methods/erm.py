@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 
 from debiaslab.data.core import Batch, GroupDataset
@@ -21,7 +23,7 @@ class ERM(Method):
     """Empirical risk minimisation with the engine's selection rule."""
 
     summary = "plain cross-entropy training (baseline)"
-    hparam_table: HparamTable = {
+    hparam_table: ClassVar[HparamTable] = {
         "colored_mnist": {
             "model": Default("mlp", LFF_PAPER),
             "epochs": Default(100, LFF_PAPER),
