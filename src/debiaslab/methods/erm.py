@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch.nn.functional as F
-
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.sampling import UniformSampler
-from debiaslab.engine.stage import Stage, StepContext
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import cross_entropy_stage
 
 LFF_PAPER = "LfF paper (Nam et al. 2020), Colored MNIST setting"
 OURS_CMNIST = "ours: Colored MNIST reports unbiased accuracy, and our validation split is unbiased"
@@ -40,17 +38,10 @@ class ERM(Method):
         rule = self.selection_rule(val)
 
         def build() -> Stage:
-            model = self.build_model(train)
-
-            def loss(batch: Batch, ctx: StepContext):
-                return F.cross_entropy(model(batch.x), batch.y)
-
-            return Stage(
-                name="erm",
-                modules=model,
-                loss_fn=loss,
-                predict_fn=model,
-                sampler=UniformSampler(len(train)),
+            return cross_entropy_stage(
+                "erm",
+                self.build_model(train),
+                train,
                 epochs=hp.epochs,
                 batch_size=hp.batch_size,
                 optim=hp.optim_config(),
