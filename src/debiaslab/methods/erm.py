@@ -8,12 +8,10 @@ from debiaslab.data.core import GroupDataset
 from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.hparams import HparamTable
+from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import cross_entropy_stage
-
-LFF_PAPER = "LfF paper (Nam et al. 2020), Colored MNIST setting"
-OURS_CMNIST = "ours: Colored MNIST reports unbiased accuracy, and our validation split is unbiased"
 
 
 @register_method("erm")
@@ -21,17 +19,7 @@ class ERM(Method):
     """Empirical risk minimisation with the engine's selection rule."""
 
     summary = "plain cross-entropy training (baseline)"
-    hparam_table: ClassVar[HparamTable] = {
-        "colored_mnist": {
-            "model": Default("mlp", LFF_PAPER),
-            "epochs": Default(100, LFF_PAPER),
-            "batch_size": Default(256, LFF_PAPER),
-            "optimizer": Default("adam", LFF_PAPER),
-            "lr": Default(1e-3, LFF_PAPER),
-            "weight_decay": Default(0.0, LFF_PAPER),
-            "selection": Default("val_unbiased", OURS_CMNIST),
-        },
-    }
+    hparam_table: ClassVar[HparamTable] = {"colored_mnist": dict(CMNIST_MLP)}
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp = self.hparams

@@ -39,4 +39,11 @@ def methods_that_work(*, train_attrs: bool, val_attrs: bool) -> list[str]:
 
 
 def _import_builtin_methods() -> None:
-    from debiaslab.methods import erm  # noqa: F401
+    """Import every module of ``debiaslab.methods`` so their decorators fill the registry."""
+    import importlib
+    import pkgutil
+
+    import debiaslab.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
