@@ -57,19 +57,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--ratio", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare/engine rounds (drift cancels)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = build_dataset("colored_mnist", ratio=args.ratio)
     bare_loop_epoch_times(bundle.train, 1, 0)  # warm-up
-    bare = bare_loop_epoch_times(bundle.train, args.epochs, 0)
-    eng_train, eng_full = engine_epoch_times(bundle, args.epochs, 0, checkpoint=True)
+    bare, eng_train, eng_full = [], [], []
+    for _ in range(args.rounds):
+        bare += bare_loop_epoch_times(bundle.train, args.epochs, 0)
+        t, f = engine_epoch_times(bundle, args.epochs, 0, checkpoint=True)
+        eng_train += t
+        eng_full += f
     bare_m, train_m, full_m = (statistics.median(t) for t in (bare, eng_train, eng_full))
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {args.threads} threads",
         "torch": torch.__version__,
         "train_examples": len(bundle.train),
-        "epochs": args.epochs,
+        "epochs_per_round": args.epochs,
+        "rounds": args.rounds,
         "bare_loop_s_per_epoch": round(bare_m, 3),
         "engine_train_steps_s_per_epoch": round(train_m, 3),
         "engine_full_epoch_s": round(full_m, 3),

@@ -1,4 +1,4 @@
-"""Command line: ``debiaslab train | evaluate | datasets | methods``.
+"""Command line: ``debiaslab train | evaluate | report | datasets | methods``.
 
 Problems with the input (unknown names, missing files, bad values, a finished run directory) are printed as one
 line starting with ``error:`` and exit with status 2; tracebacks are for bugs only.
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--device", default="auto")
     _data_args(evaluate)
+
+    report = sub.add_parser("report", help="summarise finished run directories: mean ± std over seeds")
+    report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
+    report.add_argument("--split", default="test", choices=["val", "test"])
 
     sub.add_parser("datasets", help="list registered datasets and their options")
     sub.add_parser("methods", help="list registered methods and the labels they need")
@@ -128,6 +132,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from debiaslab.bench.aggregate import find_runs, markdown_table, summarise
+
+    records = find_runs(args.roots)
+    if not records:
+        err_console.print(f"no finished runs under {', '.join(args.roots)}")
+        return 1
+    console.print(markdown_table(summarise(records, split=args.split)), markup=False, highlight=False)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
@@ -155,7 +170,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "datasets": cmd_datasets, "methods": cmd_methods}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "datasets": cmd_datasets,
+    "methods": cmd_methods,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks: aggregation of run directories into tables (suites and the runner build on it)."""

@@ -1,0 +1,128 @@
+"""Collect finished run directories and summarise them: mean ± std over seeds per (method, dataset, options)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debiaslab.errors import DataError
+
+DEFAULT_COLUMNS = ("unbiased", "conflicting", "aligned", "worst_group", "accuracy")
+
+
+@dataclass
+class RunRecord:
+    """The parts of a run's ``final.json`` that tables need."""
+
+    path: Path
+    method: str
+    dataset: str
+    options: dict[str, Any]
+    seed: int
+    protocol: str
+    selection: str
+    metrics: dict[str, dict[str, float]]
+    train_time_s: float
+    peak_memory_mb: float
+
+
+@dataclass
+class Cell:
+    """Mean and standard deviation (over seeds) of one metric."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        vals = [v for v in self.values if v is not None and not math.isnan(v)]
+        return statistics.fmean(vals) if vals else math.nan
+
+    @property
+    def std(self) -> float:
+        vals = [v for v in self.values if v is not None and not math.isnan(v)]
+        return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+    def format(self, scale: float = 100.0, digits: int = 1) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        if len(self.values) > 1:
+            return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}"
+        return f"{scale * self.mean:.{digits}f}"
+
+
+def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
+    """Every ``final.json`` below ``roots`` (unfinished runs are skipped)."""
+    records = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise DataError(f"run root {root} does not exist")
+        for final in sorted(root.rglob("final.json")):
+            try:
+                d = json.loads(final.read_text())
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{final} is not valid JSON ({exc.msg}); expected a finished run's summary") from exc
+            records.append(
+                RunRecord(
+                    path=final.parent,
+                    method=d["method"],
+                    dataset=d["dataset"],
+                    options=d.get("dataset_options", {}),
+                    seed=d["seed"],
+                    protocol=d.get("protocol", "default"),
+                    selection=d.get("selection", ""),
+                    metrics=d["metrics"],
+                    train_time_s=d.get("train_time_s", math.nan),
+                    peak_memory_mb=d.get("peak_memory_mb", math.nan),
+                )
+            )
+    return records
+
+
+def summarise(
+    records: Sequence[RunRecord], split: str = "test", columns: Sequence[str] = DEFAULT_COLUMNS
+) -> list[dict[str, Any]]:
+    """One row per (method, dataset, options, protocol, selection) with a :class:`Cell` per column."""
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        key = (r.method, r.dataset, json.dumps(r.options, sort_keys=True), r.protocol, r.selection)
+        groups[key].append(r)
+    rows = []
+    for (method, dataset, options, protocol, selection), runs in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "method": method,
+            "dataset": dataset,
+            "options": json.loads(options),
+            "protocol": protocol,
+            "selection": selection,
+            "seeds": sorted(r.seed for r in runs),
+        }
+        for col in columns:
+            row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])
+        row["train_time_s"] = Cell([r.train_time_s for r in runs])
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    header = ["method", "dataset options", "protocol", "selection", "seeds", *[f"{c} %" for c in columns], "time s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k != "protocol")
+        cells = [
+            row["method"],
+            opts,
+            row["protocol"],
+            row["selection"],
+            ",".join(map(str, row["seeds"])),
+            *[row[c].format() for c in columns],
+            row["train_time_s"].format(scale=1.0, digits=0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Loss reweighting, balanced resampling and subsampling, by group or by class.
+
+The classic baselines for spurious correlations: make every group (class x attribute) -- or every class --
+count equally, either through per-example loss weights, through the sampler, or by discarding examples of the
+larger groups. Sagawa et al. (ICLR 2020) use group reweighting as their main baseline; Idrissi et al. (CLeaR
+2022, "Simple data balancing achieves competitive worst-group-accuracy") show subsampling and reweighting by
+group (SUBG, RWG) or class (SUBY, RWY) are strong.
+
+One class, :class:`Balancing`, parameterised by ``by`` (``group`` | ``class``) and ``scheme``
+(``reweight`` | ``resample`` | ``subsample``); the six registered methods are thin subclasses. Everything runs
+through the engine's one cross-entropy stage: only its ``sampler`` or ``example_weights`` change.
+
+Empty groups (n_g = 0) are harmless everywhere: weights and sampling probabilities are only ever looked up for
+examples that exist, and subsampling keeps ``min`` over the *non-empty* groups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.sampling import (
+    IndexListSampler,
+    Sampler,
+    WeightedSampler,
+    inverse_frequency_weights,
+    subsample_groups,
+)
+from debiaslab.engine.stage import Stage
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError
+from debiaslab.methods.base import FitResult, Method, Requirements
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.presets import CMNIST_MLP
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import cross_entropy_stage
+
+log = logging.getLogger(__name__)
+
+By = Literal["group", "class"]
+Scheme = Literal["reweight", "resample", "subsample"]
+
+POWER_SOURCE = "spec (methods.md): w ∝ 1/n^power, power 1 = inverse frequency, 0.5 = 1/sqrt(n) variant"
+
+
+@dataclass
+class ReweightHparams(TrainHparams):
+    """Loss reweighting: example weight ∝ ``1 / n^power`` (1.0: inverse frequency, 0.5: inverse square root)."""
+
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.power >= 0:
+            raise ConfigError(f"power {self.power!r} must be >= 0 (1.0: 1/n, 0.5: 1/sqrt(n), 0: plain ERM)")
+
+
+class Balancing(Method):
+    """Balance groups or classes by loss weights, by resampling, or by subsampling, then train with CE.
+
+    - ``reweight``: per-example loss weight ``w_i ∝ 1/n_{k(i)}^power``, normalised to mean 1 over the training
+      set (so the learning rate keeps its meaning); every example visited once per epoch.
+    - ``resample``: each epoch draws ``n`` examples with replacement, ``P(i) ∝ 1/n_{k(i)}`` (each group or
+      class equally likely per draw).
+    - ``subsample``: keep ``min_k n_k`` random examples of every non-empty group/class once, then plain ERM.
+
+    Here ``k(i)`` is example i's group (``by="group"``, needs training attributes) or class (``by="class"``).
+    The subsample is drawn inside the stage's build function from torch's global RNG, which the Trainer seeds
+    per (run seed, stage): the same seed gives the same subsample, also when a run is resumed.
+    """
+
+    by: ClassVar[By] = "group"
+    scheme: ClassVar[Scheme] = "reweight"
+
+    # ------------------------------------------------------------------ what is balanced
+    def balance_labels(self, train: GroupDataset) -> tuple[Tensor, int]:
+        """The label every example is balanced on (group or class) and how many values it takes."""
+        if self.by == "group":
+            return train.group, train.n_groups
+        return train.y, train.n_classes
+
+    def example_weights(self, train: GroupDataset) -> Tensor:
+        """Loss weights ``1/n^power`` per example, mean 1 over the training set (reweight scheme)."""
+        labels, n_values = self.balance_labels(train)
+        power = float(getattr(self.hparams, "power", 1.0))
+        return inverse_frequency_weights(labels, n_values, power=power).to(torch.float32)
+
+    def sampler(self, train: GroupDataset) -> Sampler | None:
+        """The epoch sampler of the scheme (None: every example once, shuffled)."""
+        labels, n_values = self.balance_labels(train)
+        if self.scheme == "resample":
+            return WeightedSampler(inverse_frequency_weights(labels, n_values), num_samples=len(train))
+        if self.scheme == "subsample":
+            seed = int(torch.randint(0, 2**62, (1,)).item())  # from the Trainer's per-stage seeding
+            kept = subsample_groups(labels, n_values, torch.Generator().manual_seed(seed))
+            log.info("%s: kept %d of %d training examples", self.name, kept.numel(), len(train))
+            return IndexListSampler(kept)
+        return None
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+        hp = self.hparams
+        rule = self.selection_rule(val)
+        name = self.name
+        # On the trainer's device: the stage looks weights up by each batch's index on the weights' device.
+        weights = self.example_weights(train).to(trainer.device) if self.scheme == "reweight" else None
+        extras: dict[str, object] = {"by": self.by, "scheme": self.scheme}
+
+        def build() -> Stage:
+            model = self.build_model(train)  # first, so initialisation does not depend on the scheme
+            sampler = self.sampler(train)
+            if isinstance(sampler, IndexListSampler):
+                extras["n_kept"] = int(sampler.indices.numel())
+            return cross_entropy_stage(
+                name,
+                model,
+                train,
+                epochs=hp.epochs,
+                batch_size=hp.batch_size,
+                optim=hp.optim_config(),
+                selection=rule,
+                sampler=sampler,
+                example_weights=weights,
+            )
+
+        stage, result = trainer.run_stage(name, build, train, val)
+        return FitResult(
+            model=stage.modules,
+            model_spec=self.model_spec(train),
+            stages=[result],
+            selection=rule,
+            selected={"stage": name, "epoch": result.selected_epoch, "score": result.score},
+            extras=extras,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _table(reweight: bool) -> HparamTable:
+    star = {"power": Default(1.0, POWER_SOURCE)} if reweight else {}
+    return {"*": star, "colored_mnist": dict(CMNIST_MLP)}
+
+
+_GROUP_ATTRS = Requirements(train_attrs=True)
+
+
+@register_method("reweight_group")
+class ReweightGroup(Balancing):
+    """Group loss reweighting: ``w_i ∝ 1/n_{g(i)}^power`` (Sagawa et al. 2020's reweighting baseline)."""
+
+    summary = "loss weights ∝ 1/n_g^power (needs training groups)"
+    Hparams = ReweightHparams
+    hparam_table: ClassVar[HparamTable] = _table(reweight=True)
+    requires = _GROUP_ATTRS
+    by, scheme = "group", "reweight"
+
+
+@register_method("reweight_class")
+class ReweightClass(Balancing):
+    """Class loss reweighting: ``w_i ∝ 1/n_{y(i)}^power``; needs no attribute labels."""
+
+    summary = "loss weights ∝ 1/n_y^power (labels only)"
+    Hparams = ReweightHparams
+    hparam_table: ClassVar[HparamTable] = _table(reweight=True)
+    by, scheme = "class", "reweight"
+
+
+@register_method("resample_group")
+class ResampleGroup(Balancing):
+    """Group-balanced resampling: draw ``i`` with probability ∝ ``1/n_{g(i)}``, with replacement."""
+
+    summary = "group-balanced sampling with replacement (needs training groups)"
+    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
+    requires = _GROUP_ATTRS
+    by, scheme = "group", "resample"
+
+
+@register_method("resample_class")
+class ResampleClass(Balancing):
+    """Class-balanced resampling: draw ``i`` with probability ∝ ``1/n_{y(i)}``, with replacement."""
+
+    summary = "class-balanced sampling with replacement (labels only)"
+    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
+    by, scheme = "class", "resample"
+
+
+@register_method("subsample_group")
+class SubsampleGroup(Balancing):
+    """Group subsampling: ``min_g n_g`` random examples of each group, then ERM (SUBG, Idrissi et al. 2022)."""
+
+    summary = "keep min_g n_g examples per group, then ERM (needs training groups)"
+    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
+    requires = _GROUP_ATTRS
+    by, scheme = "group", "subsample"
+
+
+@register_method("subsample_class")
+class SubsampleClass(Balancing):
+    """Class subsampling: ``min_y n_y`` random examples of each class, then ERM (SUBY, Idrissi et al. 2022)."""
+
+    summary = "keep min_y n_y examples per class, then ERM (labels only)"
+    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
+    by, scheme = "class", "subsample"
