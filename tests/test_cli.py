@@ -81,9 +81,7 @@ def test_finished_run_is_not_overwritten_without_flag(finished_run: Path, cache_
     ],
 )
 def test_bad_input_is_one_line_error(args, expected, cache_dir, tmp_path, capsys) -> None:
-    code = run_cli(
-        "train", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r"), "--no-progress"
-    )
+    code = run_cli("train", *args, "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r"), "--no-progress")
     assert code == 2
     assert expected in one_line_error(capsys)
 
@@ -115,10 +113,11 @@ def test_corrupt_mnist_is_one_line_error(tmp_path, capsys, data_root) -> None:
     assert "train-labels-idx1-ubyte" in err
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache_dir) -> None:
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache_dir, data_root) -> None:
     """SIGKILL a real training process after its first checkpoint, resume it, compare with an unbroken run."""
     base = [sys.executable, "-m", "debiaslab", "-q", "train", "--method", "erm", "--dataset", "colored_mnist",
-            "--ratio", "0.05", "--epochs", "4", "--seed", "1", "--cache-dir", str(cache_dir), *FAST]  # fmt: skip
+            "--ratio", "0.05", "--epochs", "4", "--seed", "1", "--cache-dir", str(cache_dir),
+            "--data-root", str(data_root), *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([*base, "--out", str(tmp_path / "full")], check=True, env=env, timeout=600)
     cut = tmp_path / "cut"

@@ -107,7 +107,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         num_threads=args.threads,
     )
+    from debiaslab.utils import dist
+
+    dist.init_from_env()  # launched by torchrun: one process per device, gradients averaged across them
     final = train_run(cfg)
+    if not final:  # not rank 0
+        return 0
     from debiaslab.evaluation.metrics import EvalReport
 
     report = EvalReport.from_dict(final["test_report"])

@@ -33,6 +33,7 @@ from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.methods.registry import get_method
 from debiaslab.models import build_model
 from debiaslab.reporting import run_report_markdown
+from debiaslab.utils import dist
 from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,10 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     val = bundle.selection_split
     method.check_labels(bundle.train, val)
     run_dir = cfg.run_dir()
-    prepare_run_dir(run_dir, cfg)
+    main = dist.is_main_process()
+    if main:
+        prepare_run_dir(run_dir, cfg)
+    dist.barrier()
     config_doc = {
         "run": _plain(cfg.identity()),
         "device": cfg.device,
@@ -141,7 +145,9 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "debiaslab_version": __version__,
         "torch_version": str(torch.__version__),
     }
-    atomic_write_yaml(run_dir / CONFIG, config_doc)
+    config_doc["world_size"] = dist.world_size()
+    if main:
+        atomic_write_yaml(run_dir / CONFIG, config_doc)
     for note in bundle.notes:
         log.warning("%s", note)
 
@@ -157,6 +163,8 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     method.fit(bundle.train, val, trainer=trainer)
     result = method.fit_result_
     assert result is not None and method.model_ is not None
+    if not main:  # rank 0 evaluates and writes the run directory; the others are done
+        return {}
     save_checkpoint(
         run_dir / MODEL,
         {

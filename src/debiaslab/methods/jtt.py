@@ -1,0 +1,262 @@
+"""JTT — Just Train Twice (Liu et al., ICML 2021).
+
+Stage ``identify``: ERM for T epochs; the examples it gets wrong form the error set E (often the minority
+groups, found without group labels). Stage ``upweight``: a fresh model trained with every example of E counted
+λ_up + 1 times (upsampled by default, per-example loss weights as an option). Group labels are only needed on
+validation, to choose T, λ_up and the epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debiaslab.data.core import Batch, GroupDataset
+from debiaslab.engine.sampling import IndexListSampler, upsample_indices
+from debiaslab.engine.stage import Stage, StepContext
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError
+from debiaslab.methods.base import FitResult, Method
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.presets import CMNIST_MLP
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import cross_entropy_stage, error_set
+from debiaslab.utils import dist
+
+log = logging.getLogger(__name__)
+
+JTT_PAPER = "JTT paper (Liu et al. 2021), published hyperparameters"
+OURS_UNTUNED = "ours: untuned; to be chosen by the CMNIST validation sweep"
+
+ERROR_SET_SOURCES = ("clean", "logged")
+UPWEIGHT_MODES = ("upsample", "loss_weight")
+
+
+@dataclass
+class JTTHparams(TrainHparams):
+    """JTT's hyperparameters on top of the usual ones (``epochs`` is the upweighting stage's length).
+
+    Attributes:
+        identify_epochs: T, epochs of the identification ERM.
+        lambda_up: error examples count ``lambda_up + 1`` times in the upweighting stage.
+        error_set_source: ``clean`` (an eval-mode pass of the epoch-T model) or ``logged`` (argmax of the
+            training-step logits of epoch T, as the original code did).
+        upweight_mode: ``upsample`` (repeat error examples in the epoch's index list) or ``loss_weight``
+            (weight λ_up + 1 on their loss, 1 elsewhere; unnormalised, so the sum matches upsampling).
+        identify_lr, identify_weight_decay: optional overrides for the identification stage's optimiser.
+    """
+
+    identify_epochs: int = 1
+    lambda_up: int = 50
+    error_set_source: str = "clean"
+    upweight_mode: str = "upsample"
+    identify_lr: float | None = None
+    identify_weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.identify_epochs) != self.identify_epochs or self.identify_epochs < 1:
+            raise ConfigError(f"identify_epochs {self.identify_epochs!r} must be an integer >= 1")
+        if int(self.lambda_up) != self.lambda_up or self.lambda_up < 0:
+            raise ConfigError(f"lambda_up {self.lambda_up!r} must be an integer >= 0")
+        self.identify_epochs, self.lambda_up = int(self.identify_epochs), int(self.lambda_up)
+        if self.error_set_source not in ERROR_SET_SOURCES:
+            raise ConfigError(
+                f"error_set_source {self.error_set_source!r} unknown; expected one of {', '.join(ERROR_SET_SOURCES)}"
+            )
+        if self.upweight_mode not in UPWEIGHT_MODES:
+            raise ConfigError(
+                f"upweight_mode {self.upweight_mode!r} unknown; expected one of {', '.join(UPWEIGHT_MODES)}"
+            )
+
+
+class PredictionLog(nn.Module):
+    """Predicted class per training example, written by dataset index during training steps (-1: not seen).
+
+    A buffer, so the identification stage's checkpoint carries it and a resumed run finds the same error set.
+    """
+
+    pred: Tensor
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("pred", torch.full((n,), -1, dtype=torch.long))
+
+    @torch.no_grad()
+    def record(self, index: Tensor, pred: Tensor) -> None:
+        self.pred[index.to(self.pred.device)] = pred.to(self.pred.device, torch.long)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.pred.fill_(-1)
+
+    @torch.no_grad()
+    def merge_ranks(self) -> None:
+        """Combine the ranks' shards (each index is visited by at most one rank per epoch)."""
+        if dist.is_distributed():
+            import torch.distributed as tdist
+
+            tdist.all_reduce(self.pred, op=tdist.ReduceOp.MAX)
+
+
+def error_set_quality(train: GroupDataset, errors: Tensor) -> dict[str, Any]:
+    """How well the error set finds bias-conflicting examples (only when attributes and aligned groups are known)."""
+    if not train.has_attrs or not train.aligned_groups:
+        return {}
+    conflicting = ~train.is_aligned
+    n_conf = int(conflicting.sum())
+    hit = int(conflicting[errors].sum()) if errors.numel() else 0
+    return {
+        "error_set_conflicting": hit,
+        "train_conflicting": n_conf,
+        "error_set_precision": hit / errors.numel() if errors.numel() else float("nan"),
+        "error_set_recall": hit / n_conf if n_conf else float("nan"),
+    }
+
+
+@register_method("jtt")
+class JTT(Method):
+    """Just Train Twice: ERM for T epochs, then a fresh model with its errors upweighted by λ_up + 1."""
+
+    summary = "ERM error set, then a fresh model with errors upweighted (Liu et al. 2021)"
+    Hparams: ClassVar[type[TrainHparams]] = JTTHparams
+    hparam_table: ClassVar[HparamTable] = {
+        "waterbirds": {
+            "identify_epochs": Default(60, JTT_PAPER),
+            "lambda_up": Default(100, JTT_PAPER),
+        },
+        "celeba": {
+            "identify_epochs": Default(1, JTT_PAPER),
+            "lambda_up": Default(50, JTT_PAPER),
+        },
+        "colored_mnist": {
+            **CMNIST_MLP,
+            "identify_epochs": Default(2, OURS_UNTUNED),
+            "lambda_up": Default(50, OURS_UNTUNED),
+        },
+    }
+
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        super().__init__(dataset, **hparams)
+        self.error_set_: Tensor | None = None
+
+    def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+        hp: JTTHparams = self.hparams  # type: ignore[assignment]
+        rule = self.selection_rule(val)
+        n = len(train)
+        overrides: dict[str, Any] = {}
+        if hp.identify_lr is not None:
+            overrides["lr"] = hp.identify_lr
+        if hp.identify_weight_decay is not None:
+            overrides["weight_decay"] = hp.identify_weight_decay
+        built: dict[str, Any] = {}
+
+        def build_identify() -> Stage:
+            model = self.build_model(train)
+            stage = cross_entropy_stage(
+                "identify",
+                model,
+                train,
+                epochs=hp.identify_epochs,
+                batch_size=hp.batch_size,
+                optim=hp.optim_config(**overrides),
+                selection="last",
+            )
+            built["model"] = model
+            if hp.error_set_source == "clean":
+                return stage
+            record = PredictionLog(n)
+            built["log"] = record
+
+            def loss(batch: Batch, ctx: StepContext) -> Tensor:
+                logits = model(batch.x)
+                if ctx.epoch == ctx.epochs - 1:
+                    record.record(batch.index, logits.detach().argmax(dim=1))
+                return F.cross_entropy(logits, batch.y)
+
+            def epoch_end(ctx: StepContext) -> None:
+                if ctx.epoch == ctx.epochs - 1:
+                    record.merge_ranks()
+
+            return dataclasses.replace(
+                stage, modules=nn.ModuleDict({"model": model, "log": record}), loss_fn=loss, on_epoch_end=epoch_end
+            )
+
+        _, identify = trainer.run_stage("identify", build_identify, train, val)
+        errors = self._error_set(trainer, train, built)
+        self.error_set_ = errors
+        quality = error_set_quality(train, errors)
+        log.info(
+            "jtt: error set of %d / %d training examples after %d epochs%s",
+            errors.numel(),
+            n,
+            hp.identify_epochs,
+            f" (precision {quality['error_set_precision']:.3f}, recall {quality['error_set_recall']:.3f} "
+            "for bias-conflicting examples)"
+            if quality
+            else "",
+        )
+        if errors.numel() == 0:
+            log.warning("jtt: the identification model makes no training errors; the upweighting stage is ERM")
+
+        def build_upweight() -> Stage:
+            model = self.build_model(train)  # fresh initialisation (the stage seed differs from identify's)
+            sampler, weights = None, None
+            if hp.upweight_mode == "upsample":
+                sampler = IndexListSampler(upsample_indices(n, errors, times=hp.lambda_up + 1))
+            else:
+                weights = torch.ones(n)
+                weights[errors] = float(hp.lambda_up + 1)
+                weights = weights.to(trainer.device)
+            return cross_entropy_stage(
+                "upweight",
+                model,
+                train,
+                epochs=hp.epochs,
+                batch_size=hp.batch_size,
+                optim=hp.optim_config(),
+                selection=rule,
+                sampler=sampler,
+                example_weights=weights,
+            )
+
+        final, upweight = trainer.run_stage("upweight", build_upweight, train, val)
+        extras: dict[str, Any] = {
+            "identify_epochs": hp.identify_epochs,
+            "lambda_up": hp.lambda_up,
+            "error_set_source": hp.error_set_source,
+            "upweight_mode": hp.upweight_mode,
+            "error_set_size": int(errors.numel()),
+            "error_set_fraction": errors.numel() / max(n, 1),
+            **quality,
+        }
+        return FitResult(
+            model=final.modules,
+            model_spec=self.model_spec(train),
+            stages=[identify, upweight],
+            selection=rule,
+            selected={"stage": "upweight", "epoch": upweight.selected_epoch, "score": upweight.score},
+            extras=extras,
+        )
+
+    def _error_set(self, trainer: Trainer, train: GroupDataset, built: dict[str, Any]) -> Tensor:
+        """Indices the identification model gets wrong: clean eval pass, or the predictions logged in epoch T."""
+        model: nn.Module = built["model"]
+        if self.hparams.error_set_source == "clean":
+            return error_set(trainer, model, train, model)
+        pred = built["log"].pred.cpu()
+        missing = pred < 0
+        if bool(missing.any()):
+            # only when data-parallel sharding dropped a few tail examples from epoch T
+            log.info("jtt: %d examples were not visited in epoch T; using a clean pass for them", int(missing.sum()))
+            model.eval()
+            clean = trainer.predict(model, train).argmax(dim=1)
+            model.train()
+            pred = torch.where(missing, clean, pred)
+        return torch.nonzero(pred != train.y).flatten()
