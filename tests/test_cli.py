@@ -136,3 +136,17 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, cache_dir, data_root) 
     resumed = json.loads((cut / "final.json").read_text())
     assert resumed["metrics"] == full["metrics"]
     assert resumed["selected"] == full["selected"]
+
+
+def test_listing_commands(capsys) -> None:
+    assert run_cli("datasets") == 0
+    out = capsys.readouterr().out
+    assert "colored_mnist" in out and "ratio" in out
+    assert run_cli("methods") == 0
+    assert "erm" in capsys.readouterr().out
+
+
+def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
+    assert run_cli("report", str(finished_run.parent)) == 0
+    out = capsys.readouterr().out
+    assert "| erm | ratio=0.05 | default | val_unbiased | 0 |" in out
