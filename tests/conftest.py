@@ -35,8 +35,10 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(cache_dir: Path) -> Iterator[None]:
-    """No test writes to the user's cache: ``$DEBIASLAB_CACHE`` points at the session cache."""
+def _isolated_cache(cache_dir: Path, data_root: Path) -> Iterator[None]:
+    """No test writes to the user's cache (``$DEBIASLAB_CACHE`` is the session cache) and every test, and every
+    subprocess it starts, reads MNIST from the verified data root, never from the network."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_ENV, str(cache_dir))
+        mp.setenv(DATA_ENV, str(data_root))
         yield

@@ -14,7 +14,7 @@ def weighted_mean(per_example: Tensor, weights: Tensor | None) -> Tensor:
     """``mean(w_i * l_i)`` (or the plain mean when ``weights`` is None). Weights are treated as constants."""
     if weights is None:
         return per_example.mean()
-    return (per_example * weights.detach().to(per_example.dtype)).mean()
+    return (per_example * weights.detach().to(per_example.device, per_example.dtype)).mean()
 
 
 def lookup(table: Tensor | None, index: Tensor) -> Tensor | None:

@@ -204,7 +204,7 @@ def tune_c(
     per_unit = 0
     for fit_idx, score_idx in folds:
         sub = fit_idx[balanced_subsample(units[fit_idx], rng)]
-        per_unit = per_unit or int(np.bincount(units[sub][units[sub] >= 0]).max())
+        per_unit = per_unit or len(sub) // np.unique(units[sub]).size
         for c in c_grid:
             w, b, _ = fit_linear_head(z[sub], y[sub], n_classes, c, int(rng.integers(2**31 - 1)), max_iter)
             pred = np.argmax(z[score_idx] @ w.T + b, axis=1)
@@ -256,7 +256,7 @@ class DFR(Method):
     }
     requires: ClassVar[Requirements] = Requirements(val_attrs=True)
 
-    def variant(self, val: GroupDataset | None) -> str:
+    def resolved_variant(self, val: GroupDataset | None) -> str:
         """``group`` or ``class``, with ``auto`` resolved from the labels validation has."""
         variant = self.hparams.variant
         if variant == "auto":
@@ -269,7 +269,7 @@ class DFR(Method):
         super().check_labels(train, val)
         if val is None:
             raise ConfigError(f"method {self.name!r} fits its head on the validation split, but none was given")
-        if self.variant(val) == "group" and not val.has_attrs:
+        if self.resolved_variant(val) == "group" and not val.has_attrs:
             raise MissingLabelsError(
                 f"method {self.name!r} with variant='group' balances validation by group, but "
                 f"{val.name}/{val.split} has no attribute labels; use dfr_class (or variant='class')"
@@ -284,7 +284,7 @@ class DFR(Method):
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: DFRHparams = self.hparams  # type: ignore[assignment]
         assert val is not None  # check_labels ran
-        variant = self.variant(val)
+        variant = self.resolved_variant(val)
         model, spec, stages = self._base_model(train, val, trainer)
         model.eval()
         train_emb = trainer.predict(model.features, train)
@@ -292,7 +292,8 @@ class DFR(Method):
 
         units_t = val.group if variant == "group" else val.y
         units, y = units_t.numpy(), val.y.numpy()
-        base_pred = model.head(val_emb.to(model.head.weight.device)).argmax(1).cpu().numpy()
+        with torch.no_grad():
+            base_pred = model.head(val_emb.to(model.head.weight.device)).argmax(1).cpu().numpy()
         scaler = StandardScaler().fit(train_emb.numpy())
         mean, scale = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
         z = (val_emb.numpy().astype(np.float64) - mean) / scale
@@ -306,9 +307,7 @@ class DFR(Method):
         for _ in range(hp.n_fits):
             sub = balanced_subsample(units, rng)
             size = len(sub)
-            w, b, ok = fit_linear_head(
-                z[sub], y[sub], val.n_classes, best_c, int(rng.integers(2**31 - 1)), hp.max_iter
-            )
+            w, b, ok = fit_linear_head(z[sub], y[sub], val.n_classes, best_c, int(rng.integers(2**31 - 1)), hp.max_iter)
             weights.append(w)
             biases.append(b)
             unconverged += not ok

@@ -137,7 +137,7 @@ class JTT(Method):
         },
         "colored_mnist": {
             **CMNIST_MLP,
-            "identify_epochs": Default(2, OURS_UNTUNED),
+            "identify_epochs": Default(1, OURS_UNTUNED),
             "lambda_up": Default(50, OURS_UNTUNED),
         },
     }
