@@ -69,6 +69,7 @@ class DFRHparams(TrainHparams):
         tune_symmetric: also fit on the second half and score on the first, averaging both scores
             (the official code uses the single split only).
         max_iter: liblinear iteration limit (scikit-learn's default, as in the official code).
+        n_jobs: processes for the logistic fits (joblib; -1: all cores). Results do not depend on it.
     """
 
     base_run: str | None = None
@@ -77,6 +78,7 @@ class DFRHparams(TrainHparams):
     n_fits: int = 20
     tune_symmetric: bool = False
     max_iter: int = 100
+    n_jobs: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +93,8 @@ class DFRHparams(TrainHparams):
             raise ConfigError(f"dfr c_grid {list(self.c_grid)} must be a non-empty list of positive numbers")
         if self.n_fits < 1:
             raise ConfigError(f"dfr n_fits {self.n_fits} must be >= 1")
+        if self.n_jobs == 0 or self.n_jobs < -1:
+            raise ConfigError(f"dfr n_jobs {self.n_jobs} must be a positive number of processes or -1 (all cores)")
         if self.max_iter < 1:
             raise ConfigError(f"dfr max_iter {self.max_iter} must be >= 1")
         if self.base_run is not None:
@@ -182,6 +186,26 @@ def fold_standardisation(
     return weight / scale, bias - weight @ (mean / scale)
 
 
+def fit_heads(
+    z: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    tasks: list[tuple[np.ndarray, float, int]],
+    *,
+    max_iter: int = 100,
+    n_jobs: int = 1,
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """:func:`fit_linear_head` for every ``(indices, C, random_state)`` task, in order; ``n_jobs`` > 1 (or -1)
+    runs them in parallel processes (joblib). Every random draw is made before, so results do not depend on it.
+    """
+    if n_jobs == 1 or len(tasks) == 1:
+        return [fit_linear_head(z[idx], y[idx], n_classes, c, seed, max_iter) for idx, c, seed in tasks]
+    from joblib import Parallel, delayed
+
+    run = delayed(fit_linear_head)
+    return Parallel(n_jobs=n_jobs)(run(z[idx], y[idx], n_classes, c, seed, max_iter) for idx, c, seed in tasks)
+
+
 def tune_c(
     z: np.ndarray,
     y: np.ndarray,
@@ -192,25 +216,28 @@ def tune_c(
     *,
     symmetric: bool = False,
     max_iter: int = 100,
+    n_jobs: int = 1,
 ) -> tuple[float, dict[float, float], int]:
-    """Choose C: fit on a balanced subsample of one half of validation, score worst-unit accuracy on the other.
+    """Choose C: fit on a balanced subsample of one half of validation, score worst-unit accuracy on the other
+    (and the reverse too, averaged, when ``symmetric``). One subsample per half serves every C, as in the
+    official code.
 
     Returns the chosen C (the first best in ``c_grid`` order, as ``np.argmax`` in the official code), the score
-    of every C, and the balanced subsample size per unit of the fit half.
+    of every C, and the balanced subsample size per unit of the (first) fit half.
     """
     fit_half, score_half = split_halves(units, rng)
     folds = [(fit_half, score_half)] + ([(score_half, fit_half)] if symmetric else [])
+    subs = [fit_idx[balanced_subsample(units[fit_idx], rng)] for fit_idx, _ in folds]
+    tasks = [(sub, c, int(rng.integers(2**31 - 1))) for sub in subs for c in c_grid]
+    heads = iter(fit_heads(z, y, n_classes, tasks, max_iter=max_iter, n_jobs=n_jobs))
     scores = dict.fromkeys(c_grid, 0.0)
-    per_unit = 0
-    for fit_idx, score_idx in folds:
-        sub = fit_idx[balanced_subsample(units[fit_idx], rng)]
-        per_unit = per_unit or len(sub) // np.unique(units[sub]).size
+    for _, score_idx in folds:
         for c in c_grid:
-            w, b, _ = fit_linear_head(z[sub], y[sub], n_classes, c, int(rng.integers(2**31 - 1)), max_iter)
+            w, b, _ = next(heads)
             pred = np.argmax(z[score_idx] @ w.T + b, axis=1)
             scores[c] += worst_accuracy(pred, y[score_idx], units[score_idx]) / len(folds)
     best = max(c_grid, key=lambda c: (scores[c], -c_grid.index(c)))
-    return best, scores, per_unit
+    return best, scores, len(subs[0]) // np.unique(units[subs[0]]).size
 
 
 def load_model_file(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
@@ -300,19 +327,26 @@ class DFR(Method):
 
         trainer.seed_stage("dfr")
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        log.info("dfr: choosing C among %s on half of validation (%d examples)", list(hp.c_grid), len(y))
         best_c, scores, tune_size = tune_c(
-            z, y, units, val.n_classes, hp.c_grid, rng, symmetric=hp.tune_symmetric, max_iter=hp.max_iter
+            z,
+            y,
+            units,
+            val.n_classes,
+            hp.c_grid,
+            rng,
+            symmetric=hp.tune_symmetric,
+            max_iter=hp.max_iter,
+            n_jobs=hp.n_jobs,
         )
-        weights, biases, unconverged, size = [], [], 0, 0
-        for _ in range(hp.n_fits):
-            sub = balanced_subsample(units, rng)
-            size = len(sub)
-            w, b, ok = fit_linear_head(z[sub], y[sub], val.n_classes, best_c, int(rng.integers(2**31 - 1)), hp.max_iter)
-            weights.append(w)
-            biases.append(b)
-            unconverged += not ok
+        subs = [balanced_subsample(units, rng) for _ in range(hp.n_fits)]
+        tasks = [(sub, best_c, int(rng.integers(2**31 - 1))) for sub in subs]
+        log.info("dfr: averaging %d fits with C=%g on %d balanced examples each", hp.n_fits, best_c, len(subs[0]))
+        heads = fit_heads(z, y, val.n_classes, tasks, max_iter=hp.max_iter, n_jobs=hp.n_jobs)
+        unconverged, size = sum(not ok for _, _, ok in heads), len(subs[0])
         if unconverged:
             log.warning("dfr: liblinear hit max_iter=%d in %d of %d final fits", hp.max_iter, unconverged, hp.n_fits)
+        weights, biases = [w for w, _, _ in heads], [b for _, b, _ in heads]
         weight, bias = fold_standardisation(np.mean(weights, axis=0), np.mean(biases, axis=0), mean, scale)
         install_head(model, weight, bias)
 
