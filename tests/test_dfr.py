@@ -215,8 +215,9 @@ def test_base_run_is_loaded_checked_and_reproducible(toy, erm_run, dfr_trained) 
     train, val, test = toy
     _, run_dir = erm_run
     assert MODEL == MODEL_FILE
-    fits = [
-        DFR(base_run=str(run_dir)).fit(train, val, trainer=NoTrainingTrainer(progress=False, seed=0)) for _ in range(2)
+    fits = [  # the second fits in two processes: the same head
+        DFR(base_run=str(run_dir), n_jobs=jobs).fit(train, val, trainer=NoTrainingTrainer(progress=False, seed=0))
+        for jobs in (1, 2)
     ]
     assert fits[0].fit_result_.stages == [] and fits[0].fit_result_.extras["base"].startswith("run ")
     for a, b in zip(fits[0].model_.state_dict().values(), fits[1].model_.state_dict().values()):
@@ -250,3 +251,18 @@ def test_val_without_attributes(toy, erm_run) -> None:
     assert method.fit_result_.selected["rule"] == "worst_class on half of validation"
     auto = DFRClass(variant="auto", base_run=str(run_dir)).fit(train, val, trainer=Trainer(progress=False))
     assert auto.fit_result_.extras["variant"] == "group"
+
+
+def test_multiclass_dfr_runs_one_vs_rest() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 270
+    y = torch.arange(n) % 3
+    attr = torch.where(torch.rand(n, generator=g) < 0.3, torch.randint(0, 3, (n,), generator=g), y)
+    x = torch.randn(n, 6, generator=g) * 0.5
+    x[torch.arange(n), y] += 1.0
+    x[torch.arange(n), 3 + attr] += 2.0
+    data = GroupDataset(x=x, y=y, attr=attr, n_classes=3, n_attrs=3, name="toy3", split="val")
+    method = DFR(c_grid=[1.0, 0.1], n_fits=2, **{**TINY, "epochs": 1}).fit(data, data, trainer=Trainer(progress=False))
+    assert method.model_.head.weight.shape == (3, 16)
+    present = data.group_counts[data.group_counts > 0]
+    assert method.fit_result_.extras["balanced_size"] == int(present.min()) * present.numel()

@@ -20,12 +20,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
@@ -39,6 +37,9 @@ from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import cross_entropy_stage
 from debiaslab.models import build_model
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ def worst_accuracy(pred: np.ndarray, y: np.ndarray, units: np.ndarray) -> float:
 def _l1_logreg(c: float, random_state: int, max_iter: int) -> LogisticRegression:
     """``LogisticRegression(penalty="l1", solver="liblinear", C=c)`` across scikit-learn versions (``penalty``
     is deprecated from 1.8 on, where ``l1_ratio=1`` says the same)."""
+    from sklearn.linear_model import LogisticRegression
+
     kwargs: dict[str, Any] = {"C": c, "solver": "liblinear", "random_state": random_state, "max_iter": max_iter}
     if inspect.signature(LogisticRegression).parameters["penalty"].default == "l2":
         kwargs["penalty"] = "l1"
@@ -155,7 +158,7 @@ def fit_linear_head(
     """Fit L1 logistic regression on standardised embeddings; return it as logits ``(W (K, D), b (K,))`` and
     whether liblinear converged.
 
-    Two classes: one model ``d = w·z + c`` becomes logits ``(−d/2, +d/2)`` (softmax = ``predict_proba``, logit
+    Two classes: one model ``d = w·z + b`` becomes logits ``(−d/2, +d/2)`` (softmax = ``predict_proba``, logit
     difference = ``decision_function``). More classes: one-vs-rest, as liblinear does; logit k is the decision
     function of "k vs rest".
     """
@@ -321,13 +324,15 @@ class DFR(Method):
         units, y = units_t.numpy(), val.y.numpy()
         with torch.no_grad():
             base_pred = model.head(val_emb.to(model.head.weight.device)).argmax(1).cpu().numpy()
+        from sklearn.preprocessing import StandardScaler  # imported here: listing methods stays fast
+
         scaler = StandardScaler().fit(train_emb.numpy())
         mean, scale = scaler.mean_.astype(np.float64), scaler.scale_.astype(np.float64)
         z = (val_emb.numpy().astype(np.float64) - mean) / scale
 
         trainer.seed_stage("dfr")
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-        log.info("dfr: choosing C among %s on half of validation (%d examples)", list(hp.c_grid), len(y))
+        log.info("dfr: choosing C among %s on halves of validation (%d examples)", list(hp.c_grid), len(y))
         best_c, scores, tune_size = tune_c(
             z,
             y,
@@ -386,7 +391,8 @@ class DFR(Method):
     def _base_model(
         self, train: GroupDataset, val: GroupDataset, trainer: Trainer
     ) -> tuple[nn.Module, dict[str, Any], list[StageResult]]:
-        """The frozen ERM model: loaded from ``base_run`` (shape and classes checked) or trained as stage ``erm``."""
+        """The frozen ERM model: loaded from ``base_run`` (shape and classes checked) or trained as stage ``erm``
+        (the stage name seeds it, so with the same seed and settings it is the model the ``erm`` method trains)."""
         hp: DFRHparams = self.hparams  # type: ignore[assignment]
         if hp.base_run:
             model, spec = load_model_file(hp.base_run)
