@@ -144,7 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1
-    console.print(markdown_table(summarise(records, split=args.split)), markup=False, highlight=False)
+    console.print(markdown_table(summarise(records, split=args.split)), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
