@@ -26,12 +26,11 @@ import yaml
 from debiaslab import __version__
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.registry import build_dataset
-from debiaslab.engine.checkpoint import load_checkpoint, save_checkpoint
+from debiaslab.engine.checkpoint import load_model_file, save_model_file
 from debiaslab.engine.trainer import Trainer
-from debiaslab.errors import ConfigError, DataError, RunDirError
+from debiaslab.errors import ConfigError, RunDirError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.methods.registry import get_method
-from debiaslab.models import build_model
 from debiaslab.reporting import run_report_markdown
 from debiaslab.utils import dist
 from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
@@ -165,13 +164,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
         return {}
-    save_checkpoint(
-        run_dir / MODEL,
-        {
-            "spec": result.model_spec,
-            "state_dict": {k: v.cpu() for k, v in method.model_.state_dict().items()},
-        },
-    )
+    save_model_file(run_dir / MODEL, method.model_, result.model_spec)
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
     wall = sum(s.wall_time_s for s in result.stages)
@@ -217,14 +210,7 @@ def evaluate_splits(model: torch.nn.Module, bundle: DatasetBundle, trainer: Trai
 
 def load_run_model(run_dir: str | os.PathLike[str]) -> torch.nn.Module:
     """Rebuild the deployed model of a finished run from ``model.pt`` (loaded with ``weights_only=True``)."""
-    path = Path(run_dir) / MODEL
-    state = load_checkpoint(path)
-    if "spec" not in state or "state_dict" not in state:
-        raise DataError(f"{path} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")
-    spec = state["spec"]
-    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **spec["kwargs"])
-    model.load_state_dict(state["state_dict"])
-    return model
+    return load_model_file(Path(run_dir) / MODEL)[0]
 
 
 def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

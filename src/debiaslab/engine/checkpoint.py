@@ -34,6 +34,25 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         ) from exc
 
 
+def save_model_file(path: str | os.PathLike[str], model: torch.nn.Module, spec: dict[str, Any]) -> Path:
+    """Write a deployed model as ``{"spec", "state_dict"}``: the registry name and arguments that rebuild it."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return save_checkpoint(path, {"spec": spec, "state_dict": state})
+
+
+def load_model_file(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a model written by :func:`save_model_file` (``weights_only`` load); returns it and its spec."""
+    from debiaslab.models import build_model
+
+    state = load_checkpoint(path)
+    if "spec" not in state or "state_dict" not in state:
+        raise DataError(f"{path} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")
+    spec = state["spec"]
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **spec["kwargs"])
+    model.load_state_dict(state["state_dict"])
+    return model, spec
+
+
 def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a module's state (for keeping the best epoch in memory)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -27,16 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
-from debiaslab.engine.checkpoint import load_checkpoint
-from debiaslab.engine.stage import Stage, StageResult
+from debiaslab.engine.checkpoint import load_model_file
+from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import cross_entropy_stage
-from debiaslab.models import build_model
+from debiaslab.methods.stages import erm_stage
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -243,12 +242,8 @@ def tune_c(
     return best, scores, len(subs[0]) // np.unique(units[subs[0]]).size
 
 
-def load_model_file(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a deployed model and its spec from a run directory or its ``model.pt`` (``weights_only`` load).
-
-    Mirrors ``debiaslab.runs.load_run_model``, which cannot be imported here (``runs`` sits above ``methods``),
-    and also returns the spec DFR needs for its own ``model_spec``.
-    """
+def load_base_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """The deployed model (and its spec) of a finished run directory, or of a ``model.pt`` path."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
@@ -256,13 +251,7 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
             f"dfr base_run {str(path)!r}: no {MODEL_FILE} found; expected a finished run directory "
             f"(debiaslab train --method erm --out DIR) or the path of its {MODEL_FILE}"
         )
-    state = load_checkpoint(file)
-    if "spec" not in state or "state_dict" not in state:
-        raise ConfigError(f"{file} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")
-    spec = state["spec"]
-    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **spec["kwargs"])
-    model.load_state_dict(state["state_dict"])
-    return model, spec
+    return load_model_file(file)
 
 
 # ---------------------------------------------------------------------------------------------- the method
@@ -395,7 +384,7 @@ class DFR(Method):
         (the stage name seeds it, so with the same seed and settings it is the model the ``erm`` method trains)."""
         hp: DFRHparams = self.hparams  # type: ignore[assignment]
         if hp.base_run:
-            model, spec = load_model_file(hp.base_run)
+            model, spec = load_base_model(hp.base_run)
             shape, k = tuple(int(d) for d in spec["input_shape"]), int(spec["n_classes"])
             if shape != tuple(train.input_shape) or k != train.n_classes:
                 raise ConfigError(
@@ -406,20 +395,7 @@ class DFR(Method):
             _check_backbone(model, hp.base_run)
             log.info("dfr: base model loaded from %s (training hyperparameters unused)", hp.base_run)
             return model.to(trainer.device), spec, []
-        rule = self.selection_rule(val)
-
-        def build() -> Stage:
-            return cross_entropy_stage(
-                "erm",
-                self.build_model(train),
-                train,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
-            )
-
-        stage, result = trainer.run_stage("erm", build, train, val)
+        stage, result = trainer.run_stage("erm", erm_stage(self, train, self.selection_rule(val)), train, val)
         _check_backbone(stage.modules, "the base ERM model")
         return stage.modules, self.model_spec(train), [result]
 

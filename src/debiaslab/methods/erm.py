@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from debiaslab.data.core import GroupDataset
-from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import HparamTable
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import cross_entropy_stage
+from debiaslab.methods.stages import erm_stage
 
 
 @register_method("erm")
@@ -22,21 +21,8 @@ class ERM(Method):
     hparam_table: ClassVar[HparamTable] = {"colored_mnist": dict(CMNIST_MLP)}
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
-        hp = self.hparams
         rule = self.selection_rule(val)
-
-        def build() -> Stage:
-            return cross_entropy_stage(
-                "erm",
-                self.build_model(train),
-                train,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
-            )
-
-        stage, result = trainer.run_stage("erm", build, train, val)
+        stage, result = trainer.run_stage("erm", erm_stage(self, train, rule), train, val)
         return FitResult(
             model=stage.modules,
             model_spec=self.model_spec(train),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,24 @@ def cross_entropy_stage(
         optim=optim,
         selection=selection,
     )
+
+
+def erm_stage(method: Any, train: GroupDataset, selection: str, name: str = "erm") -> Callable[[], Stage]:
+    """The build function of a plain ERM stage from a method's model and optimiser hyperparameters."""
+    hp = method.hparams
+
+    def build() -> Stage:
+        return cross_entropy_stage(
+            name,
+            method.build_model(train),
+            train,
+            epochs=hp.epochs,
+            batch_size=hp.batch_size,
+            optim=hp.optim_config(),
+            selection=selection,
+        )
+
+    return build
 
 
 def error_set(
