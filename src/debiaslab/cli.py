@@ -31,18 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one method on one dataset and write a run directory")
     train.add_argument("--method", required=True, help="a registered method (see `debiaslab methods`)")
     train.add_argument("--dataset", required=True, help="a registered dataset (see `debiaslab datasets`)")
-    train.add_argument(
-        "--ratio", type=float, help="bias-conflicting ratio of the training set (Colored MNIST)"
-    )
+    train.add_argument("--ratio", type=float, help="bias-conflicting ratio of the training set (Colored MNIST)")
     train.add_argument("--protocol", help="dataset protocol: default (select on validation) or paper")
     train.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, help="shortcut for --hp epochs=N")
     train.add_argument("--batch-size", type=int, help="shortcut for --hp batch_size=N")
     train.add_argument("--lr", type=float, help="shortcut for --hp lr=X")
-    train.add_argument(
-        "--selection", help="selection rule: val_worst_group, val_unbiased, val_worst_class, ..."
-    )
+    train.add_argument("--selection", help="selection rule: val_worst_group, val_unbiased, val_worst_class, ...")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyperparameter")
     train.add_argument("--out", help="run directory (default runs/<dataset>-<options>/<method>/seed<seed>)")
     train.add_argument("--device", default="auto")
@@ -61,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="summarise finished run directories: mean ± std over seeds")
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
     report.add_argument("--split", default="test", choices=["val", "test"])
+    report.add_argument("--pivot", metavar="METRIC", help="methods x ratios table of one metric, e.g. unbiased")
+    report.add_argument("--paper", action="store_true", help="with --pivot: add published CMNIST numbers")
 
     sub.add_parser("datasets", help="list registered datasets and their options")
     sub.add_parser("methods", help="list registered methods and the labels they need")
@@ -69,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="where datasets live (default $DEBIASLAB_DATA, then the user cache)")
-    p.add_argument(
-        "--cache-dir", help="where derived datasets are cached (default $DEBIASLAB_CACHE, then ...)"
-    )
+    p.add_argument("--cache-dir", help="where derived datasets are cached (default $DEBIASLAB_CACHE, then ...)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,9 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from debiaslab.runs import evaluate_run
 
-    reports = evaluate_run(
-        args.run_dir, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device
-    )
+    reports = evaluate_run(args.run_dir, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device)
     console.print(reports["test"].render_auto())
     for split, report in reports.items():
         console.print(f"{split}: {report.summary_line()}")
@@ -144,7 +138,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1
-    console.print(markdown_table(summarise(records, split=args.split)), markup=False, highlight=False, soft_wrap=True)
+    rows = summarise(records, split=args.split)
+    if args.pivot:
+        from debiaslab.bench.aggregate import pivot_markdown
+        from debiaslab.bench.paper import cmnist_reference
+
+        text = pivot_markdown(rows, args.pivot, reference=cmnist_reference if args.paper else None)
+    else:
+        text = markdown_table(rows)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -168,9 +170,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for col in ("name", "what it does", "needs"):
         table.add_column(col)
     for method in list_methods():
-        table.add_row(
-            method.name, method.summary or (method.__doc__ or "").split("\n")[0], method.requires.describe()
-        )
+        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], method.requires.describe())
     console.print(table)
     return 0
 

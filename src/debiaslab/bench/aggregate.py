@@ -126,3 +126,39 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pivot_markdown(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "unbiased",
+    option: str = "ratio",
+    reference: Any = None,
+) -> str:
+    """Methods as rows, values of ``option`` (e.g. the conflicting ratio) as columns: ``metric`` mean ± std.
+
+    ``reference(method, value) -> float | None`` adds the published number and our difference to each cell.
+    """
+    values = sorted({r["options"].get(option) for r in rows if option in r["options"]})
+    keys = sorted({(r["method"], r["protocol"], r["selection"]) for r in rows})
+    header = ["method", "protocol", "selection", *[f"{option} {v}" for v in values]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, protocol, selection in keys:
+        cells = [method, protocol, selection]
+        for v in values:
+            match = [
+                r
+                for r in rows
+                if (r["method"], r["protocol"], r["selection"]) == (method, protocol, selection)
+                and r["options"].get(option) == v
+            ]
+            if not match:
+                cells.append("")
+                continue
+            cell: Cell = match[0][metric]
+            text = f"{cell.format()} (n={len(match[0]['seeds'])})"
+            ref = reference(method, v) if reference is not None else None
+            if ref is not None and not math.isnan(cell.mean):
+                text += f" [paper {ref:.1f}, {100 * cell.mean - ref:+.1f}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

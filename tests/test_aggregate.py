@@ -1,0 +1,53 @@
+"""Aggregation of run directories: mean ± std over seeds, pivot by ratio with published numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from debiaslab.bench.aggregate import find_runs, markdown_table, pivot_markdown, summarise
+from debiaslab.bench.paper import cmnist_reference
+from debiaslab.errors import DataError
+
+
+def write_run(root: Path, method: str, ratio: float, seed: int, unbiased: float) -> None:
+    run = root / method / f"r{ratio}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    final = {
+        "method": method,
+        "dataset": "colored_mnist",
+        "dataset_options": {"ratio": ratio},
+        "seed": seed,
+        "protocol": "default",
+        "selection": "val_unbiased",
+        "metrics": {"test": {"unbiased": unbiased, "accuracy": unbiased}},
+        "train_time_s": 10.0,
+    }
+    (run / "final.json").write_text(json.dumps(final))
+
+
+def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
+    for seed, value in enumerate((0.40, 0.50, 0.60)):
+        write_run(tmp_path, "erm", 0.01, seed, value)
+    write_run(tmp_path, "lff", 0.01, 0, 0.75)
+    (tmp_path / "unfinished").mkdir()  # no final.json: skipped
+    rows = summarise(find_runs([tmp_path]))
+    erm = next(r for r in rows if r["method"] == "erm")
+    assert erm["seeds"] == [0, 1, 2]
+    assert erm["unbiased"].mean == pytest.approx(0.5)
+    assert erm["unbiased"].std == pytest.approx(0.1)
+    assert "50.0 ± 10.0" in markdown_table(rows)
+    pivot = pivot_markdown(rows, "unbiased", reference=cmnist_reference)
+    assert "| erm | default | val_unbiased | 50.0 ± 10.0 (n=3) [paper 50.3, -0.3] |" in pivot
+    assert "75.0 (n=1) [paper 74.0, +1.0]" in pivot
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "final.json").write_text("{broken")
+    with pytest.raises(DataError, match="not valid JSON"):
+        find_runs([tmp_path])
