@@ -1,0 +1,400 @@
+"""BAM — Bias AMplification (Li, Liu, Hu; TMLR 2024).
+
+Stage ``amplify``: the network is trained together with one auxiliary logit vector b_i ∈ R^K per training
+example (indexed by the dataset index, initialised to 0). Training logits are ``f(x_i) + λ·b_i``; b lets the
+hard (bias-conflicting) examples be fitted by their auxiliary variables instead of by the network, so f relies
+even more on the spurious cue. b never enters evaluation. The loss is the squared loss against one-hot labels
+(CE as an option). Error set: the examples the epoch-T network (without b) misclassifies, from a clean eval pass.
+Stage ``upweight``: continue training the same network with a fresh optimiser and CE, every error example
+listed μ times per epoch (upsampling); a fresh network (JTT-like) is an option. No group labels are needed for
+training; with none on validation either, the epoch is selected by the smallest ClassDiff (gap between class
+accuracies), so BAM runs end to end without group labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debiaslab.data.core import Batch, GroupDataset
+from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from debiaslab.engine.optim import OptimConfig
+from debiaslab.engine.sampling import IndexListSampler, UniformSampler, upsample_indices
+from debiaslab.engine.stage import Stage, StageResult, StepContext
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError
+from debiaslab.evaluation.selection import get_rule, select_best
+from debiaslab.methods.base import FitResult, Method
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.jtt import error_set_quality
+from debiaslab.methods.presets import CMNIST_MLP
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import cross_entropy_stage, error_set
+from debiaslab.utils import dist
+
+log = logging.getLogger(__name__)
+
+BAM_SPEC = "BAM (Li, Liu, Hu, TMLR 2024), official code, Waterbirds setting"
+BAM_T = "BAM official code: stageOne_T=20 trains epochs 0..20, i.e. 21 completed epochs"
+BAM_README = "BAM official README, sample Waterbirds command (--stageTwo_epochs 150)"
+BAM_OPTIMIZER = "BAM (Li, Liu, Hu 2024): momentum-SGD for the network and the auxiliary variables"
+OURS_UNTUNED = "[open] ours: untuned, to be chosen by the CMNIST benchmark"
+OURS_SMOKE = "ours: SGD lr for the LfF MLP, checked to learn in a 2-epoch Colored MNIST smoke run"
+
+AMPLIFY_LOSSES = ("mse", "ce")
+STAGE2_INITS = ("continue", "fresh")
+ALT_CHECKPOINT = "alternatives"
+
+
+@dataclass
+class BAMHparams(TrainHparams):
+    """BAM's hyperparameters on top of the usual ones (``epochs`` is the upweighting stage's length; the
+    optimiser settings are stage 1's and, unless overridden, stage 2's).
+
+    Attributes:
+        aux_lambda: λ, the scale of the auxiliary logits in stage-1 training steps.
+        amplify_epochs: T, the number of *completed* stage-1 epochs. The official code's ``stageOne_T`` counts
+            from 0, so its T = 20 is ``amplify_epochs=21`` here.
+        mu: μ, how many times each error example is listed per upweighting epoch (the rest: once).
+        amplify_loss: ``mse`` (squared loss against one-hot labels, the paper's default) or ``ce``.
+        stage2_init: ``continue`` (the amplified network, fresh optimiser) or ``fresh`` (new initialisation).
+        upweight_lr, upweight_weight_decay: stage-2 optimiser overrides (None: same as stage 1).
+        keep_alternative: also keep, per alternative selection rule (ClassDiff and/or worst-group), the weights
+            of the epoch that rule picks (costs one extra validation pass per stage-2 epoch).
+    """
+
+    optimizer: str = "sgd"
+    aux_lambda: float = 50.0
+    amplify_epochs: int = 21
+    mu: int = 140
+    amplify_loss: str = "mse"
+    stage2_init: str = "continue"
+    upweight_lr: float | None = None
+    upweight_weight_decay: float | None = None
+    keep_alternative: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.aux_lambda, int | float) and math.isfinite(self.aux_lambda) and self.aux_lambda >= 0):
+            raise ConfigError(f"aux_lambda {self.aux_lambda!r} must be a finite number >= 0")
+        for name, low in (("amplify_epochs", 1), ("mu", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value or value < low:
+                raise ConfigError(f"{name} {value!r} must be an integer >= {low}")
+            setattr(self, name, int(value))
+        self.aux_lambda = float(self.aux_lambda)
+        if self.amplify_loss not in AMPLIFY_LOSSES:
+            raise ConfigError(
+                f"amplify_loss {self.amplify_loss!r} unknown; expected one of {', '.join(AMPLIFY_LOSSES)}"
+            )
+        if self.stage2_init not in STAGE2_INITS:
+            raise ConfigError(f"stage2_init {self.stage2_init!r} unknown; expected one of {', '.join(STAGE2_INITS)}")
+        if self.upweight_lr is not None and not (math.isfinite(self.upweight_lr) and self.upweight_lr > 0):
+            raise ConfigError(f"upweight_lr {self.upweight_lr!r} must be a positive number (or None)")
+        if self.upweight_weight_decay is not None and not self.upweight_weight_decay >= 0:
+            raise ConfigError(f"upweight_weight_decay {self.upweight_weight_decay!r} must be >= 0 (or None)")
+        if not isinstance(self.keep_alternative, bool):
+            raise ConfigError(f"keep_alternative {self.keep_alternative!r} must be true or false")
+
+
+class AuxiliaryLogits(nn.Module):
+    """BAM's per-example auxiliary logits ``b`` of shape (N, K), initialised to 0 and looked up by dataset index.
+
+    ``b`` is an ordinary dense parameter trained by the stage's optimiser: a step's gradient is non-zero only on
+    the rows of the batch, but with momentum the other rows keep moving along their momentum buffers (the
+    behaviour of momentum-SGD on a plain parameter, as in the official code).
+    """
+
+    def __init__(self, n: int, n_classes: int) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(int(n), int(n_classes)))
+
+    def forward(self, index: Tensor) -> Tensor:
+        return self.b[index.to(self.b.device)]
+
+
+def squared_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Squared loss against one-hot labels, averaged over the B·K entries (``nn.MSELoss()``'s reduction).
+
+    This is ``mean_i ||z_i - e_{y_i}||² / K``. We keep the per-entry mean of the official code (MSE against
+    one-hot) so that its λ and learning rates carry over; the per-example sum over classes would be K times
+    larger, i.e. a K-times larger step size. Computed in float32.
+    """
+    logits = logits.float()
+    return F.mse_loss(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
+
+
+def amplify_stage(
+    model: nn.Module,
+    aux: AuxiliaryLogits,
+    *,
+    aux_lambda: float,
+    loss: str,
+    epochs: int,
+    batch_size: int,
+    optim: OptimConfig,
+) -> Stage:
+    """Stage 1: train ``model`` on the logits ``model(x) + λ·b[index]``; evaluation and selection use ``model``
+    alone. ``b`` has weight decay 0, the network the configured weight decay."""
+    if loss not in AMPLIFY_LOSSES:
+        raise ConfigError(f"amplify loss {loss!r} unknown; expected one of {', '.join(AMPLIFY_LOSSES)}")
+    criterion = squared_loss if loss == "mse" else F.cross_entropy
+    n = aux.b.shape[0]
+
+    def loss_fn(batch: Batch, ctx: StepContext) -> Tensor:
+        logits = model(batch.x).float() + aux_lambda * aux(batch.index)
+        return criterion(logits, batch.y)
+
+    def param_groups() -> list[dict[str, Any]]:
+        net = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": net, "weight_decay": optim.weight_decay}, {"params": [aux.b], "weight_decay": 0.0}]
+
+    return Stage(
+        name="amplify",
+        modules=nn.ModuleDict({"model": model, "aux": aux}),
+        loss_fn=loss_fn,
+        predict_fn=model,
+        sampler=UniformSampler(n),
+        epochs=epochs,
+        batch_size=batch_size,
+        optim=optim,
+        param_groups=param_groups,
+        selection="last",
+    )
+
+
+def aux_memory(n: int, n_classes: int, optim: OptimConfig) -> dict[str, int]:
+    """Bytes held for the auxiliary table in stage 1: the float32 parameter, its (dense) gradient and the
+    optimiser state (one momentum buffer for momentum-SGD, two moments for Adam/AdamW)."""
+    table = int(n) * int(n_classes) * 4
+    states = 2 if optim.optimizer in ("adam", "adamw") else int(optim.momentum > 0)
+    return {
+        "aux_table_bytes": table,
+        "aux_optimizer_state_bytes": states * table,
+        "aux_grad_bytes": table,
+        "aux_total_bytes": (2 + states) * table,
+    }
+
+
+class AlternativeTracker:
+    """Keeps, per alternative selection rule, the stage-2 weights of the best epoch so far.
+
+    The trainer's own best-state logic serves the configured rule; this scores the other rules on a validation
+    pass after each epoch's training (the same weights the trainer then validates). With a run directory the
+    kept states are checkpointed after every epoch, so a resumed run ends with the same alternatives.
+    """
+
+    def __init__(self, rules: list[str], trainer: Trainer, model: nn.Module, val: GroupDataset) -> None:
+        self.rules = [get_rule(r) for r in rules]
+        self.trainer, self.model, self.val = trainer, model, val
+        self.best: dict[str, dict[str, Any]] = {}
+        self.path = trainer.checkpoint_dir / f"upweight.{ALT_CHECKPOINT}.pt" if trainer.checkpoint_dir else None
+        if trainer.resume and self.path is not None and self.path.exists():
+            self.best = load_checkpoint(self.path)["best"]
+
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        metrics = self.trainer.evaluate(self.model, self.val, self.model).metrics
+        changed = False
+        for rule in self.rules:
+            score = rule.score(metrics)
+            kept = self.best.get(rule.name)
+            if rule.is_better(score, None if kept is None else kept["score"]):
+                self.best[rule.name] = {"epoch": ctx.epoch + 1, "score": score, "state": clone_state(self.model)}
+                changed = True
+        if changed and self.path is not None and dist.is_main_process():
+            save_checkpoint(self.path, {"best": self.best})
+
+
+@register_method("bam")
+class BAM(Method):
+    """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
+
+    summary = "auxiliary-logit bias amplification, then error upsampling; label-free ClassDiff selection (Li 2024)"
+    Hparams: ClassVar[type[TrainHparams]] = BAMHparams
+    hparam_table: ClassVar[HparamTable] = {
+        "*": {"optimizer": Default("sgd", BAM_OPTIMIZER)},
+        "waterbirds": {
+            "optimizer": Default("sgd", BAM_OPTIMIZER),
+            "aux_lambda": Default(50.0, BAM_SPEC),
+            "amplify_epochs": Default(21, BAM_T),
+            "mu": Default(140, BAM_SPEC),
+            "upweight_lr": Default(1e-5, BAM_SPEC),
+            "upweight_weight_decay": Default(1.0, BAM_SPEC),
+            "batch_size": Default(64, BAM_SPEC),
+            "epochs": Default(150, BAM_README),
+        },
+        "colored_mnist": {
+            **CMNIST_MLP,
+            "optimizer": Default("sgd", BAM_OPTIMIZER),
+            "momentum": Default(0.9, BAM_OPTIMIZER),
+            "lr": Default(0.05, OURS_SMOKE),
+            "aux_lambda": Default(50.0, OURS_UNTUNED),
+            "amplify_epochs": Default(5, OURS_UNTUNED),
+            "mu": Default(50, OURS_UNTUNED),
+        },
+    }
+
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        super().__init__(dataset, **hparams)
+        self.error_set_: Tensor | None = None
+        self.alternative_models_: dict[str, nn.Module] = {}
+
+    def selection_rule(self, val: GroupDataset | None) -> str:
+        """``auto``: worst-group accuracy when validation has attributes, else BAM's label-free ClassDiff."""
+        if val is not None and self.hparams.selection == "auto" and not val.has_attrs:
+            return "val_classdiff"
+        return super().selection_rule(val)
+
+    def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+        hp: BAMHparams = self.hparams  # type: ignore[assignment]
+        rule = self.selection_rule(val)
+        n, k = len(train), train.n_classes
+        amplify_optim = hp.optim_config()
+
+        def build_amplify() -> Stage:
+            model = self.build_model(train)
+            return amplify_stage(
+                model,
+                AuxiliaryLogits(n, k),
+                aux_lambda=hp.aux_lambda,
+                loss=hp.amplify_loss,
+                epochs=hp.amplify_epochs,
+                batch_size=hp.batch_size,
+                optim=amplify_optim,
+            )
+
+        amp_stage, amplify = trainer.run_stage("amplify", build_amplify, train, val)
+        amplified: nn.Module = amp_stage.modules["model"]  # type: ignore[index]
+        # the epoch-T weights, whether trained now or restored from the stage's done-checkpoint
+        amplified_state = clone_state(amplified)
+        errors = error_set(trainer, amplified, train, amplified)
+        self.error_set_ = errors
+        quality = error_set_quality(train, errors)
+        log.info(
+            "bam: error set of %d / %d training examples after %d amplification epochs (λ=%g)%s",
+            errors.numel(),
+            n,
+            len(amplify.history),
+            hp.aux_lambda,
+            f" (precision {quality['error_set_precision']:.3f}, recall {quality['error_set_recall']:.3f} "
+            "for bias-conflicting examples)"
+            if quality
+            else "",
+        )
+        if errors.numel() == 0:
+            log.warning("bam: the amplified model makes no training errors; the upweighting stage is plain CE")
+
+        rules = self._reported_rules(rule, val)
+        alternatives = [r for r in rules if r != rule] if hp.keep_alternative and val is not None else []
+        tracker: dict[str, AlternativeTracker] = {}
+        overrides: dict[str, Any] = {}
+        if hp.upweight_lr is not None:
+            overrides["lr"] = hp.upweight_lr
+        if hp.upweight_weight_decay is not None:
+            overrides["weight_decay"] = hp.upweight_weight_decay
+
+        def build_upweight() -> Stage:
+            model = self.build_model(train)
+            if hp.stage2_init == "continue":
+                # rebuilt from the saved epoch-T state, so a resumed run starts stage 2 from the same weights
+                model.load_state_dict(amplified_state)
+            stage = cross_entropy_stage(
+                "upweight",
+                model,
+                train,
+                epochs=hp.epochs,
+                batch_size=hp.batch_size,
+                optim=hp.optim_config(**overrides),
+                selection=rule,
+                sampler=IndexListSampler(upsample_indices(n, errors, times=hp.mu)),
+            )
+            if not alternatives:
+                return stage
+            assert val is not None
+            tracker["alt"] = AlternativeTracker(alternatives, trainer, model, val)
+            return dataclasses.replace(stage, on_epoch_end=tracker["alt"].on_epoch_end)
+
+        final, upweight = trainer.run_stage("upweight", build_upweight, train, val)
+        selections = self._selections(upweight, rules, rule)
+        self.alternative_models_ = self._alternative_models(train, tracker.get("alt"), selections, trainer.device)
+        if len(selections) > 1:
+            log.info(
+                "bam: epochs selected by each rule: %s",
+                ", ".join(f"{r} -> {s['epoch']} (score {s['score']:.4f})" for r, s in selections.items()),
+            )
+        extras: dict[str, Any] = {
+            "aux_lambda": hp.aux_lambda,
+            "amplify_epochs": len(amplify.history),
+            "official_T": len(amplify.history) - 1,
+            "mu": hp.mu,
+            "amplify_loss": hp.amplify_loss,
+            "stage2_init": hp.stage2_init,
+            "error_set_size": int(errors.numel()),
+            "error_set_fraction": errors.numel() / max(n, 1),
+            **quality,
+            **aux_memory(n, k, amplify_optim),
+            "selections": selections,
+        }
+        return FitResult(
+            model=final.modules,
+            model_spec=self.model_spec(train),
+            stages=[amplify, upweight],
+            selection=rule,
+            selected={"stage": "upweight", "epoch": upweight.selected_epoch, "score": upweight.score},
+            extras=extras,
+        )
+
+    @staticmethod
+    def _reported_rules(rule: str, val: GroupDataset | None) -> list[str]:
+        """The configured rule first, then BAM's label-free ClassDiff and (with validation groups) worst-group."""
+        if val is None:
+            return [rule]
+        candidates = [rule, "val_classdiff"] + (["val_worst_group"] if val.has_attrs else [])
+        return list(dict.fromkeys(candidates))
+
+    @staticmethod
+    def _selections(result: StageResult, rules: list[str], configured: str) -> dict[str, dict[str, Any]]:
+        """Per rule, the stage-2 epoch it picks from the logged validation metrics, its score and metrics."""
+        history = [h.get("val", {}) for h in result.history]
+        if not history or not all(history):  # no validation split: nothing to compare
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for name in rules:
+            i = select_best(history, name)
+            out[name] = {
+                "epoch": i + 1,
+                "score": get_rule(name).score(history[i]),
+                "val": dict(history[i]),
+                "deployed": name == configured,
+            }
+        return out
+
+    def _alternative_models(
+        self,
+        train: GroupDataset,
+        tracker: AlternativeTracker | None,
+        selections: dict[str, dict[str, Any]],
+        device: torch.device,
+    ) -> dict[str, nn.Module]:
+        """Models of the epochs the alternative rules pick (only with ``keep_alternative``)."""
+        if tracker is None:
+            return {}
+        models: dict[str, nn.Module] = {}
+        for name in tracker.rules:
+            kept = tracker.best.get(name.name)
+            if kept is None:
+                log.warning("bam: no kept weights for rule %s (stage restored from an older run?)", name.name)
+                continue
+            model = self.build_model(train)
+            model.load_state_dict(kept["state"])
+            models[name.name] = model.to(device).eval()
+            if name.name in selections:
+                selections[name.name]["state_kept"] = True
+        return models
