@@ -29,9 +29,16 @@ lint: venv
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+DEMO_METHODS ?= erm groupdro jtt lff
+DEMO_EPOCHS ?= 10
+
+# Colored MNIST at 1 % conflicting, short budget: each method's per-group table, then one comparison table.
 demo: venv
-	$(PY) -m debiaslab train --method erm --dataset colored_mnist --ratio 0.01 --seed 0 --epochs 10 \
-		--out runs/demo/erm-cmnist-1pct --overwrite
+	@for m in $(DEMO_METHODS); do \
+		$(PY) -m debiaslab train --method $$m --dataset colored_mnist --ratio 0.01 --seed 0 \
+			--epochs $(DEMO_EPOCHS) --out runs/demo/$$m --overwrite || exit 1; \
+	done
+	$(PY) -m debiaslab report runs/demo
 
 bench-speed: venv
 	$(PY) benchmarks/engine_overhead.py --epochs 5
