@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from debiaslab.data.mnist import MNIST_FILES
 from debiaslab.utils.paths import CACHE_ENV, DATA_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytest.register_assert_rewrite("toys")  # the shared helpers' asserts explain their failures too
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +45,13 @@ def _isolated_cache(cache_dir: Path, data_root: Path) -> Iterator[None]:
         mp.setenv(CACHE_ENV, str(cache_dir))
         mp.setenv(DATA_ENV, str(data_root))
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models run
+    fastest single-threaded and extra threads only contend on a shared machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,8 +3,6 @@ label-free ClassDiff selection, both selections reported, K = 3."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +11,6 @@ from torch import nn
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.checkpoint import clone_state
 from debiaslab.engine.optim import OptimConfig, build_optimizer
-from debiaslab.engine.sampling import IndexListSampler
 from debiaslab.engine.stage import StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
@@ -21,69 +18,27 @@ from debiaslab.evaluation.selection import select_best
 from debiaslab.methods import get_method
 from debiaslab.methods.bam import BAM, AuxiliaryLogits, amplify_stage, squared_loss
 from debiaslab.methods.stages import error_set
+from toys import (
+    RecordingTrainer,
+    assert_same_run,
+    assert_same_weights,
+    assert_upsampled,
+    full_and_resumed,
+    tiny_mlp,
+    toy_splits,
+)
 
-
-def make_split(n: int, seed: int, split: str, conflict: float, k: int = 2, attrs: bool = True) -> GroupDataset:
-    """K classes; a strong spurious attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, k, (n,), generator=g)
-    other = (y + torch.randint(1, k, (n,), generator=g)) % k
-    attr = torch.where(torch.rand(n, generator=g) < conflict, other, y)
-    x = torch.randn(n, 8, generator=g) * 0.5
-    x[torch.arange(n), y] += 1.0  # weak core feature
-    x[torch.arange(n), k + attr] += 3.0  # strong spurious feature
-    return GroupDataset(x=x, y=y, attr=attr if attrs else None, n_classes=k, n_attrs=k, name="toy", split=split)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(512, 0, "train", 0.05), make_split(256, 1, "val", 0.5)
+    return toy_splits(one_hot=True)
 
 
 def bam(**kw) -> BAM:
-    base = {
-        "model": "mlp",
-        "model_kwargs": {"width": 16, "depth": 1},
-        "batch_size": 64,
-        "lr": 0.05,
-        "epochs": 2,
-        "amplify_epochs": 2,
-        "aux_lambda": 5.0,
-        "mu": 5,
-    }
+    base = {**tiny_mlp(lr=0.05), "epochs": 2, "amplify_epochs": 2, "aux_lambda": 5.0, "mu": 5}
     return BAM(**{**base, **kw})
-
-
-class RecordingTrainer(Trainer):
-    """Keeps every built stage, its initial weights and how many epochs it trained."""
-
-    def __init__(self, **kw) -> None:
-        super().__init__(progress=False, **kw)
-        self.stages: dict = {}
-        self.initial: dict = {}
-        self.epochs_run: Counter = Counter()
-
-    def run_stage(self, name, build, train, val=None):
-        stage, result = super().run_stage(name, build, train, val)
-        self.stages[name] = stage
-        return stage, result
-
-    def _train(self, stage, rule, train, val):
-        self.initial[stage.name] = clone_state(stage.modules)
-        return super()._train(stage, rule, train, val)
-
-    def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-        self.epochs_run[stage.name] += 1
-        return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
 
 
 def test_registered_and_needs_no_attribute_labels() -> None:
@@ -106,11 +61,7 @@ def test_amplify_runs_exactly_T_epochs_and_upsamples_errors_mu_times(toy) -> Non
     assert torch.equal(errors, error_set(trainer, model, train, model))  # clean pass of the epoch-T net, no b
     assert 0 < errors.numel() < len(train)
     sampler = trainer.stages["upweight"].sampler
-    assert isinstance(sampler, IndexListSampler)
-    counts = torch.bincount(sampler.indices, minlength=len(train))
-    is_error = torch.zeros(len(train), dtype=torch.bool)
-    is_error[errors] = True
-    assert bool((counts[is_error] == 7).all()) and bool((counts[~is_error] == 1).all())
+    assert_upsampled(sampler, len(train), errors, times=7)
     extras = result.extras
     assert (extras["amplify_epochs"], extras["official_T"], extras["mu"], extras["aux_lambda"]) == (3, 2, 7, 5.0)
     assert extras["error_set_size"] == errors.numel()
@@ -234,8 +185,7 @@ def test_both_selections_are_reported_and_the_alternative_kept(toy) -> None:
 
 
 def test_label_free_run_end_to_end() -> None:
-    train = make_split(512, 0, "train", 0.05, attrs=False)
-    val = make_split(256, 1, "val", 0.5, attrs=False)
+    train, val = toy_splits(one_hot=True, attrs=False)
     assert bool((train.attr == -1).all()) and bool((val.attr == -1).all())
     for selection in ("val_classdiff", "auto"):
         method = bam(selection=selection).fit(train, val, trainer=Trainer(progress=False))
@@ -247,7 +197,7 @@ def test_label_free_run_end_to_end() -> None:
 
 
 def test_three_classes() -> None:
-    train, val = make_split(384, 2, "train", 0.05, k=3), make_split(192, 3, "val", 0.5, k=3)
+    train, val = toy_splits(384, 192, seed=2, n_classes=3, one_hot=True)
     method = bam(amplify_loss="ce", selection="val_classdiff").fit(train, val, trainer=Trainer(progress=False))
     result = method.fit_result_
     assert method.predict(val.x[:5]).shape == (5, 3)
@@ -258,31 +208,18 @@ def test_three_classes() -> None:
 def test_resume_in_upweight_stage_reproduces_the_run(toy, tmp_path) -> None:
     train, val = toy
 
-    class Interrupt(Exception):
-        pass
-
-    class DieInUpweight(Trainer):
-        def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-            if stage.name == "upweight" and ctx.epoch == 3:
-                raise Interrupt
-            return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
+    def checkpoint_kept(cut) -> None:
+        assert (cut / "checkpoints" / "upweight.last.pt").exists()
 
     kw = {"epochs": 4, "keep_alternative": True}
-    full = bam(**kw).fit(train, val, trainer=Trainer(progress=False, seed=4, run_dir=tmp_path / "full"))
-    with pytest.raises(Interrupt):
-        bam(**kw).fit(train, val, trainer=DieInUpweight(progress=False, seed=4, run_dir=tmp_path / "cut"))
-    assert (tmp_path / "cut" / "checkpoints" / "upweight.last.pt").exists()
-    resumed = bam(**kw).fit(train, val, trainer=Trainer(progress=False, seed=4, run_dir=tmp_path / "cut", resume=True))
+    full, resumed = full_and_resumed(
+        lambda: bam(**kw), train, val, tmp_path, epoch=3, seed=4, stage="upweight", between=checkpoint_kept
+    )
     assert resumed.fit_result_.stages[0].resumed and not resumed.fit_result_.stages[1].resumed
     assert torch.equal(resumed.error_set_, full.error_set_)
-    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
-    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
+    assert_same_run(full, resumed)
     assert repr(resumed.fit_result_.extras) == repr(full.fit_result_.extras)
-    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-    alt_full, alt_resumed = (m.alternative_models_["val_classdiff"] for m in (full, resumed))
-    for a, b in zip(alt_full.state_dict().values(), alt_resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(*(m.alternative_models_["val_classdiff"] for m in (full, resumed)))
 
 
 def test_hparam_table_and_validation() -> None:

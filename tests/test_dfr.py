@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,34 +31,17 @@ from debiaslab.methods.dfr import (
 from debiaslab.methods.erm import ERM
 from debiaslab.methods.registry import get_method
 from debiaslab.models import build_model
+from toys import NoTrainingTrainer, make_split, tiny_mlp, toy_splits
 
-TINY = {"model": "mlp", "model_kwargs": {"width": 16, "depth": 1}, "batch_size": 64, "lr": 1e-2, "epochs": 5}
-
-
-def make_split(n: int, seed: int, split: str, conflict: float, dim: int = 8) -> GroupDataset:
-    """Two classes; a binary attribute agreeing with the label except for a ``conflict`` share; a strong spurious
-    feature (the attribute) and a weaker core feature (the label)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, dim, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0  # weak core feature
-    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
+TINY = {**tiny_mlp(), "epochs": 5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the machine is shared; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset, GroupDataset]:
-    return make_split(512, 0, "train", 0.02), make_split(256, 1, "val", 0.5), make_split(1024, 2, "test", 0.5)
+    return (*toy_splits(512, 256, 0.02), make_split(1024, 2, "test", 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +60,6 @@ def dfr_trained(toy) -> DFR:
     """DFR with its base ERM stage trained here, with the same seed and settings as ``erm_run``."""
     train, val, _ = toy
     return DFR(**TINY).fit(train, val, trainer=Trainer(progress=False, seed=0))
-
-
-class NoTrainingTrainer(Trainer):
-    def run_stage(self, *args, **kwargs):
-        raise AssertionError("training started")
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -229,9 +206,9 @@ def test_base_run_is_loaded_checked_and_reproducible(toy, erm_run, dfr_trained) 
     # same seed: the head fitted on a loaded base equals the one fitted after training the base here
     assert torch.allclose(dfr_trained.model_.head.weight, fits[0].model_.head.weight, atol=1e-6)
 
-    wrong = make_split(64, 3, "train", 0.1, dim=6)
+    wrong = make_split(64, 3, "train", 0.1, n_features=6)
     with pytest.raises(ConfigError, match=r"inputs \(8,\) with 2 classes.*inputs \(6,\)"):
-        DFR(base_run=str(run_dir)).fit(wrong, make_split(64, 4, "val", 0.5, dim=6))
+        DFR(base_run=str(run_dir)).fit(wrong, make_split(64, 4, "val", 0.5, n_features=6))
     with pytest.raises(ConfigError, match=r"no model\.pt"):
         DFR(base_run=str(run_dir / "missing")).fit(train, val)
 

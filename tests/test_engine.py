@@ -22,27 +22,16 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, TrainingError
 from debiaslab.methods.erm import ERM
 from debiaslab.models import build_model
-
-
-def make_split(n: int, seed: int, split: str, conflict: float) -> GroupDataset:
-    """Two classes, a spurious binary attribute that agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    flip = torch.rand(n, generator=g) < conflict
-    attr = torch.where(flip, 1 - y, y)
-    x = torch.randn(n, 8, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0  # weak core feature
-    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
+from toys import assert_same_run, full_and_resumed, resume, tiny_mlp, toy_splits
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(512, 0, "train", 0.05), make_split(256, 1, "val", 0.5)
+    return toy_splits()
 
 
 def erm(**kw) -> ERM:
-    return ERM(model="mlp", model_kwargs={"width": 16, "depth": 1}, batch_size=64, lr=1e-2, **kw)
+    return ERM(**tiny_mlp(), **kw)
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -70,9 +59,7 @@ def test_inverse_frequency_and_group_balanced_sampling() -> None:
     assert (w[95] / w[0]).item() == pytest.approx(9.0)
     w_sqrt = inverse_frequency_weights(groups, 2, power=0.5)
     assert (w_sqrt[95] / w_sqrt[0]).item() == pytest.approx(3.0)
-    draws = group_balanced_sampler(groups, 2, num_samples=20000).epoch_indices(
-        0, torch.Generator().manual_seed(0)
-    )
+    draws = group_balanced_sampler(groups, 2, num_samples=20000).epoch_indices(0, torch.Generator().manual_seed(0))
     share = (groups[draws] == 1).float().mean().item()
     assert 0.47 < share < 0.53
     with pytest.raises(ConfigError):
@@ -118,42 +105,18 @@ def test_bf16_autocast_runs(toy) -> None:
     assert method.fit_result_.history[0]["train_loss"] > 0
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class InterruptingTrainer(Trainer):
-    """Dies in the middle of a given epoch, like a killed process (after that epoch's checkpoint is absent)."""
-
-    def __init__(self, die_in_epoch: int, **kw) -> None:
-        super().__init__(**kw)
-        self.die_in_epoch = die_in_epoch
-
-    def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-        if ctx.epoch == self.die_in_epoch:
-            raise _Interrupt
-        return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
-
-
 def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path) -> None:
     train, val = toy
-    full = erm(epochs=5).fit(train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "full"))
-    with pytest.raises(_Interrupt):
-        erm(epochs=5).fit(
-            train, val, trainer=InterruptingTrainer(3, progress=False, seed=7, run_dir=tmp_path / "cut")
-        )
-    assert (tmp_path / "cut" / "checkpoints" / "erm.last.pt").exists()
-    resumed = erm(epochs=5).fit(
-        train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "cut", resume=True)
+
+    def checkpoint_kept(cut) -> None:
+        assert (cut / "checkpoints" / "erm.last.pt").exists()
+
+    full, resumed = full_and_resumed(
+        lambda: erm(epochs=5), train, val, tmp_path, epoch=3, seed=7, between=checkpoint_kept
     )
-    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
-    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
-    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_run(full, resumed)
     # a finished stage is restored, not retrained
-    again = erm(epochs=5).fit(
-        train, val, trainer=Trainer(progress=False, seed=7, run_dir=tmp_path / "cut", resume=True)
-    )
+    again = resume(erm(epochs=5), train, val, tmp_path / "cut", seed=7)
     assert again.fit_result_.stages[0].resumed
 
 

@@ -15,24 +15,14 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods import FitResult
 from debiaslab.methods.groupdro import GroupDRO, GroupDROWeights, group_mean_losses
+from toys import assert_same_weights, full_and_resumed, resume, tiny_mlp, toy_splits
 
-TINY = {"model": "mlp", "model_kwargs": {"width": 8, "depth": 1}, "batch_size": 64, "lr": 1e-2}
-
-
-def make_split(n: int, seed: int, split: str, conflict: float) -> GroupDataset:
-    """Two classes; a binary spurious attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, 6, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0
-    x[:, 1] += 4.0 * attr - 2.0
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
+TINY = tiny_mlp(width=8)
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(256, 0, "train", 0.1), make_split(128, 1, "val", 0.5)
+    return toy_splits(256, 128, 0.1, n_features=6)
 
 
 def _normalise(values: list[float]) -> list[float]:
@@ -122,45 +112,20 @@ def test_sampler_follows_the_group_balanced_flag(toy, monkeypatch) -> None:
     assert seen == [WeightedSampler, UniformSampler]
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class InterruptingTrainer(Trainer):
-    """Dies at the start of a given epoch, like a killed process."""
-
-    def __init__(self, die_in_epoch: int, **kw) -> None:
-        super().__init__(**kw)
-        self.die_in_epoch = die_in_epoch
-
-    def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-        if ctx.epoch == self.die_in_epoch:
-            raise _Interrupt
-        return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
-
-
 def test_q_survives_checkpoint_and_resume(toy, tmp_path) -> None:
     train, _ = toy
-    full = GroupDRO(**TINY, epochs=3, eta=0.5).fit(
-        train, None, trainer=Trainer(progress=False, seed=5, run_dir=tmp_path / "full")
-    )
-    with pytest.raises(_Interrupt):
-        GroupDRO(**TINY, epochs=3, eta=0.5).fit(
-            train, None, trainer=InterruptingTrainer(2, progress=False, seed=5, run_dir=tmp_path / "cut")
-        )
-    saved = load_checkpoint(tmp_path / "cut" / "checkpoints" / "groupdro.last.pt")["modules"]["dro.q"]
-    assert not torch.allclose(saved, torch.full((4,), 0.25))  # q moved away from uniform and was saved
 
-    resumed = GroupDRO(**TINY, epochs=3, eta=0.5).fit(
-        train, None, trainer=Trainer(progress=False, seed=5, run_dir=tmp_path / "cut", resume=True)
+    def q_saved(cut) -> None:
+        saved = load_checkpoint(cut / "checkpoints" / "groupdro.last.pt")["modules"]["dro.q"]
+        assert not torch.allclose(saved, torch.full((4,), 0.25))  # q moved away from uniform and was saved
+
+    full, resumed = full_and_resumed(
+        lambda: GroupDRO(**TINY, epochs=3, eta=0.5), train, None, tmp_path, epoch=2, seed=5, between=q_saved
     )
     assert resumed.fit_result_.extras["group_weights"] == full.fit_result_.extras["group_weights"]
-    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_weights(full.model_, resumed.model_)
     # a finished stage is restored with its q
-    again = GroupDRO(**TINY, epochs=3, eta=0.5).fit(
-        train, None, trainer=Trainer(progress=False, seed=5, run_dir=tmp_path / "cut", resume=True)
-    )
+    again = resume(GroupDRO(**TINY, epochs=3, eta=0.5), train, None, tmp_path / "cut", seed=5)
     assert again.fit_result_.stages[0].resumed
     assert again.fit_result_.extras["group_weights"] == full.fit_result_.extras["group_weights"]
 

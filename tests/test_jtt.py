@@ -2,82 +2,31 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from debiaslab.data.core import GroupDataset
-from debiaslab.engine.checkpoint import clone_state
-from debiaslab.engine.sampling import IndexListSampler, UniformSampler
+from debiaslab.engine.sampling import UniformSampler
 from debiaslab.engine.stage import StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
 from debiaslab.methods.jtt import JTT, PredictionLog
 from debiaslab.methods.stages import error_set
+from toys import RecordingTrainer, assert_same_run, assert_upsampled, full_and_resumed, tiny_mlp, toy_splits
 
-
-def make_split(n: int, seed: int, split: str, conflict: float, attrs: bool = True) -> GroupDataset:
-    """Two classes; a strong spurious binary attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, 8, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0  # weak core feature
-    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
-    return GroupDataset(x=x, y=y, attr=attr if attrs else None, n_classes=2, n_attrs=2, name="toy", split=split)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(512, 0, "train", 0.05), make_split(256, 1, "val", 0.5)
+    return toy_splits()
 
 
 def jtt(**kw) -> JTT:
-    base = {
-        "model": "mlp",
-        "model_kwargs": {"width": 16, "depth": 1},
-        "batch_size": 64,
-        "lr": 1e-2,
-        "epochs": 2,
-        "identify_epochs": 2,
-        "lambda_up": 5,
-    }
+    base = {**tiny_mlp(), "epochs": 2, "identify_epochs": 2, "lambda_up": 5}
     return JTT(**{**base, **kw})
-
-
-class RecordingTrainer(Trainer):
-    """Keeps every built stage, its initial weights and how many epochs it trained."""
-
-    def __init__(self, **kw) -> None:
-        super().__init__(progress=False, **kw)
-        self.stages: dict = {}
-        self.initial: dict = {}
-        self.epochs_run: Counter = Counter()
-
-    def run_stage(self, name, build, train, val=None):
-        stage, result = super().run_stage(name, build, train, val)
-        self.stages[name] = stage
-        return stage, result
-
-    def _train(self, stage, rule, train, val):
-        self.initial[stage.name] = clone_state(stage.modules)
-        return super()._train(stage, rule, train, val)
-
-    def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-        self.epochs_run[stage.name] += 1
-        return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
 
 
 def test_registered_and_needs_no_attribute_labels() -> None:
@@ -97,11 +46,7 @@ def test_identification_runs_exactly_T_epochs_and_upsamples_errors_exactly(toy) 
     errors = method.error_set_
     assert 0 < errors.numel() < len(train)
     sampler = trainer.stages["upweight"].sampler
-    assert isinstance(sampler, IndexListSampler)
-    counts = torch.bincount(sampler.indices, minlength=len(train))
-    is_error = torch.zeros(len(train), dtype=torch.bool)
-    is_error[errors] = True
-    assert bool((counts[is_error] == 8).all()) and bool((counts[~is_error] == 1).all())
+    assert_upsampled(sampler, len(train), errors, times=8)
     assert sampler.indices.numel() == len(train) + 7 * errors.numel()
     extras = result.extras
     assert extras["error_set_size"] == errors.numel()
@@ -180,8 +125,7 @@ def test_loss_weight_mode_weights_errors_by_lambda_plus_one(toy) -> None:
 
 
 def test_no_attribute_labels_needed_at_all() -> None:
-    train = make_split(512, 0, "train", 0.05, attrs=False)
-    val = make_split(256, 1, "val", 0.5, attrs=False)
+    train, val = toy_splits(attrs=False)
     method = jtt(epochs=1, identify_epochs=1).fit(train, val, trainer=Trainer(progress=False))
     result = method.fit_result_
     assert result.selection == "val_worst_class"
@@ -190,27 +134,11 @@ def test_no_attribute_labels_needed_at_all() -> None:
 
 def test_resume_in_upweight_stage_reproduces_the_run(toy, tmp_path) -> None:
     train, val = toy
-
-    class Interrupt(Exception):
-        pass
-
-    class DieInUpweight(Trainer):
-        def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-            if stage.name == "upweight" and ctx.epoch == 1:
-                raise Interrupt
-            return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
-
     kw = {"error_set_source": "logged", "epochs": 3}
-    full = jtt(**kw).fit(train, val, trainer=Trainer(progress=False, seed=5, run_dir=tmp_path / "full"))
-    with pytest.raises(Interrupt):
-        jtt(**kw).fit(train, val, trainer=DieInUpweight(progress=False, seed=5, run_dir=tmp_path / "cut"))
-    resumed = jtt(**kw).fit(train, val, trainer=Trainer(progress=False, seed=5, run_dir=tmp_path / "cut", resume=True))
+    full, resumed = full_and_resumed(lambda: jtt(**kw), train, val, tmp_path, epoch=1, seed=5, stage="upweight")
     assert resumed.fit_result_.stages[0].resumed
     assert torch.equal(resumed.error_set_, full.error_set_)
-    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
-    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
-    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_run(full, resumed)
 
 
 def test_hparam_table_and_validation() -> None:

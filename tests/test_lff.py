@@ -11,35 +11,18 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
 from debiaslab.methods.lff import LfF, LossEMA, generalized_cross_entropy, relative_difficulty
+from toys import assert_same_run, full_and_resumed, interrupt, resume, tiny_mlp, toy_splits
 
-
-def make_split(n: int, seed: int, split: str, conflict: float) -> GroupDataset:
-    """Two classes; a strong spurious binary attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, 8, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0  # weak core feature
-    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(512, 0, "train", 0.05), make_split(256, 1, "val", 0.5)
+    return toy_splits()
 
 
 def lff(**kw) -> LfF:
-    base = {"model": "mlp", "model_kwargs": {"width": 16, "depth": 1}, "batch_size": 64, "lr": 1e-2, "epochs": 4}
+    base = {**tiny_mlp(), "epochs": 4}
     return LfF(**{**base, **kw})
 
 
@@ -113,50 +96,26 @@ def test_lff_fits_deploys_the_debiased_model_and_weights_conflicting_examples(to
 def test_lff_resume_carries_the_loss_averages(toy, tmp_path) -> None:
     train, val = toy
 
-    class Interrupt(Exception):
-        pass
+    def averages_saved(cut) -> None:
+        saved = torch.load(cut / "checkpoints" / "lff.last.pt", weights_only=True)["modules"]
+        assert bool(saved["ema_biased.seen"].all()) and float(saved["ema_debiased.ema"].sum()) > 0
 
-    class DieInEpoch3(Trainer):
-        def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-            if ctx.epoch == 2:
-                raise Interrupt
-            return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
-
-    full = lff().fit(train, val, trainer=Trainer(progress=False, seed=9, run_dir=tmp_path / "full"))
-    with pytest.raises(Interrupt):
-        lff().fit(train, val, trainer=DieInEpoch3(progress=False, seed=9, run_dir=tmp_path / "cut"))
-    saved = torch.load(tmp_path / "cut" / "checkpoints" / "lff.last.pt", weights_only=True)["modules"]
-    assert bool(saved["ema_biased.seen"].all()) and float(saved["ema_debiased.ema"].sum()) > 0
-    resumed = lff().fit(train, val, trainer=Trainer(progress=False, seed=9, run_dir=tmp_path / "cut", resume=True))
-    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
-    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
-    for a, b in zip(full.model_.state_dict().values(), resumed.model_.state_dict().values()):
-        assert torch.equal(a, b)
+    full, resumed = full_and_resumed(lff, train, val, tmp_path, epoch=2, seed=9, between=averages_saved)
+    assert_same_run(full, resumed)
 
 
 def test_resume_without_the_averages_would_differ(toy, tmp_path) -> None:
     """Guards the test above: dropping the EMA state at the interruption changes the run."""
     train, val = toy
-
-    class Interrupt(Exception):
-        pass
-
-    class DieInEpoch3(Trainer):
-        def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-            if ctx.epoch == 2:
-                raise Interrupt
-            return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
-
     full = lff().fit(train, val, trainer=Trainer(progress=False, seed=9))
-    with pytest.raises(Interrupt):
-        lff().fit(train, val, trainer=DieInEpoch3(progress=False, seed=9, run_dir=tmp_path))
+    interrupt(lff(), train, val, tmp_path, epoch=2, seed=9)
     path = tmp_path / "checkpoints" / "lff.last.pt"
     state = torch.load(path, weights_only=True)
     for key in ("ema_biased", "ema_debiased"):
         state["modules"][f"{key}.ema"].zero_()
         state["modules"][f"{key}.seen"].zero_()
     torch.save(state, path)
-    resumed = lff().fit(train, val, trainer=Trainer(progress=False, seed=9, run_dir=tmp_path, resume=True))
+    resumed = resume(lff(), train, val, tmp_path, seed=9)
     assert resumed.fit_result_.history[-1]["train_loss"] != full.fit_result_.history[-1]["train_loss"]
 
 

@@ -214,7 +214,7 @@ def test_render():
     )
     auto = big.render_auto()
     assert auto.row_count == 10 and len(auto.columns) == 12  # class x attribute matrix
-    assert "class \\ attr" in render_text(auto)
+    assert "y \\ a" in render_text(auto)
 
 
 def test_collector_equals_one_shot():

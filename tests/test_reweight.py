@@ -21,21 +21,11 @@ from debiaslab.methods.reweight import (
     SubsampleClass,
     SubsampleGroup,
 )
+from toys import NoTrainingTrainer, tiny_mlp, toy_splits
 
 NAMES = ["reweight_group", "reweight_class", "resample_group", "resample_class", "subsample_group", "subsample_class"]
 GROUP_NAMES = [n for n in NAMES if n.endswith("_group")]
-TINY = {"model": "mlp", "model_kwargs": {"width": 8, "depth": 1}, "batch_size": 64, "lr": 1e-2}
-
-
-def make_split(n: int, seed: int, split: str, conflict: float) -> GroupDataset:
-    """Two classes; a binary spurious attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, 6, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0
-    x[:, 1] += 4.0 * attr - 2.0
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
+TINY = tiny_mlp(width=8)
 
 
 def from_groups(groups: list[int], n_attrs: int = 2, n_classes: int = 2) -> GroupDataset:
@@ -48,7 +38,7 @@ def from_groups(groups: list[int], n_attrs: int = 2, n_classes: int = 2) -> Grou
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(256, 0, "train", 0.1), make_split(128, 1, "val", 0.5)
+    return toy_splits(256, 128, 0.1, n_features=6)
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -118,17 +108,12 @@ def test_subsample_is_seeded_by_the_global_rng() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- labels
-class _NoTraining(Trainer):
-    def run_stage(self, *args, **kwargs):  # pragma: no cover - must not be reached
-        raise AssertionError("training started although labels were missing")
-
-
 @pytest.mark.parametrize("name", GROUP_NAMES)
 def test_group_variants_need_attributes_and_say_what_works(toy, name: str) -> None:
     train, val = toy
     no_attrs = GroupDataset(x=train.x, y=train.y, n_classes=2, n_attrs=2, name="toy", split="train")
     with pytest.raises(MissingLabelsError) as info:
-        get_method(name)(**TINY, epochs=1).fit(no_attrs, val, trainer=_NoTraining(progress=False))
+        get_method(name)(**TINY, epochs=1).fit(no_attrs, val, trainer=NoTrainingTrainer(progress=False))
     message = str(info.value)
     assert name in message and "erm" in message and "reweight_class" in message
     assert "reweight_group" not in message.split("Methods that work")[1]

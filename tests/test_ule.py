@@ -26,39 +26,21 @@ from debiaslab.methods.ule import (
     ule_loss_terms,
 )
 from debiaslab.models import build_model
+from toys import RecordingTrainer, assert_same_run, assert_same_weights, full_and_resumed, tiny_mlp, toy_splits
 
 OMEGAS = ("align", "perturb", "mask")
 
 
-def make_split(n: int, seed: int, split: str, conflict: float, image: bool = False) -> GroupDataset:
-    """Two classes; a strong spurious binary attribute agrees with the label except for a ``conflict`` share."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    attr = torch.where(torch.rand(n, generator=g) < conflict, 1 - y, y)
-    x = torch.randn(n, 8, generator=g) * 0.5
-    x[:, 0] += 2.0 * y - 1.0  # weak core feature
-    x[:, 1] += 4.0 * attr - 2.0  # strong spurious feature
-    if image:
-        x = x.reshape(n, 2, 2, 2)  # (C, H, W) = (2, 2, 2): exercises whole-pixel masking
-    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="toy", split=split)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded; extra threads only contend on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def toy() -> tuple[GroupDataset, GroupDataset]:
-    return make_split(384, 0, "train", 0.05), make_split(128, 1, "val", 0.5)
+    return toy_splits(384, 128)
 
 
 def ule(**kw) -> ULE:
-    base = {"model": "mlp", "model_kwargs": {"width": 16, "depth": 1}, "batch_size": 64, "lr": 1e-2, "epochs": 2}
+    base = {**tiny_mlp(), "epochs": 2}
     return ULE(**{**base, **kw})
 
 
@@ -240,21 +222,12 @@ def test_two_parameter_groups_equal_two_separate_optimisers() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-class StageKeeper(Trainer):
-    """Keeps the built stage (to reach the student and the optimiser groups)."""
-
-    def run_stage(self, name, build, train, val=None):
-        stage, result = super().run_stage(name, build, train, val)
-        self.stage = stage
-        return stage, result
-
-
 def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
     train, val = toy
     assert get_method("ule") is ULE and not ULE.requires.train_attrs and not ULE.requires.val_attrs
-    trainer = StageKeeper(progress=False)
+    trainer = RecordingTrainer()
     method = ule(student_lr=5e-3, student_weight_decay=1e-4).fit(train, val, trainer=trainer)
-    stage = trainer.stage
+    stage = trainer.stages["ule"]
     modules = stage.modules
     assert method.model_ is modules["teacher"] and method.student_ is modules["student"]
     assert stage.predict_fn is modules["teacher"] and stage.extra_predictors == {"student": modules["student"]}
@@ -290,7 +263,7 @@ def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
     ],
 )
 def test_every_variant_fits_end_to_end(omega: str, saliency: str, weighting: str, image: bool) -> None:
-    train, val = make_split(256, 0, "train", 0.05, image), make_split(128, 1, "val", 0.5, image)
+    train, val = toy_splits(256, 128, shape=(2, 2, 2) if image else None)  # (C, H, W): whole-pixel masking
     unit = "pixel" if image else "entry"
     method = ule(omega=omega, saliency=saliency, weighting=weighting, mask_unit=unit, epochs=2)
     result = method.fit(train, val, trainer=Trainer(progress=False)).fit_result_
@@ -303,26 +276,13 @@ def test_every_variant_fits_end_to_end(omega: str, saliency: str, weighting: str
 def test_resume_after_interruption_reproduces_the_run(toy, tmp_path) -> None:
     train, val = toy
 
-    class Interrupt(Exception):
-        pass
-
-    class DieInEpoch2(Trainer):
-        def _train_epoch(self, stage, train, optimizer, flat_params, ctx):
-            if ctx.epoch == 1:
-                raise Interrupt
-            return super()._train_epoch(stage, train, optimizer, flat_params, ctx)
+    def checkpoint_kept(cut) -> None:
+        assert (cut / "checkpoints" / "ule.last.pt").exists()
 
     kw = {"omega": "align", "epochs": 3}
-    full = ule(**kw).fit(train, val, trainer=Trainer(progress=False, seed=4, run_dir=tmp_path / "full"))
-    with pytest.raises(Interrupt):
-        ule(**kw).fit(train, val, trainer=DieInEpoch2(progress=False, seed=4, run_dir=tmp_path / "cut"))
-    assert (tmp_path / "cut" / "checkpoints" / "ule.last.pt").exists()
-    resumed = ule(**kw).fit(train, val, trainer=Trainer(progress=False, seed=4, run_dir=tmp_path / "cut", resume=True))
-    strip = lambda hist: [{k: v for k, v in h.items() if "time" not in k} for h in hist]  # noqa: E731
-    assert repr(strip(resumed.fit_result_.history)) == repr(strip(full.fit_result_.history))
-    for a, b in ((full.model_, resumed.model_), (full.student_, resumed.student_)):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    full, resumed = full_and_resumed(lambda: ule(**kw), train, val, tmp_path, epoch=1, seed=4, between=checkpoint_kept)
+    assert_same_run(full, resumed)
+    assert_same_weights(full.student_, resumed.student_)
 
 
 def test_hparam_table_and_validation() -> None:

@@ -46,6 +46,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def eval_mode(modules: nn.Module | None) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block and back in training mode after it if they were (None: no-op)."""
+    was_training = modules is not None and modules.training
+    if modules is not None:
+        modules.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            modules.train()
+
+
 class Trainer:
     """Runs stages. One instance per run; it owns the device, precision, seed, checkpoints and logs.
 
@@ -126,14 +139,8 @@ class Trainer:
         **report_kwargs: Any,
     ) -> EvalReport:
         """Evaluate in eval mode (restoring the previous mode of ``modules`` afterwards)."""
-        was_training = modules.training if modules is not None else False
-        if modules is not None:
-            modules.eval()
-        try:
+        with eval_mode(modules):
             logits = self.predict(predict_fn, dataset)
-        finally:
-            if modules is not None and was_training:
-                modules.train()
         collector = PredictionCollector()
         collector.add(logits, dataset.y, dataset.attr)
         return collector.report(
@@ -216,9 +223,7 @@ class Trainer:
 
         n_per_epoch = len(dist.shard(torch.arange(len(stage.sampler))))
         steps_per_epoch = num_batches(n_per_epoch, stage.batch_size, stage.drop_last)
-        ctx = StepContext(
-            stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch
-        )
+        ctx = StepContext(stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch)
         self.progress.start(stage.name, total=stage.epochs * steps_per_epoch, completed=ctx.step)
         try:
             for epoch in range(start_epoch, stage.epochs):
@@ -311,9 +316,7 @@ class Trainer:
             batch = train.batch(idx)
             batch = batch._replace(x=self.prepare_inputs(batch.x))
             if self.device.type != "cpu":
-                batch = batch._replace(
-                    **{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")}
-                )
+                batch = batch._replace(**{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")})
             with self.autocast():
                 out = stage.loss_fn(batch, ctx)
             loss = out["loss"] if isinstance(out, dict) else out

@@ -33,10 +33,9 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.selection import get_rule, select_best
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.jtt import error_set_quality
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import cross_entropy_stage, error_set
+from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, optim_with
 from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
@@ -277,44 +276,23 @@ class BAM(Method):
         errors = error_set(trainer, amplified, train, amplified)
         self.error_set_ = errors
         quality = error_set_quality(train, errors)
-        log.info(
-            "bam: error set of %d / %d training examples after %d amplification epochs (λ=%g)%s",
-            errors.numel(),
-            n,
-            len(amplify.history),
-            hp.aux_lambda,
-            f" (precision {quality['error_set_precision']:.3f}, recall {quality['error_set_recall']:.3f} "
-            "for bias-conflicting examples)"
-            if quality
-            else "",
-        )
+        after = f"{len(amplify.history)} amplification epochs (λ={hp.aux_lambda:g})"
+        log_error_set(log, "bam", errors, n, after, quality)
         if errors.numel() == 0:
             log.warning("bam: the amplified model makes no training errors; the upweighting stage is plain CE")
 
         rules = self._reported_rules(rule, val)
         alternatives = [r for r in rules if r != rule] if hp.keep_alternative and val is not None else []
         tracker: dict[str, AlternativeTracker] = {}
-        overrides: dict[str, Any] = {}
-        if hp.upweight_lr is not None:
-            overrides["lr"] = hp.upweight_lr
-        if hp.upweight_weight_decay is not None:
-            overrides["weight_decay"] = hp.upweight_weight_decay
 
         def build_upweight() -> Stage:
             model = self.build_model(train)
             if hp.stage2_init == "continue":
                 # rebuilt from the saved epoch-T state, so a resumed run starts stage 2 from the same weights
                 model.load_state_dict(amplified_state)
-            stage = cross_entropy_stage(
-                "upweight",
-                model,
-                train,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(**overrides),
-                selection=rule,
-                sampler=IndexListSampler(upsample_indices(n, errors, times=hp.mu)),
-            )
+            optim = optim_with(hp, hp.upweight_lr, hp.upweight_weight_decay)
+            sampler = IndexListSampler(upsample_indices(n, errors, times=hp.mu))
+            stage = method_ce_stage(self, "upweight", model, train, rule, optim=optim, sampler=sampler)
             if not alternatives:
                 return stage
             assert val is not None
@@ -342,14 +320,7 @@ class BAM(Method):
             **aux_memory(n, k, amplify_optim),
             "selections": selections,
         }
-        return FitResult(
-            model=final.modules,
-            model_spec=self.model_spec(train),
-            stages=[amplify, upweight],
-            selection=rule,
-            selected={"stage": "upweight", "epoch": upweight.selected_epoch, "score": upweight.score},
-            extras=extras,
-        )
+        return self.fit_result(train, final.modules, [amplify, upweight], rule, extras)
 
     @staticmethod
     def _reported_rules(rule: str, val: GroupDataset | None) -> list[str]:

@@ -120,6 +120,25 @@ class Method:
             "n_classes": train.n_classes,
         }
 
+    def fit_result(
+        self,
+        train: GroupDataset,
+        model: nn.Module,
+        stages: list[StageResult],
+        selection: str,
+        extras: dict[str, Any] | None = None,
+    ) -> FitResult:
+        """The :class:`FitResult` of a run that deploys ``model``, the selected epoch of its last stage."""
+        last = stages[-1]
+        return FitResult(
+            model=model,
+            model_spec=self.model_spec(train),
+            stages=stages,
+            selection=selection,
+            selected={"stage": last.name, "epoch": last.selected_epoch, "score": last.score},
+            extras={} if extras is None else extras,
+        )
+
     def check_labels(self, train: GroupDataset, val: GroupDataset | None) -> None:
         """Fail before any training when the method or its selection rule needs labels the data lacks."""
         missing = []

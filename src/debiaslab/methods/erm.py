@@ -23,10 +23,4 @@ class ERM(Method):
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         rule = self.selection_rule(val)
         stage, result = trainer.run_stage("erm", erm_stage(self, train, rule), train, val)
-        return FitResult(
-            model=stage.modules,
-            model_spec=self.model_spec(train),
-            stages=[result],
-            selection=rule,
-            selected={"stage": "erm", "epoch": result.selected_epoch, "score": result.score},
-        )
+        return self.fit_result(train, stage.modules, [result], rule)

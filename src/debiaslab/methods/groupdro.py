@@ -37,6 +37,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import method_stage
 from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
@@ -167,16 +168,15 @@ class GroupDRO(Method):
                 if hp.group_balanced
                 else UniformSampler(len(train))
             )
-            return Stage(
-                name="groupdro",
+            return method_stage(
+                self,
+                "groupdro",
+                train,
+                rule,
                 modules=nn.ModuleDict({"model": model, "dro": dro}),
                 loss_fn=loss,
                 predict_fn=model,
                 sampler=sampler,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
                 on_epoch_end=on_epoch_end,
             )
 
@@ -184,11 +184,5 @@ class GroupDRO(Method):
         modules = stage.modules
         assert isinstance(modules, nn.ModuleDict)
         q = modules["dro"].q.detach().cpu()
-        return FitResult(
-            model=modules["model"],
-            model_spec=self.model_spec(train),
-            stages=[result],
-            selection=rule,
-            selected={"stage": "groupdro", "epoch": result.selected_epoch, "score": result.score},
-            extras={"group_weights": q.tolist(), "group_counts": counts.tolist()},
-        )
+        extras = {"group_weights": q.tolist(), "group_counts": counts.tolist()}
+        return self.fit_result(train, modules["model"], [result], rule, extras)

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.sampling import IndexListSampler, upsample_indices
 from debiaslab.engine.stage import Stage, StepContext
-from debiaslab.engine.trainer import Trainer
+from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import cross_entropy_stage, error_set
+from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, optim_with
 from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
@@ -105,21 +105,6 @@ class PredictionLog(nn.Module):
             tdist.all_reduce(self.pred, op=tdist.ReduceOp.MAX)
 
 
-def error_set_quality(train: GroupDataset, errors: Tensor) -> dict[str, Any]:
-    """How well the error set finds bias-conflicting examples (only when attributes and aligned groups are known)."""
-    if not train.has_attrs or not train.aligned_groups:
-        return {}
-    conflicting = ~train.is_aligned
-    n_conf = int(conflicting.sum())
-    hit = int(conflicting[errors].sum()) if errors.numel() else 0
-    return {
-        "error_set_conflicting": hit,
-        "train_conflicting": n_conf,
-        "error_set_precision": hit / errors.numel() if errors.numel() else float("nan"),
-        "error_set_recall": hit / n_conf if n_conf else float("nan"),
-    }
-
-
 @register_method("jtt")
 class JTT(Method):
     """Just Train Twice: ERM for T epochs, then a fresh model with its errors upweighted by λ_up + 1."""
@@ -150,24 +135,12 @@ class JTT(Method):
         hp: JTTHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
         n = len(train)
-        overrides: dict[str, Any] = {}
-        if hp.identify_lr is not None:
-            overrides["lr"] = hp.identify_lr
-        if hp.identify_weight_decay is not None:
-            overrides["weight_decay"] = hp.identify_weight_decay
         built: dict[str, Any] = {}
 
         def build_identify() -> Stage:
             model = self.build_model(train)
-            stage = cross_entropy_stage(
-                "identify",
-                model,
-                train,
-                epochs=hp.identify_epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(**overrides),
-                selection="last",
-            )
+            optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
+            stage = method_ce_stage(self, "identify", model, train, "last", epochs=hp.identify_epochs, optim=optim)
             built["model"] = model
             if hp.error_set_source == "clean":
                 return stage
@@ -192,16 +165,7 @@ class JTT(Method):
         errors = self._error_set(trainer, train, built)
         self.error_set_ = errors
         quality = error_set_quality(train, errors)
-        log.info(
-            "jtt: error set of %d / %d training examples after %d epochs%s",
-            errors.numel(),
-            n,
-            hp.identify_epochs,
-            f" (precision {quality['error_set_precision']:.3f}, recall {quality['error_set_recall']:.3f} "
-            "for bias-conflicting examples)"
-            if quality
-            else "",
-        )
+        log_error_set(log, "jtt", errors, n, f"{hp.identify_epochs} epochs", quality)
         if errors.numel() == 0:
             log.warning("jtt: the identification model makes no training errors; the upweighting stage is ERM")
 
@@ -214,17 +178,7 @@ class JTT(Method):
                 weights = torch.ones(n)
                 weights[errors] = float(hp.lambda_up + 1)
                 weights = weights.to(trainer.device)
-            return cross_entropy_stage(
-                "upweight",
-                model,
-                train,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
-                sampler=sampler,
-                example_weights=weights,
-            )
+            return method_ce_stage(self, "upweight", model, train, rule, sampler=sampler, example_weights=weights)
 
         final, upweight = trainer.run_stage("upweight", build_upweight, train, val)
         extras: dict[str, Any] = {
@@ -236,14 +190,7 @@ class JTT(Method):
             "error_set_fraction": errors.numel() / max(n, 1),
             **quality,
         }
-        return FitResult(
-            model=final.modules,
-            model_spec=self.model_spec(train),
-            stages=[identify, upweight],
-            selection=rule,
-            selected={"stage": "upweight", "epoch": upweight.selected_epoch, "score": upweight.score},
-            extras=extras,
-        )
+        return self.fit_result(train, final.modules, [identify, upweight], rule, extras)
 
     def _error_set(self, trainer: Trainer, train: GroupDataset, built: dict[str, Any]) -> Tensor:
         """Indices the identification model gets wrong: clean eval pass, or the predictions logged in epoch T."""
@@ -255,8 +202,7 @@ class JTT(Method):
         if bool(missing.any()):
             # only when data-parallel sharding dropped a few tail examples from epoch T
             log.info("jtt: %d examples were not visited in epoch T; using a clean pass for them", int(missing.sum()))
-            model.eval()
-            clean = trainer.predict(model, train).argmax(dim=1)
-            model.train()
+            with eval_mode(model):
+                clean = trainer.predict(model, train).argmax(dim=1)
             pred = torch.where(missing, clean, pred)
         return torch.nonzero(pred != train.y).flatten()

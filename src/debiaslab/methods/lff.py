@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.sampling import UniformSampler
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
@@ -26,6 +25,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import method_stage
 from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
@@ -186,16 +186,14 @@ class LfF(Method):
                 w_sums.clear()
                 return out
 
-            return Stage(
-                name="lff",
+            return method_stage(
+                self,
+                "lff",
+                train,
+                rule,
                 modules=modules,
                 loss_fn=loss,
                 predict_fn=f_d,
-                sampler=UniformSampler(len(train)),
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
                 extra_predictors={"biased": f_b} if hp.eval_biased else {},
                 on_epoch_end=epoch_end,
             )
@@ -206,14 +204,7 @@ class LfF(Method):
         for key in ("train_w_conflicting", "train_w_aligned"):
             if key in last:
                 extras[f"final_{key}"] = last[key]
-        return FitResult(
-            model=stage.modules["debiased"],
-            model_spec=self.model_spec(train),
-            stages=[result],
-            selection=rule,
-            selected={"stage": "lff", "epoch": result.selected_epoch, "score": result.score},
-            extras=extras,
-        )
+        return self.fit_result(train, stage.modules["debiased"], [result], rule, extras)
 
 
 def _accumulate(sums: dict[str, Tensor], w: Tensor, conflicting: Tensor) -> None:

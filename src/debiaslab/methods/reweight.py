@@ -38,7 +38,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import cross_entropy_stage
+from debiaslab.methods.stages import method_ce_stage
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,6 @@ class Balancing(Method):
 
     # ------------------------------------------------------------------ fit
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
-        hp = self.hparams
         rule = self.selection_rule(val)
         name = self.name
         # On the trainer's device: the stage looks weights up by each batch's index on the weights' device.
@@ -116,27 +115,10 @@ class Balancing(Method):
             sampler = self.sampler(train)
             if isinstance(sampler, IndexListSampler):
                 extras["n_kept"] = int(sampler.indices.numel())
-            return cross_entropy_stage(
-                name,
-                model,
-                train,
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
-                selection=rule,
-                sampler=sampler,
-                example_weights=weights,
-            )
+            return method_ce_stage(self, name, model, train, rule, sampler=sampler, example_weights=weights)
 
         stage, result = trainer.run_stage(name, build, train, val)
-        return FitResult(
-            model=stage.modules,
-            model_spec=self.model_spec(train),
-            stages=[result],
-            selection=rule,
-            selected={"stage": name, "epoch": result.selected_epoch, "score": result.score},
-            extras=extras,
-        )
+        return self.fit_result(train, stage.modules, [result], rule, extras)
 
 
 # ---------------------------------------------------------------------------------------------- tables

@@ -1,7 +1,9 @@
-"""Stage helpers shared by methods: a cross-entropy stage and the error set (JTT, BAM, DeTT, label-free REST)."""
+"""Stage helpers shared by methods: cross-entropy and method-configured stages, the error set and its quality
+(JTT, BAM, DeTT, label-free REST)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +15,7 @@ from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sampling import Sampler, UniformSampler
 from debiaslab.engine.stage import Stage, StepContext
-from debiaslab.engine.trainer import Trainer
+from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.engine.weighting import lookup, weighted_mean
 
 
@@ -54,20 +56,38 @@ def cross_entropy_stage(
     )
 
 
+def method_ce_stage(method: Any, name: str, model: nn.Module, train: GroupDataset, selection: str, **kw: Any) -> Stage:
+    """:func:`cross_entropy_stage` with ``method``'s epochs, batch size and optimiser unless ``kw`` gives them."""
+    hp = method.hparams
+    defaults = {"epochs": hp.epochs, "batch_size": hp.batch_size, "optim": hp.optim_config()}
+    return cross_entropy_stage(name, model, train, selection=selection, **{**defaults, **kw})
+
+
+def method_stage(method: Any, name: str, train: GroupDataset, selection: str, **fields: Any) -> Stage:
+    """A :class:`Stage` visiting every example once per epoch with ``method``'s epochs, batch size and optimiser;
+    ``fields`` give the rest (modules, loss_fn, predict_fn, ...) and may override those."""
+    hp = method.hparams
+    defaults = {
+        "sampler": UniformSampler(len(train)),
+        "epochs": hp.epochs,
+        "batch_size": hp.batch_size,
+        "optim": hp.optim_config(),
+        "selection": selection,
+    }
+    return Stage(name=name, **{**defaults, **fields})
+
+
+def optim_with(hp: Any, lr: float | None, weight_decay: float | None) -> OptimConfig:
+    """``hp``'s optimiser settings with ``lr`` and ``weight_decay`` replaced where they are given (not None)."""
+    overrides = {k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None}
+    return hp.optim_config(**overrides)
+
+
 def erm_stage(method: Any, train: GroupDataset, selection: str, name: str = "erm") -> Callable[[], Stage]:
     """The build function of a plain ERM stage from a method's model and optimiser hyperparameters."""
-    hp = method.hparams
 
     def build() -> Stage:
-        return cross_entropy_stage(
-            name,
-            method.build_model(train),
-            train,
-            epochs=hp.epochs,
-            batch_size=hp.batch_size,
-            optim=hp.optim_config(),
-            selection=selection,
-        )
+        return method_ce_stage(method, name, method.build_model(train), train, selection)
 
     return build
 
@@ -80,13 +100,40 @@ def error_set(
 ) -> Tensor:
     """Indices of the examples ``predict_fn`` misclassifies, from a clean pass in eval mode (no augmentation
     state, no auxiliary terms)."""
-    if modules is not None:
-        was_training = modules.training
-        modules.eval()
-    try:
+    with eval_mode(modules):
         logits = trainer.predict(predict_fn, dataset)
-    finally:
-        if modules is not None and was_training:
-            modules.train()
     wrong = logits.argmax(dim=1) != dataset.y
     return torch.nonzero(wrong).flatten()
+
+
+def error_set_quality(train: GroupDataset, errors: Tensor) -> dict[str, Any]:
+    """How well the error set finds bias-conflicting examples (only when attributes and aligned groups are known)."""
+    if not train.has_attrs or not train.aligned_groups:
+        return {}
+    conflicting = ~train.is_aligned
+    n_conf = int(conflicting.sum())
+    hit = int(conflicting[errors].sum()) if errors.numel() else 0
+    return {
+        "error_set_conflicting": hit,
+        "train_conflicting": n_conf,
+        "error_set_precision": hit / errors.numel() if errors.numel() else float("nan"),
+        "error_set_recall": hit / n_conf if n_conf else float("nan"),
+    }
+
+
+def log_error_set(
+    logger: logging.Logger, method: str, errors: Tensor, n: int, after: str, quality: dict[str, Any]
+) -> None:
+    """Log the error set's size after ``after`` (e.g. "3 epochs"), with its precision and recall for
+    bias-conflicting examples when ``quality`` (:func:`error_set_quality`) has them."""
+    logger.info(
+        "%s: error set of %d / %d training examples after %s%s",
+        method,
+        errors.numel(),
+        n,
+        after,
+        f" (precision {quality['error_set_precision']:.3f}, recall {quality['error_set_recall']:.3f} "
+        "for bias-conflicting examples)"
+        if quality
+        else "",
+    )

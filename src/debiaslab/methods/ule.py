@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.sampling import UniformSampler
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
@@ -52,6 +51,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import method_stage
 
 log = logging.getLogger(__name__)
 
@@ -315,17 +315,15 @@ class ULE(Method):
                     },
                 ]
 
-            return Stage(
-                name="ule",
+            return method_stage(
+                self,
+                "ule",
+                train,
+                rule,
                 modules=modules,
                 loss_fn=loss,
                 predict_fn=teacher,
-                sampler=UniformSampler(len(train)),
-                epochs=hp.epochs,
-                batch_size=hp.batch_size,
-                optim=hp.optim_config(),
                 param_groups=param_groups,
-                selection=rule,
                 extra_predictors={"student": student} if hp.eval_student else {},
             )
 
@@ -342,11 +340,4 @@ class ULE(Method):
                 extras["student_val_selected_epoch"] = selected["val_student"]
         self.student_ = stage.modules["student"]
         log.info("ule: omega=%s", hp.omega_settings())
-        return FitResult(
-            model=stage.modules["teacher"],
-            model_spec=self.model_spec(train),
-            stages=[result],
-            selection=rule,
-            selected={"stage": "ule", "epoch": result.selected_epoch, "score": result.score},
-            extras=extras,
-        )
+        return self.fit_result(train, stage.modules["teacher"], [result], rule, extras)
