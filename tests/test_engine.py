@@ -159,3 +159,11 @@ def test_hparam_table_records_sources() -> None:
     m = ERM(dataset="colored_mnist", epochs=3)
     assert m.hparams.lr == 1e-3 and m.hparam_sources["lr"].startswith("LfF paper")
     assert m.hparam_sources["epochs"] == "user"
+
+
+def test_scheduler_options_reach_the_optimiser(toy) -> None:
+    train, val = toy
+    method = erm(epochs=3, scheduler="multistep", lr_milestones=[1, 2], lr_gamma=0.5)
+    method.fit(train, val, trainer=Trainer(progress=False))
+    lrs = [h["lr"] for h in method.fit_result_.history]
+    assert lrs == pytest.approx([1e-2, 5e-3, 2.5e-3])

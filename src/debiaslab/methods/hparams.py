@@ -28,6 +28,8 @@ HparamTable = dict[str, dict[str, Default]]
 class TrainHparams:
     """Hyperparameters every method has: the model, the optimiser and how the epoch is selected.
 
+    ``scheduler`` is ``none``, ``cosine``, ``step`` (every ``lr_step_size`` epochs), ``multistep`` (at
+    ``lr_milestones``) or ``plateau`` (on the selection score, ``lr_patience`` epochs); each multiplies by ``lr_gamma``.
     ``selection="auto"`` becomes ``val_worst_group`` when validation has attribute labels and
     ``val_worst_class`` otherwise; the resolved rule is recorded with the result.
     """
@@ -41,6 +43,10 @@ class TrainHparams:
     momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str = "none"
+    lr_gamma: float = 0.1
+    lr_step_size: int = 30
+    lr_milestones: tuple[int, ...] = ()
+    lr_patience: int = 5
     grad_clip: float | None = None
     selection: str = "auto"
 
@@ -57,6 +63,10 @@ class TrainHparams:
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "scheduler": self.scheduler,
+            "gamma": self.lr_gamma,
+            "step_size": self.lr_step_size,
+            "milestones": tuple(self.lr_milestones),
+            "plateau_patience": self.lr_patience,
             "grad_clip": self.grad_clip,
         }
         values.update(overrides)
