@@ -12,13 +12,14 @@ from debiaslab.bench.paper import cmnist_reference
 from debiaslab.errors import DataError
 
 
-def write_run(root: Path, method: str, ratio: float, seed: int, unbiased: float) -> None:
-    run = root / method / f"r{ratio}" / f"seed{seed}"
+def write_run(root: Path, method: str, ratio: float, seed: int, unbiased: float, hparams: dict | None = None) -> None:
+    run = root / method / f"r{ratio}" / f"seed{seed}" / "-".join(f"{k}{v}" for k, v in (hparams or {}).items())
     run.mkdir(parents=True)
     final = {
         "method": method,
         "dataset": "colored_mnist",
         "dataset_options": {"ratio": ratio},
+        "hparams": hparams or {},
         "seed": seed,
         "protocol": "default",
         "selection": "val_unbiased",
@@ -32,6 +33,7 @@ def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
     for seed, value in enumerate((0.40, 0.50, 0.60)):
         write_run(tmp_path, "erm", 0.01, seed, value)
     write_run(tmp_path, "lff", 0.01, 0, 0.75)
+    write_run(tmp_path, "lff", 0.01, 0, 0.10, hparams={"q": 0.5})  # other hparams: its own row, not a seed
     (tmp_path / "unfinished").mkdir()  # no final.json: skipped
     rows = summarise(find_runs([tmp_path]))
     erm = next(r for r in rows if r["method"] == "erm")
@@ -41,7 +43,8 @@ def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
     assert "50.0 ± 10.0" in markdown_table(rows)
     pivot = pivot_markdown(rows, "unbiased", reference=cmnist_reference)
     assert "| erm | default | val_unbiased | 50.0 ± 10.0 (n=3) [paper 50.3, -0.3] |" in pivot
-    assert "75.0 (n=1) [paper 74.0, +1.0]" in pivot
+    assert "| lff | default | val_unbiased | 75.0 (n=1) [paper 74.0, +1.0] |" in pivot
+    assert "| lff (q=0.5) | default | val_unbiased | 10.0 (n=1) |" in pivot
 
 
 def test_bad_inputs(tmp_path: Path) -> None:

@@ -172,6 +172,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "method": cfg.method,
         "dataset": cfg.dataset,
         "dataset_options": _plain(cfg.dataset_options),
+        "hparams": _plain(cfg.hparams),
         "seed": cfg.seed,
         "protocol": bundle.protocol,
         "selection_split": bundle.selection,

@@ -24,6 +24,7 @@ class RunRecord:
     method: str
     dataset: str
     options: dict[str, Any]
+    hparams: dict[str, Any]
     seed: int
     protocol: str
     selection: str
@@ -74,6 +75,7 @@ def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
                     method=d["method"],
                     dataset=d["dataset"],
                     options=d.get("dataset_options", {}),
+                    hparams=d["hparams"] if "hparams" in d else _hparams_from_config(final.parent),
                     seed=d["seed"],
                     protocol=d.get("protocol", "default"),
                     selection=d.get("selection", ""),
@@ -85,13 +87,36 @@ def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
     return records
 
 
+def _hparams_from_config(run_dir: Path) -> dict[str, Any]:
+    """The user-set hyperparameters of a run (from ``config.yaml``; older ``final.json`` files lack them)."""
+    import yaml
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return {}
+    return (yaml.safe_load(config.read_text()) or {}).get("run", {}).get("hparams", {}) or {}
+
+
+def method_label(method: str, hparams: dict[str, Any]) -> str:
+    """``jtt`` or ``jtt (lambda_up=200)``: runs with different hyperparameters are never pooled as seeds."""
+    if not hparams:
+        return method
+    return f"{method} (" + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items())) + ")"
+
+
 def summarise(
     records: Sequence[RunRecord], split: str = "test", columns: Sequence[str] = DEFAULT_COLUMNS
 ) -> list[dict[str, Any]]:
     """One row per (method, dataset, options, protocol, selection) with a :class:`Cell` per column."""
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
-        key = (r.method, r.dataset, json.dumps(r.options, sort_keys=True), r.protocol, r.selection)
+        key = (
+            method_label(r.method, r.hparams),
+            r.dataset,
+            json.dumps(r.options, sort_keys=True),
+            r.protocol,
+            r.selection,
+        )
         groups[key].append(r)
     rows = []
     for (method, dataset, options, protocol, selection), runs in sorted(groups.items()):
