@@ -149,4 +149,6 @@ def test_listing_commands(capsys) -> None:
 def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
     assert run_cli("report", str(finished_run.parent)) == 0
     out = capsys.readouterr().out
-    assert "| erm | ratio=0.05 | default | val_unbiased | 0 |" in out
+    # the label carries the user-set hyperparameters, so different settings are never pooled as seeds
+    assert "| erm (batch_size=512, epochs=2, model_kwargs=" in out
+    assert "| ratio=0.05 | default | val_unbiased | 0 |" in out
