@@ -34,6 +34,8 @@ def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
         write_run(tmp_path, "erm", 0.01, seed, value)
     write_run(tmp_path, "lff", 0.01, 0, 0.75)
     write_run(tmp_path, "lff", 0.01, 0, 0.10, hparams={"q": 0.5})  # other hparams: its own row, not a seed
+    for seed in (0, 1):  # DFR's base run differs per seed by design: still one row
+        write_run(tmp_path, "dfr", 0.01, seed, 0.8, hparams={"base_run": f"runs/erm/seed{seed}", "n_jobs": 2})
     (tmp_path / "unfinished").mkdir()  # no final.json: skipped
     rows = summarise(find_runs([tmp_path]))
     erm = next(r for r in rows if r["method"] == "erm")
@@ -45,6 +47,7 @@ def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
     assert "| erm | default | val_unbiased | 50.0 ± 10.0 (n=3) [paper 50.3, -0.3] |" in pivot
     assert "| lff | default | val_unbiased | 75.0 (n=1) [paper 74.0, +1.0] |" in pivot
     assert "| lff (q=0.5) | default | val_unbiased | 10.0 (n=1) |" in pivot
+    assert "| dfr | default | val_unbiased | 80.0 ± 0.0 (n=2) |" in pivot
 
 
 def test_bad_inputs(tmp_path: Path) -> None:

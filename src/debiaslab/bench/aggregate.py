@@ -97,8 +97,14 @@ def _hparams_from_config(run_dir: Path) -> dict[str, Any]:
     return (yaml.safe_load(config.read_text()) or {}).get("run", {}).get("hparams", {}) or {}
 
 
+#: Hyperparameters that are not settings of the method: execution details, and per-seed inputs (DFR's base run
+#: differs with the seed by design). They never split a row.
+NOT_SETTINGS = frozenset({"n_jobs", "base_run"})
+
+
 def method_label(method: str, hparams: dict[str, Any]) -> str:
     """``jtt`` or ``jtt (lambda_up=200)``: runs with different hyperparameters are never pooled as seeds."""
+    hparams = {k: v for k, v in hparams.items() if k not in NOT_SETTINGS}
     if not hparams:
         return method
     return f"{method} (" + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items())) + ")"
