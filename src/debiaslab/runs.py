@@ -189,6 +189,10 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         ],
         "metrics": {split: report.metrics for split, report in reports.items()},
         "test_report": reports["test"].to_dict(),
+        "readouts": {
+            name: {split: r.metrics for split, r in evaluate_splits(model, bundle, trainer).items()}
+            for name, model in method.readout_models_.items()
+        },
         "extras": _plain(result.extras),
         "train_time_s": round(wall, 2),
         "total_time_s": round(time.perf_counter() - started, 2),

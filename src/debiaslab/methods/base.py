@@ -70,6 +70,8 @@ class Method:
         )
         self.model_: nn.Module | None = None
         self.fit_result_: FitResult | None = None
+        #: further models worth reporting beside the deployed one (e.g. DeNetDM's experts), evaluated by runs
+        self.readout_models_: dict[str, nn.Module] = {}
 
     # ------------------------------------------------------------------ contract
     def fit(self, train: GroupDataset, val: GroupDataset | None, *, trainer: Trainer | None = None) -> Method:
