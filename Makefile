@@ -29,16 +29,13 @@ lint: venv
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-DEMO_METHODS ?= erm groupdro jtt lff
-DEMO_EPOCHS ?= 10
+DEMO_WORKERS ?= 2
 
-# Colored MNIST at 1 % conflicting, short budget: each method's per-group table, then one comparison table.
+# `debiaslab bench quick`: every method on Colored MNIST at 1 % conflicting, seed 0, a short budget, two runs at a
+# time; ends with the results table of every method (runs and report under runs/bench/quick; reruns skip finished
+# runs). Set DEMO_WORKERS to use more cores.
 demo: venv
-	@for m in $(DEMO_METHODS); do \
-		$(PY) -m debiaslab train --method $$m --dataset colored_mnist --ratio 0.01 --seed 0 \
-			--epochs $(DEMO_EPOCHS) --out runs/demo/$$m --overwrite || exit 1; \
-	done
-	$(PY) -m debiaslab report runs/demo
+	$(PY) -m debiaslab bench quick --workers $(DEMO_WORKERS)
 
 bench-speed: venv
 	$(PY) benchmarks/engine_overhead.py --epochs 5

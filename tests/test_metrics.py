@@ -110,9 +110,7 @@ def test_empty_group_is_nan_and_skipped(caplog):
 
 def test_unknown_attributes():
     logits, y, _ = make()
-    rep = evaluate_predictions(
-        logits, y, torch.full_like(y, -1), n_classes=2, n_attrs=2, aligned_groups=(0, 3)
-    )
+    rep = evaluate_predictions(logits, y, torch.full_like(y, -1), n_classes=2, n_attrs=2, aligned_groups=(0, 3))
     for key in GROUP_METRIC_KEYS:
         assert math.isnan(rep.metrics[key]), key
     assert rep.metrics["accuracy"] == pytest.approx(8 / 12)
@@ -121,9 +119,7 @@ def test_unknown_attributes():
     assert all(r.n == 0 for r in rep.rows)
     assert "worst-class 50.0" in rep.summary_line()
     assert rep.render_auto().columns[0].header == "class"
-    assert evaluate_predictions(logits, y, None, n_classes=2, n_attrs=2).metrics["accuracy"] == pytest.approx(
-        8 / 12
-    )
+    assert evaluate_predictions(logits, y, None, n_classes=2, n_attrs=2).metrics["accuracy"] == pytest.approx(8 / 12)
 
 
 def test_partially_unknown_attributes_use_known_ones(caplog):
@@ -194,10 +190,7 @@ def test_render():
     table = rep.render()
     assert isinstance(table, Table) and table.row_count == 4
     assert "unbiased 56.2" in render_text(table) or "unbiased 56.3" in render_text(table)
-    assert (
-        rep.summary_line()
-        == "unbiased 56.2 | worst-group 0.0 | aligned 87.5 | conflicting 25.0 | acc 66.7 (%)"
-    )
+    assert rep.summary_line() == "unbiased 56.2 | worst-group 0.0 | aligned 87.5 | conflicting 25.0 | acc 66.7 (%)"
     assert isinstance(rep.render_matrix(), Table) and rep.render_matrix().row_count == 2
     assert rep.render_auto().row_count == 4  # few groups: the group table
 

@@ -238,9 +238,7 @@ def test_load_pretrained_round_trip(tmp_path, caplog, wrap: str) -> None:
 
 def test_load_pretrained_missing_file(tmp_path) -> None:
     missing = tmp_path / "nope.pth"
-    with pytest.raises(
-        ConfigError, match=r"nope\.pth but no such file; give a local path to an ImageNet ResNet-50"
-    ):
+    with pytest.raises(ConfigError, match=r"nope\.pth but no such file; give a local path to an ImageNet ResNet-50"):
         build_model("resnet50", (3, 64, 64), 2, pretrained=str(missing))
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``debiaslab train | evaluate | report | datasets | methods``.
+"""Command line: ``debiaslab train | evaluate | bench | report | datasets | methods``.
 
 Problems with the input (unknown names, missing files, bad values, a finished run directory) are printed as one
 line starting with ``error:`` and exit with status 2; tracebacks are for bugs only.
@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from debiaslab.errors import DebiasLabError
@@ -59,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="test", choices=["val", "test"])
     report.add_argument("--pivot", metavar="METRIC", help="methods x ratios table of one metric, e.g. unbiased")
     report.add_argument("--paper", action="store_true", help="with --pivot: add published CMNIST numbers")
+
+    bench = sub.add_parser("bench", help="run a benchmark suite (methods x datasets x ratios x seeds) and report it")
+    bench.add_argument("suite", help="a shipped suite (quick, cmnist, selection) or a path to a suite YAML file")
+    bench.add_argument("--out", help="output folder (default runs/bench/<suite>)")
+    bench.add_argument("--workers", type=int, help="runs at a time (default min(2, cpu count))")
+    bench.add_argument("--executor", default="process", choices=["process", "ray"], help="default: process pool")
+    bench.add_argument("--only", nargs="+", metavar="METHOD", help="only these methods (labels or names)")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+    bench.add_argument("--report-only", action="store_true", help="aggregate finished runs; train nothing")
+    bench.add_argument("--no-progress", action="store_true")
+    _data_args(bench)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
     sub.add_parser("methods", help="list registered methods and the labels they need")
@@ -150,6 +162,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from debiaslab.bench.runner import run_suite
+    from debiaslab.bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    result = run_suite(
+        suite,
+        args.out,
+        workers=args.workers,
+        executor=args.executor,
+        only=args.only,
+        dry_run=args.dry_run,
+        report_only=args.report_only,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    if args.dry_run:
+        table = Table(title=f"suite {suite.name}: {len(result.states)} runs under {result.out}")
+        for col in ("run", "status", "directory"):
+            table.add_column(col)
+        for state in result.states:
+            status = {"finished": "skip (finished)", "todo": "train", "resume": "resume", "failed": "retry (failed)"}
+            text = status.get(state.status, state.status) + (f": {state.detail}" if state.detail else "")
+            table.add_row(state.run.describe(), text, str(state.run.run_dir))
+        console.print(table)
+        return 0
+    console.print(result.tables.get("results", ""), markup=False, highlight=False, soft_wrap=True)
+    counts = {k: result.count(k) for k in ("finished", "skipped", "failed", "mismatch", "todo", "resume")}
+    console.print(
+        f"suite {suite.name}: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        + (f" in {result.wall_s:.0f} s" if result.wall_s is not None else "")
+    )
+    console.print(f"report: {result.out / 'report.md'}")
+    return 1 if counts["failed"] or counts["mismatch"] else 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
@@ -178,6 +228,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "bench": cmd_bench,
     "report": cmd_report,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
@@ -197,10 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DebiasLabError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted; continue the run with the same command plus --resume")
+        if args.command == "bench":
+            err_console.print("interrupted; run the same command again to resume (finished runs are kept)")
+        else:
+            err_console.print("interrupted; continue the run with the same command plus --resume")
         return 130
 
 

@@ -19,9 +19,7 @@ SUMMARY_KEYS = (
 
 
 def pct(value: float | None) -> str:
-    return (
-        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
-    )
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
 def metrics_table(metrics_by_split: dict[str, dict[str, float]]) -> str:

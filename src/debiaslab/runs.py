@@ -25,11 +25,13 @@ import yaml
 
 from debiaslab import __version__
 from debiaslab.data.core import DatasetBundle
+from debiaslab.data.overlap import OverlappingGroupDataset
 from debiaslab.data.registry import build_dataset
-from debiaslab.engine.checkpoint import load_model_file, save_model_file
-from debiaslab.engine.trainer import Trainer
+from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
+from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError, RunDirError
 from debiaslab.evaluation.metrics import EvalReport
+from debiaslab.evaluation.selection import check_rule_applicable
 from debiaslab.methods.registry import get_method
 from debiaslab.reporting import run_report_markdown
 from debiaslab.utils import dist
@@ -126,8 +128,12 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
+    method = with_dataset_model(method, cfg, bundle)
     val = bundle.selection_split
     method.check_labels(bundle.train, val)
+    report_rules = tuple(method.hparams.report_rules) if val is not None else ()
+    for rule in report_rules:  # before any training: a rule needing groups on a split without them
+        check_rule_applicable(rule, val is not None and val.has_attrs)
     run_dir = cfg.run_dir()
     main = dist.is_main_process()
     if main:
@@ -158,6 +164,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         resume=cfg.resume,
         progress=cfg.progress,
         num_threads=cfg.num_threads,
+        report_rules=report_rules,
     )
     method.fit(bundle.train, val, trainer=trainer)
     result = method.fit_result_
@@ -189,6 +196,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         ],
         "metrics": {split: report.metrics for split, report in reports.items()},
         "test_report": reports["test"].to_dict(),
+        "selections": rule_selections(method, trainer, bundle, reports),
         "readouts": {
             name: {split: r.metrics for split, r in evaluate_splits(model, bundle, trainer).items()}
             for name, model in method.readout_models_.items()
@@ -206,11 +214,87 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     return final
 
 
+def rule_selections(
+    method: Any, trainer: Trainer, bundle: DatasetBundle, reports: dict[str, EvalReport]
+) -> dict[str, dict[str, Any]]:
+    """``{rule: {epoch, score, deployed, val, test}}``: the deployed rule, then each report rule of the final stage.
+
+    The final stage's modules are loaded, in turn, with the weights kept for each rule (``StageResult.alternatives``)
+    and the deployed model (part of those modules) is evaluated; the selected weights are restored afterwards.
+    Methods whose deployed model is not the final trainer stage's weights (DFR re-fits a head) report only the
+    deployed rule.
+    """
+    result = method.fit_result_
+    val_report = reports.get("val", reports["test"])
+    out: dict[str, dict[str, Any]] = {
+        result.selection: {
+            "epoch": result.selected.get("epoch"),
+            "score": result.selected.get("score"),
+            "deployed": True,
+            "val": val_report.metrics,
+            "test": reports["test"].metrics,
+        }
+    }
+    final = result.stages[-1] if result.stages else None
+    if final is None or not final.alternatives:
+        return out
+    stage = trainer.last_stage
+    model = method.model_
+    own = stage is not None and {id(p) for p in model.parameters()} <= {id(p) for p in stage.modules.parameters()}
+    if result.selected.get("stage") != final.name or stage is None or stage.name != final.name or not own:
+        log.warning(
+            "%s: the deployed model is not the weights of its final stage %r; report rules %s not evaluated",
+            method.name,
+            final.name,
+            ", ".join(final.alternatives),
+        )
+        return out
+    selected_state = clone_state(stage.modules)
+    try:
+        for rule, kept in final.alternatives.items():
+            stage.modules.load_state_dict(kept["state"])
+            rule_reports = evaluate_splits(model, bundle, trainer)
+            out[rule] = {
+                "epoch": kept["epoch"],
+                "score": kept["score"],
+                "deployed": False,
+                "val": rule_reports.get("val", rule_reports["test"]).metrics,
+                "test": rule_reports["test"].metrics,
+            }
+    finally:
+        stage.modules.load_state_dict(selected_state)
+    return out
+
+
+def with_dataset_model(method: Any, cfg: RunConfig, bundle: DatasetBundle) -> Any:
+    """The method rebuilt with the dataset's default backbone (e.g. ResNet-50 for Waterbirds images, an MLP for
+    text embeddings) when neither the user nor a preset chose a model or its options; else ``method`` unchanged."""
+    chosen = any(method.hparam_sources.get(name) != "default" for name in ("model", "model_kwargs"))
+    if chosen or method.hparams.model == bundle.default_model:
+        return method
+    rebuilt = get_method(cfg.method)(dataset=cfg.dataset, **{"model": bundle.default_model, **cfg.hparams})
+    rebuilt.hparam_sources["model"] = f"dataset {cfg.dataset}: its default model"
+    log.info("%s: model %s (the dataset's default)", cfg.method, bundle.default_model)
+    return rebuilt
+
+
 def evaluate_splits(model: torch.nn.Module, bundle: DatasetBundle, trainer: Trainer) -> dict[str, EvalReport]:
-    """Validation and test reports for the deployed model (weighted-group accuracy uses training proportions)."""
+    """Validation and test reports for the deployed model (weighted-group accuracy uses training proportions).
+
+    Splits with overlapping subgroups (CivilComments' identities, WILDS style) also get ``overlap_worst_group``
+    and ``overlap_accuracy`` in their metrics: the worst accuracy over every (identity, class) subgroup."""
     counts = bundle.train.group_counts if bundle.train.has_attrs else None
     splits = {"test": bundle.test} if bundle.val is bundle.test else {"val": bundle.val, "test": bundle.test}
-    return {split: trainer.evaluate(model, data, model, train_group_counts=counts) for split, data in splits.items()}
+    reports = {}
+    for split, data in splits.items():
+        report = trainer.evaluate(model, data, model, train_group_counts=counts)
+        if isinstance(data, OverlappingGroupDataset):
+            with eval_mode(model), torch.no_grad():
+                overlap = data.overlapping_accuracy(trainer.predict(model, data))
+            report.metrics["overlap_worst_group"] = overlap["worst_group"]
+            report.metrics["overlap_accuracy"] = overlap["accuracy"]
+        reports[split] = report
+    return reports
 
 
 def load_run_model(run_dir: str | os.PathLike[str]) -> torch.nn.Module:

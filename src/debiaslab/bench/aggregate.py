@@ -1,8 +1,14 @@
-"""Collect finished run directories and summarise them: mean ± std over seeds per (method, dataset, options)."""
+"""Collect finished run directories and summarise them: mean ± std over seeds per (method, dataset, options, rule).
+
+A run that reports several selection rules from one training (``final.json["selections"]``) contributes one
+record per rule; the ``selection`` column names the rule, so the rules of a study sit side by side.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -12,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from debiaslab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = ("unbiased", "conflicting", "aligned", "worst_group", "accuracy")
 
@@ -31,6 +39,17 @@ class RunRecord:
     metrics: dict[str, dict[str, float]]
     train_time_s: float
     peak_memory_mb: float
+    #: ``{rule: {"epoch", "score", "deployed", "val", "test"}}`` (runs written before this key: empty)
+    selections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the row name to use instead of :func:`method_label` (a suite's label)
+    label: str | None = None
+    #: False for the record of a report rule (not the rule the run deployed)
+    deployed: bool = True
+    total_time_s: float = math.nan
+
+    @property
+    def row_label(self) -> str:
+        return self.label or method_label(self.method, self.hparams)
 
 
 @dataclass
@@ -64,27 +83,52 @@ def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
         root = Path(root)
         if not root.exists():
             raise DataError(f"run root {root} does not exist")
-        for final in sorted(root.rglob("final.json")):
-            try:
-                d = json.loads(final.read_text())
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{final} is not valid JSON ({exc.msg}); expected a finished run's summary") from exc
-            records.append(
-                RunRecord(
-                    path=final.parent,
-                    method=d["method"],
-                    dataset=d["dataset"],
-                    options=d.get("dataset_options", {}),
-                    hparams=d["hparams"] if "hparams" in d else _hparams_from_config(final.parent),
-                    seed=d["seed"],
-                    protocol=d.get("protocol", "default"),
-                    selection=d.get("selection", ""),
-                    metrics=d["metrics"],
-                    train_time_s=d.get("train_time_s", math.nan),
-                    peak_memory_mb=d.get("peak_memory_mb", math.nan),
-                )
-            )
+        records.extend(read_run(final.parent) for final in sorted(root.rglob("final.json")))
     return records
+
+
+def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
+    """The :class:`RunRecord` of one finished run directory (``label`` names its row)."""
+    final = Path(run_dir) / "final.json"
+    try:
+        d = json.loads(final.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{final} is not valid JSON ({exc.msg}); expected a finished run's summary") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {final} ({exc.strerror or exc}); expected a finished run's summary") from exc
+    return RunRecord(
+        path=final.parent,
+        method=d["method"],
+        dataset=d["dataset"],
+        options=d.get("dataset_options", {}),
+        hparams=d["hparams"] if "hparams" in d else _hparams_from_config(final.parent),
+        seed=d["seed"],
+        protocol=d.get("protocol", "default"),
+        selection=d.get("selection", ""),
+        metrics=d["metrics"],
+        train_time_s=_number(d.get("train_time_s")),
+        peak_memory_mb=_number(d.get("peak_memory_mb")),
+        selections=d.get("selections") or {},
+        label=label,
+        total_time_s=_number(d.get("total_time_s")),
+    )
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def per_rule(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """Each record, then one record per further rule in its ``selections`` (that rule's val/test metrics)."""
+    out = []
+    for r in records:
+        out.append(r)
+        for rule, entry in r.selections.items():
+            if rule == r.selection or entry.get("deployed"):
+                continue
+            metrics = {"val": entry.get("val") or {}, "test": entry.get("test") or {}}
+            out.append(dataclasses.replace(r, selection=rule, metrics=metrics, deployed=False))
+    return out
 
 
 def _hparams_from_config(run_dir: Path) -> dict[str, Any]:
@@ -100,24 +144,33 @@ def _hparams_from_config(run_dir: Path) -> dict[str, Any]:
 #: Hyperparameters that are not settings of the method: execution details, and per-seed inputs (DFR's base run
 #: differs with the seed by design). They never split a row.
 NOT_SETTINGS = frozenset({"n_jobs", "base_run"})
+#: Hyperparameters a row shows elsewhere (the ``selection`` column) or that leave the deployed model unchanged.
+SHOWN_ELSEWHERE = frozenset({"selection", "report_rules"})
 
 
 def method_label(method: str, hparams: dict[str, Any]) -> str:
     """``jtt`` or ``jtt (lambda_up=200)``: runs with different hyperparameters are never pooled as seeds."""
-    hparams = {k: v for k, v in hparams.items() if k not in NOT_SETTINGS}
+    hparams = {k: v for k, v in hparams.items() if k not in NOT_SETTINGS | SHOWN_ELSEWHERE}
     if not hparams:
         return method
     return f"{method} (" + ", ".join(f"{k}={v}" for k, v in sorted(hparams.items())) + ")"
 
 
 def summarise(
-    records: Sequence[RunRecord], split: str = "test", columns: Sequence[str] = DEFAULT_COLUMNS
+    records: Sequence[RunRecord],
+    split: str = "test",
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    rules: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per (method, dataset, options, protocol, selection) with a :class:`Cell` per column."""
+    """One row per (method, dataset, options, protocol, selection) with a :class:`Cell` per column.
+
+    ``rules``: also a row per further selection rule a run reports (see :func:`per_rule`). A seed counted twice
+    in a row (the same rule deployed by one run and reported by another) is counted once, the deployed one kept.
+    """
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for r in records:
+    for r in per_rule(records) if rules else records:
         key = (
-            method_label(r.method, r.hparams),
+            r.row_label,
             r.dataset,
             json.dumps(r.options, sort_keys=True),
             r.protocol,
@@ -126,8 +179,12 @@ def summarise(
         groups[key].append(r)
     rows = []
     for (method, dataset, options, protocol, selection), runs in sorted(groups.items()):
+        runs = _one_per_seed(runs)
         row: dict[str, Any] = {
             "method": method,
+            "method_name": runs[0].method,
+            "deployed": any(r.deployed for r in runs),
+            "runs": [r.path for r in runs],
             "dataset": dataset,
             "options": json.loads(options),
             "protocol": protocol,
@@ -137,8 +194,19 @@ def summarise(
         for col in columns:
             row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])
         row["train_time_s"] = Cell([r.train_time_s for r in runs])
+        row["peak_memory_mb"] = Cell([r.peak_memory_mb for r in runs])
         rows.append(row)
     return rows
+
+
+def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
+    by_seed: dict[int, RunRecord] = {}
+    for r in sorted(runs, key=lambda r: (r.seed, not r.deployed)):
+        if r.seed in by_seed:
+            log.warning("seed %d of %s counted once: %s and %s", r.seed, r.row_label, by_seed[r.seed].path, r.path)
+            continue
+        by_seed[r.seed] = r
+    return list(by_seed.values())
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:

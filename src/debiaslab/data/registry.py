@@ -71,4 +71,14 @@ def list_datasets() -> list[DatasetSpec]:
 
 def _import_builtin_datasets() -> None:
     """Import the modules whose decorators fill the registry."""
-    from debiaslab.data import colored_mnist  # noqa: F401
+    from debiaslab.data import (  # noqa: F401
+        arrays,
+        celeba,
+        civilcomments,
+        colored_mnist,
+        corrupted_cifar10,
+        dfa,
+        folder,
+        multinli,
+        waterbirds,
+    )

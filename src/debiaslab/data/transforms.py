@@ -16,6 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "CenterCrop",
     "Compose",
     "Normalize",
@@ -27,6 +31,13 @@ __all__ = [
 ]
 
 Size = int | tuple[int, int]
+
+#: Per-channel statistics for :class:`Normalize`: ImageNet (for ImageNet-pretrained backbones) and the CIFAR-10
+#: values used by LfF and DFA (the widespread ``(0.2023, 0.1994, 0.2010)`` stds, kept for comparability).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
 
 
 def _pair(size: Size) -> tuple[int, int]:

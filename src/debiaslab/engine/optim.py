@@ -34,13 +34,9 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"optimizer {self.optimizer!r} unknown; expected one of {', '.join(OPTIMIZERS)}"
-            )
+            raise ConfigError(f"optimizer {self.optimizer!r} unknown; expected one of {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
-            raise ConfigError(
-                f"scheduler {self.scheduler!r} unknown; expected one of {', '.join(SCHEDULERS)}"
-            )
+            raise ConfigError(f"scheduler {self.scheduler!r} unknown; expected one of {', '.join(SCHEDULERS)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr {self.lr!r} must be a positive number")
         if self.weight_decay < 0:
@@ -71,9 +67,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.scheduler == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma
-        )
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.gamma, patience=cfg.plateau_patience
     )

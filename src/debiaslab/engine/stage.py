@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from debiaslab.data.core import Batch
 from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sampling import Sampler
+from debiaslab.engine.sparse import SparseConfig
 
 LossOutput = Tensor | dict[str, Tensor]
 
@@ -50,7 +51,10 @@ class Stage:
         selection_predictor: the key of ``extra_predictors`` that the rule scores (default: ``predict_fn``).
         train_mode: puts ``modules`` in training mode (override to keep frozen parts in eval mode).
         after_step: called after every optimiser step (e.g. re-apply sparse masks).
+        sparsity: train the stage sparse (masks on its Linear/Conv weights, :mod:`debiaslab.engine.sparse`).
         on_epoch_end: called after each epoch's training steps; may return values to log.
+        report_rules: further selection rules under which the trainer also keeps the best epoch's weights
+            (:class:`~debiaslab.engine.rule_keeper.RuleKeeper`), beside the deployed ``selection``.
     """
 
     name: str
@@ -67,8 +71,10 @@ class Stage:
     selection_predictor: str | None = None
     train_mode: Callable[[nn.Module], None] | None = None
     after_step: Callable[[StepContext], None] | None = None
+    sparsity: SparseConfig | None = None
     on_epoch_end: Callable[[StepContext], dict[str, float] | None] | None = None
     drop_last: bool = False
+    report_rules: tuple[str, ...] = ()
 
     def parameters_to_optimize(self) -> list[Any]:
         if self.param_groups is not None:
@@ -86,4 +92,6 @@ class StageResult:
     selection: str
     score: float | None
     wall_time_s: float
+    #: per report rule, ``{"epoch", "score", "state"}`` of the epoch it picks (``state``: the stage modules' weights)
+    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
     resumed: bool = False

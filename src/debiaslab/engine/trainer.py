@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ from debiaslab.data.core import GroupDataset
 from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
 from debiaslab.engine.optim import build_optimizer, build_scheduler
 from debiaslab.engine.progress import ProgressReporter
+from debiaslab.engine.rule_keeper import RuleKeeper
 from debiaslab.engine.sampling import iterate_batches, num_batches
+from debiaslab.engine.sparse import SparseTraining
 from debiaslab.engine.stage import Stage, StageResult, StepContext
 from debiaslab.errors import ConfigError, TrainingError
 from debiaslab.evaluation.metrics import EvalReport, PredictionCollector
@@ -72,6 +74,9 @@ class Trainer:
         eval_batch_size: batch size for evaluation passes.
         channels_last: feed 4-D inputs in channels-last memory format (faster convs on CPU and GPU).
         num_threads: torch intra-op threads (None: leave torch's default).
+        report_rules: further selection rules under which every stage that selects on validation (rule other
+            than ``last``) also keeps its best epoch's weights (``StageResult.alternatives``), beside the rule it
+            deploys; one training then reports several rules.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Trainer:
         eval_batch_size: int = 2048,
         channels_last: bool = False,
         num_threads: int | None = None,
+        report_rules: Sequence[str] = (),
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
@@ -98,6 +104,9 @@ class Trainer:
         self.channels_last = channels_last
         self.progress = ProgressReporter(enabled=progress and dist.is_main_process())
         self.history: list[dict[str, Any]] = []
+        self.sparse: dict[str, SparseTraining] = {}  # stage name -> masks of the stages that trained sparse
+        self.report_rules = tuple(get_rule(r).name for r in report_rules)
+        self.last_stage: Stage | None = None  # the stage run last (its modules hold the weights it selected)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
 
@@ -172,14 +181,34 @@ class Trainer:
         stage.modules.to(self.device)
         dist.broadcast_module(stage.modules)
 
+        self.last_stage = stage
         done = self._ckpt_path(name, "done")
         if self.resume and done is not None and done.exists():
             return stage, self._restore_done(stage, done)
         result = self._train(stage, rule, train, val)
         return stage, result
 
+    def _extra_rules(self, stage: Stage, rule: Any, val: GroupDataset | None) -> list[str]:
+        """The rules kept beside ``rule``: the stage's own, and the trainer's for stages that select."""
+        if val is None:
+            return []
+        names = [*stage.report_rules, *(self.report_rules if rule.name != "last" else ())]
+        names = [n for n in dict.fromkeys(get_rule(n).name for n in names) if n != rule.name]
+        for name in names:
+            check_rule_applicable(name, val.has_attrs)
+        return names
+
     def _ckpt_path(self, name: str, kind: str) -> Path | None:
         return self.checkpoint_dir / f"{name}.{kind}.pt" if self.checkpoint_dir is not None else None
+
+    def _start_sparse(self, stage: Stage, trainable: list[nn.Parameter]) -> SparseTraining | None:
+        """Masks for a stage that trains sparse (random from the run seed and stage name), else None."""
+        self.sparse.pop(stage.name, None)
+        if stage.sparsity is None:
+            return None
+        seed = derive_seed(self.seed, stage.name, "sparse")
+        self.sparse[stage.name] = SparseTraining(stage.modules, stage.sparsity, trainable=trainable, seed=seed)
+        return self.sparse[stage.name]
 
     def _restore_done(self, stage: Stage, path: Path) -> StageResult:
         state = load_checkpoint(path, map_location=self.device)
@@ -194,6 +223,7 @@ class Trainer:
         optimizer = build_optimizer(params, stage.optim)
         scheduler = build_scheduler(optimizer, stage.optim, stage.epochs)
         flat_params = [p for group in optimizer.param_groups for p in group["params"]]
+        sparse = self._start_sparse(stage, flat_params)
         history: list[dict[str, Any]] = []
         best_score: float | None = None
         best_epoch = 0
@@ -203,13 +233,19 @@ class Trainer:
 
         last_path = self._ckpt_path(stage.name, "last")
         best_path = self._ckpt_path(stage.name, "best")
-        if self.resume and last_path is not None and last_path.exists():
+        rules_path = self._ckpt_path(stage.name, "rules")
+        resuming = self.resume and last_path is not None and last_path.exists()
+        keeper = RuleKeeper(self._extra_rules(stage, rule, val), rules_path, resume=resuming)
+        if resuming:
+            assert last_path is not None
             state = load_checkpoint(last_path, map_location=self.device)
             stage.modules.load_state_dict(state["modules"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
+            if sparse is not None:
+                sparse.load_state_dict(state["sparse"])
             history = list(state["history"])
             start_epoch, best_epoch, best_score, wall = (
                 state["epoch"],
@@ -233,6 +269,8 @@ class Trainer:
                 record: dict[str, Any] = {"stage": stage.name, "epoch": epoch + 1, **train_logs}
                 record["train_time_s"] = round(time.perf_counter() - t0, 4)
                 record["lr"] = optimizer.param_groups[0]["lr"]
+                if sparse is not None:
+                    record.update(sparse.log_values())
                 if stage.on_epoch_end is not None:
                     record.update(stage.on_epoch_end(ctx) or {})
                 score = None
@@ -247,6 +285,7 @@ class Trainer:
                         save_checkpoint(best_path, {"modules": best_state, "epoch": epoch + 1})
                 elif rule.name == "last":
                     best_epoch, best_score = epoch + 1, score
+                keeper.update(epoch + 1, _scored_metrics(stage, record), stage.modules)
                 if scheduler is not None:
                     if stage.optim.scheduler == "plateau":
                         scheduler.step(score if score is not None and math.isfinite(score) else 0.0)
@@ -262,6 +301,7 @@ class Trainer:
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
                             "rng": rng_state(),
+                            "sparse": sparse.state_dict() if sparse is not None else None,
                             "history": history,
                             "epoch": epoch + 1,
                             "best_epoch": best_epoch,
@@ -275,13 +315,13 @@ class Trainer:
 
         if rule.name != "last" and best_state is not None:
             stage.modules.load_state_dict(best_state)
-        result = StageResult(stage.name, history, best_epoch, rule.name, best_score, round(wall, 3))
+        result = StageResult(stage.name, history, best_epoch, rule.name, best_score, round(wall, 3), keeper.best)
         self.history.extend(history)
         done = self._ckpt_path(stage.name, "done")
         if done is not None and dist.is_main_process():
             result_state = {k: v for k, v in vars(result).items() if k != "resumed"}
             save_checkpoint(done, {"modules": stage.modules.state_dict(), "result": result_state})
-            for stale in (last_path, best_path):
+            for stale in (last_path, best_path, rules_path):
                 if stale is not None and stale.exists():
                     stale.unlink()
             self._write_metrics(self.history)
@@ -312,6 +352,7 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         n_steps = 0
         clip = stage.optim.grad_clip
+        sparse, total_steps = self.sparse.get(stage.name), ctx.epochs * ctx.steps_per_epoch
         for idx in _batches(indices, stage.batch_size, stage.drop_last):
             batch = train.batch(idx)
             batch = batch._replace(x=self.prepare_inputs(batch.x))
@@ -328,9 +369,13 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             dist.average_gradients(flat_params)
+            if sparse is not None:  # keeps the dense gradient for a mask update, then masks the gradients
+                sparse.before_step(ctx.step + 1, total_steps)
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(flat_params, clip)
             optimizer.step()
+            if sparse is not None:  # inactive weights to 0; drop/regrow every update_every steps
+                sparse.after_step(ctx.step + 1, total_steps, optimizer, idx.numel() * dist.world_size())
             ctx.step += 1
             if stage.after_step is not None:
                 stage.after_step(ctx)
@@ -361,6 +406,13 @@ class Trainer:
 
         text = "".join(json.dumps(_jsonable(line)) + "\n" for line in lines)
         atomic_write_text(self.run_dir / "metrics.jsonl", text)
+
+
+def _scored_metrics(stage: Stage, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The validation metrics the stage's rule scores (those of ``selection_predictor`` when it names one)."""
+    if stage.selection_predictor is not None and stage.selection_predictor in stage.extra_predictors:
+        return record.get(f"val_{stage.selection_predictor}")
+    return record.get("val")
 
 
 def _batches(indices: Tensor, batch_size: int, drop_last: bool) -> Iterator[Tensor]:

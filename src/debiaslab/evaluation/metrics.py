@@ -124,10 +124,7 @@ class EvalReport:
 
     def accuracy_matrix(self) -> list[list[float]]:
         """Group accuracies as a ``n_classes x n_attrs`` nested list (NaN for empty groups)."""
-        return [
-            [self.rows[c * self.n_attrs + a].accuracy for a in range(self.n_attrs)]
-            for c in range(self.n_classes)
-        ]
+        return [[self.rows[c * self.n_attrs + a].accuracy for a in range(self.n_attrs)] for c in range(self.n_classes)]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -301,15 +298,11 @@ def _prepare(
         else torch.as_tensor(attr).detach().to("cpu", torch.long).reshape(-1)
     )
     if y.numel() != n or attr.numel() != n:
-        raise ValueError(
-            f"{n} logits but {y.numel()} labels and {attr.numel()} attributes; expected one each"
-        )
+        raise ValueError(f"{n} logits but {y.numel()} labels and {attr.numel()} attributes; expected one each")
     if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {int(y.min())}..{int(y.max())}")
     if n and (int(attr.min()) < -1 or int(attr.max()) >= n_attrs):
-        raise ValueError(
-            f"attributes must lie in 0..{n_attrs - 1} or be -1, got {int(attr.min())}..{int(attr.max())}"
-        )
+        raise ValueError(f"attributes must lie in 0..{n_attrs - 1} or be -1, got {int(attr.min())}..{int(attr.max())}")
 
     n_groups = n_classes * n_attrs
     aligned_mask = torch.zeros(n_groups, dtype=torch.bool)
@@ -322,8 +315,7 @@ def _prepare(
         counts = torch.as_tensor(train_group_counts, dtype=torch.float64).reshape(-1)
         if counts.numel() != n_groups or bool((counts < 0).any()) or float(counts.sum()) <= 0:
             raise ConfigError(
-                f"train_group_counts: expected {n_groups} non-negative counts, not all zero; "
-                f"got {counts.tolist()}"
+                f"train_group_counts: expected {n_groups} non-negative counts, not all zero; got {counts.tolist()}"
             )
         train_weights = counts / counts.sum()
 

@@ -33,9 +33,7 @@ class SelectionRule:
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min", "last"):
-            raise ConfigError(
-                f"selection rule {self.name!r}: mode must be 'max', 'min' or 'last', got {self.mode!r}"
-            )
+            raise ConfigError(f"selection rule {self.name!r}: mode must be 'max', 'min' or 'last', got {self.mode!r}")
 
     def score(self, metrics: Mapping[str, float]) -> float:
         """The value this rule compares (NaN when the metric is absent for rule ``last``)."""
@@ -63,15 +61,9 @@ class SelectionRule:
 _RULES: dict[str, SelectionRule] = {
     r.name: r
     for r in (
-        SelectionRule(
-            "val_worst_group", "worst_group", "max", True, "highest validation worst-group accuracy"
-        ),
-        SelectionRule(
-            "val_unbiased", "unbiased", "max", True, "highest validation unbiased (mean group) accuracy"
-        ),
-        SelectionRule(
-            "val_worst_class", "worst_class", "max", False, "highest validation worst-class accuracy"
-        ),
+        SelectionRule("val_worst_group", "worst_group", "max", True, "highest validation worst-group accuracy"),
+        SelectionRule("val_unbiased", "unbiased", "max", True, "highest validation unbiased (mean group) accuracy"),
+        SelectionRule("val_worst_class", "worst_class", "max", False, "highest validation worst-class accuracy"),
         SelectionRule(
             "val_classdiff",
             "class_diff",

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from debiaslab.engine.checkpoint import clone_state
 from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sampling import IndexListSampler, UniformSampler, upsample_indices
 from debiaslab.engine.stage import Stage, StageResult, StepContext
@@ -36,7 +36,6 @@ from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, optim_with
-from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,6 @@ OURS_SMOKE = "ours: SGD lr for the LfF MLP, checked to learn in a 2-epoch Colore
 
 AMPLIFY_LOSSES = ("mse", "ce")
 STAGE2_INITS = ("continue", "fresh")
-ALT_CHECKPOINT = "alternatives"
 
 
 @dataclass
@@ -66,7 +64,7 @@ class BAMHparams(TrainHparams):
         stage2_init: ``continue`` (the amplified network, fresh optimiser) or ``fresh`` (new initialisation).
         upweight_lr, upweight_weight_decay: stage-2 optimiser overrides (None: same as stage 1).
         keep_alternative: also keep, per alternative selection rule (ClassDiff and/or worst-group), the weights
-            of the epoch that rule picks (costs one extra validation pass per stage-2 epoch).
+            of the epoch that rule picks (the engine's report rules on the upweighting stage; no extra pass).
     """
 
     optimizer: str = "sgd"
@@ -182,35 +180,6 @@ def aux_memory(n: int, n_classes: int, optim: OptimConfig) -> dict[str, int]:
     }
 
 
-class AlternativeTracker:
-    """Keeps, per alternative selection rule, the stage-2 weights of the best epoch so far.
-
-    The trainer's own best-state logic serves the configured rule; this scores the other rules on a validation
-    pass after each epoch's training (the same weights the trainer then validates). With a run directory the
-    kept states are checkpointed after every epoch, so a resumed run ends with the same alternatives.
-    """
-
-    def __init__(self, rules: list[str], trainer: Trainer, model: nn.Module, val: GroupDataset) -> None:
-        self.rules = [get_rule(r) for r in rules]
-        self.trainer, self.model, self.val = trainer, model, val
-        self.best: dict[str, dict[str, Any]] = {}
-        self.path = trainer.checkpoint_dir / f"upweight.{ALT_CHECKPOINT}.pt" if trainer.checkpoint_dir else None
-        if trainer.resume and self.path is not None and self.path.exists():
-            self.best = load_checkpoint(self.path)["best"]
-
-    def on_epoch_end(self, ctx: StepContext) -> None:
-        metrics = self.trainer.evaluate(self.model, self.val, self.model).metrics
-        changed = False
-        for rule in self.rules:
-            score = rule.score(metrics)
-            kept = self.best.get(rule.name)
-            if rule.is_better(score, None if kept is None else kept["score"]):
-                self.best[rule.name] = {"epoch": ctx.epoch + 1, "score": score, "state": clone_state(self.model)}
-                changed = True
-        if changed and self.path is not None and dist.is_main_process():
-            save_checkpoint(self.path, {"best": self.best})
-
-
 @register_method("bam")
 class BAM(Method):
     """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
@@ -283,7 +252,6 @@ class BAM(Method):
 
         rules = self._reported_rules(rule, val)
         alternatives = [r for r in rules if r != rule] if hp.keep_alternative and val is not None else []
-        tracker: dict[str, AlternativeTracker] = {}
 
         def build_upweight() -> Stage:
             model = self.build_model(train)
@@ -293,15 +261,12 @@ class BAM(Method):
             optim = optim_with(hp, hp.upweight_lr, hp.upweight_weight_decay)
             sampler = IndexListSampler(upsample_indices(n, errors, times=hp.mu))
             stage = method_ce_stage(self, "upweight", model, train, rule, optim=optim, sampler=sampler)
-            if not alternatives:
-                return stage
-            assert val is not None
-            tracker["alt"] = AlternativeTracker(alternatives, trainer, model, val)
-            return dataclasses.replace(stage, on_epoch_end=tracker["alt"].on_epoch_end)
+            # the engine keeps (and checkpoints) the weights of the epoch each alternative rule picks
+            return dataclasses.replace(stage, report_rules=tuple(alternatives))
 
         final, upweight = trainer.run_stage("upweight", build_upweight, train, val)
         selections = self._selections(upweight, rules, rule)
-        self.alternative_models_ = self._alternative_models(train, tracker.get("alt"), selections, trainer.device)
+        self.alternative_models_ = self._alternative_models(train, upweight, alternatives, selections, trainer.device)
         if len(selections) > 1:
             log.info(
                 "bam: epochs selected by each rule: %s",
@@ -350,22 +315,22 @@ class BAM(Method):
     def _alternative_models(
         self,
         train: GroupDataset,
-        tracker: AlternativeTracker | None,
+        upweight: StageResult,
+        alternatives: list[str],
         selections: dict[str, dict[str, Any]],
         device: torch.device,
     ) -> dict[str, nn.Module]:
-        """Models of the epochs the alternative rules pick (only with ``keep_alternative``)."""
-        if tracker is None:
-            return {}
+        """Models of the epochs the alternative rules pick (only with ``keep_alternative``), rebuilt from the
+        weights the engine kept for the upweighting stage (``StageResult.alternatives``)."""
         models: dict[str, nn.Module] = {}
-        for name in tracker.rules:
-            kept = tracker.best.get(name.name)
+        for name in alternatives:
+            kept = upweight.alternatives.get(name)
             if kept is None:
-                log.warning("bam: no kept weights for rule %s (stage restored from an older run?)", name.name)
+                log.warning("bam: no kept weights for rule %s (stage restored from an older run?)", name)
                 continue
             model = self.build_model(train)
             model.load_state_dict(kept["state"])
-            models[name.name] = model.to(device).eval()
-            if name.name in selections:
-                selections[name.name]["state_kept"] = True
+            models[name] = model.to(device).eval()
+            if name in selections:
+                selections[name]["state_kept"] = True
         return models

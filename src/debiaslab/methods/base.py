@@ -15,12 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
+from debiaslab.engine.cost import run_cost
 from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import MissingLabelsError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
-from debiaslab.methods.hparams import HparamTable, TrainHparams, resolve_hparams
+from debiaslab.methods.hparams import HparamTable, TrainHparams, hparam_names, resolve_hparams
+from debiaslab.methods.presets import DATASET_PRESETS
 from debiaslab.models import build_model
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class Method:
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         self.dataset = dataset
         self.hparams, self.hparam_sources = resolve_hparams(
-            self.Hparams, self.hparam_table, dataset, hparams, self.name
+            self.Hparams, with_dataset_preset(self.hparam_table, dataset, self.Hparams), dataset, hparams, self.name
         )
         self.model_: nn.Module | None = None
         self.fit_result_: FitResult | None = None
@@ -130,15 +132,19 @@ class Method:
         selection: str,
         extras: dict[str, Any] | None = None,
     ) -> FitResult:
-        """The :class:`FitResult` of a run that deploys ``model``, the selected epoch of its last stage."""
+        """The :class:`FitResult` of a run that deploys ``model``, the selected epoch of its last stage; a sparse run
+        (``density < 1``) also reports its measured cost in ``extras["cost"]`` (see ``engine.cost.run_cost``)."""
         last = stages[-1]
+        extras = {} if extras is None else extras
+        if getattr(self.hparams, "density", 1.0) < 1.0 and "cost" not in extras:
+            extras["cost"] = run_cost(model, train.input_shape, stages)
         return FitResult(
             model=model,
             model_spec=self.model_spec(train),
             stages=stages,
             selection=selection,
             selected={"stage": last.name, "epoch": last.selected_epoch, "score": last.score},
-            extras={} if extras is None else extras,
+            extras=extras,
         )
 
     def check_labels(self, train: GroupDataset, val: GroupDataset | None) -> None:
@@ -172,3 +178,18 @@ class Method:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.hparams})"
+
+
+def with_dataset_preset(table: HparamTable, dataset: str | None, hparams_cls: type[TrainHparams]) -> HparamTable:
+    """``table`` with the dataset's training preset (backbone, optimiser, budget; ``DATASET_PRESETS``) placed
+    under the method's own rows: preset < the method's ``"*"`` row < the method's row for the dataset < user.
+
+    Expressed as one merged dataset row: preset values the ``"*"`` row also sets are dropped, so the method-wide
+    choice wins over the generic preset."""
+    preset = DATASET_PRESETS.get(dataset or "", {})
+    if not preset:
+        return table
+    names = set(hparam_names(hparams_cls))
+    wide = table.get("*", {})
+    row = {k: v for k, v in preset.items() if k in names and k not in wide}
+    return {**table, dataset: {**row, **table.get(dataset, {})}}  # type: ignore[dict-item]

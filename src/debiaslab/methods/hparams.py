@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from debiaslab.engine.optim import OptimConfig
+from debiaslab.engine.sparse import SparseConfig
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.selection import get_rule, list_rules
 
 
 class Default(NamedTuple):
@@ -30,8 +32,13 @@ class TrainHparams:
 
     ``scheduler`` is ``none``, ``cosine``, ``step`` (every ``lr_step_size`` epochs), ``multistep`` (at
     ``lr_milestones``) or ``plateau`` (on the selection score, ``lr_patience`` epochs); each multiplies by ``lr_gamma``.
+    ``density < 1`` trains sparse (any method whose stages come from :mod:`debiaslab.methods.stages`): ``sparse_*``
+    are the :class:`~debiaslab.engine.sparse.SparseConfig` options (init ``erk``/``uniform``, ``update_every`` steps
+    between mask updates, ``static`` masks, ``drop_fraction`` ζ_0, ``end_fraction`` of training with updates).
     ``selection="auto"`` becomes ``val_worst_group`` when validation has attribute labels and
     ``val_worst_class`` otherwise; the resolved rule is recorded with the result.
+    ``report_rules``: further selection rules reported beside ``selection`` from the same training (a run keeps,
+    for the method's final stage, the best epoch's weights under each and evaluates them; see ``debiaslab.runs``).
     """
 
     model: str = "mlp"
@@ -48,13 +55,35 @@ class TrainHparams:
     lr_milestones: tuple[int, ...] = ()
     lr_patience: int = 5
     grad_clip: float | None = None
+    density: float = 1.0
+    sparse_init: str = "erk"
+    sparse_update_every: int = 1000
+    sparse_static: bool = False
+    sparse_drop_fraction: float = 0.5
+    sparse_end_fraction: float = 1.0
     selection: str = "auto"
+    report_rules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"epochs {self.epochs} must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size {self.batch_size} must be >= 1")
+        self.sparse_config()  # validates the sparse options
+        self.report_rules = _rule_names(self.report_rules)
+
+    def sparse_config(self) -> SparseConfig | None:
+        """The stages' sparse-training settings; None when ``density == 1`` (dense training)."""
+        cfg = SparseConfig(
+            density=self.density,
+            init=self.sparse_init,
+            update_every=self.sparse_update_every,
+            static=self.sparse_static,
+            drop_fraction=self.sparse_drop_fraction,
+            drop_fraction_min=min(0.005, self.sparse_drop_fraction),
+            end_fraction=self.sparse_end_fraction,
+        )
+        return None if cfg.density == 1.0 else cfg
 
     def optim_config(self, **overrides: Any) -> OptimConfig:
         values = {
@@ -71,6 +100,14 @@ class TrainHparams:
         }
         values.update(overrides)
         return OptimConfig(**values)
+
+
+def _rule_names(value: Any) -> tuple[str, ...]:
+    """``report_rules`` as a tuple of known selection-rule names (a single name is accepted too)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"report_rules {value!r} must be a list of selection-rule names ({', '.join(list_rules())})")
+    return tuple(get_rule(n).name for n in names)
 
 
 def hparam_names(cls: type[TrainHparams]) -> list[str]:

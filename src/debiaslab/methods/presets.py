@@ -17,3 +17,51 @@ CMNIST_MLP: dict[str, Default] = {
     "weight_decay": Default(0.0, LFF_PAPER),
     "selection": Default("val_unbiased", OURS_CMNIST_SELECTION),
 }
+
+GROUPDRO_PAPER = "GroupDRO paper (Sagawa et al. 2020): standard training of an ImageNet-pretrained ResNet-50"
+LFF_CONFIG_CIFAR = "LfF official config (corrupted_cifar10: ResNet20, Adam 1e-3, batch 256, 196 x 200 steps)"
+DFA_PAPER = "DFA paper (Lee et al. 2021), BFFHQ: ResNet-18, Adam 1e-4, batch 64, 50K iterations (~160 epochs)"
+PRETRAINED_NOTE = "; pass model_kwargs={pretrained: /path/to/imagenet-weights.pth} for the ImageNet start"
+
+#: Waterbirds / CelebA with a ResNet-50 (224 x 224 crops, ImageNet normalisation by the dataset).
+WATERBIRDS_RESNET50: dict[str, Default] = {
+    "model": Default("resnet50", GROUPDRO_PAPER + PRETRAINED_NOTE),
+    "epochs": Default(300, GROUPDRO_PAPER),
+    "batch_size": Default(128, GROUPDRO_PAPER),
+    "optimizer": Default("sgd", GROUPDRO_PAPER),
+    "momentum": Default(0.9, GROUPDRO_PAPER),
+    "lr": Default(1e-3, GROUPDRO_PAPER),
+    "weight_decay": Default(1e-4, GROUPDRO_PAPER),
+}
+CELEBA_RESNET50: dict[str, Default] = {
+    **WATERBIRDS_RESNET50,
+    "epochs": Default(50, GROUPDRO_PAPER),
+    "lr": Default(1e-4, GROUPDRO_PAPER),
+}
+#: Corrupted CIFAR-10 (LfF protocol) with a ResNet-20.
+CCIFAR10_RESNET20: dict[str, Default] = {
+    "model": Default("resnet20", LFF_CONFIG_CIFAR),
+    "epochs": Default(200, LFF_CONFIG_CIFAR),
+    "batch_size": Default(256, LFF_CONFIG_CIFAR),
+    "optimizer": Default("adam", LFF_CONFIG_CIFAR),
+    "lr": Default(1e-3, LFF_CONFIG_CIFAR),
+    "weight_decay": Default(0.0, LFF_CONFIG_CIFAR),
+}
+#: BFFHQ (DFA release) with a ResNet-18 trained from scratch.
+BFFHQ_RESNET18: dict[str, Default] = {
+    "model": Default("resnet18", DFA_PAPER),
+    "epochs": Default(160, DFA_PAPER),
+    "batch_size": Default(64, DFA_PAPER),
+    "optimizer": Default("adam", DFA_PAPER),
+    "lr": Default(1e-4, DFA_PAPER),
+    "weight_decay": Default(0.0, DFA_PAPER),
+}
+
+#: Dataset name -> the training preset above; a method's hparam table can start from ``DATASET_PRESETS[name]``.
+DATASET_PRESETS: dict[str, dict[str, Default]] = {
+    "colored_mnist": CMNIST_MLP,
+    "waterbirds": WATERBIRDS_RESNET50,
+    "celeba": CELEBA_RESNET50,
+    "corrupted_cifar10": CCIFAR10_RESNET20,
+    "bffhq": BFFHQ_RESNET18,
+}

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sampling import Sampler, UniformSampler
+from debiaslab.engine.sparse import SparseConfig
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.engine.weighting import lookup, weighted_mean
@@ -30,11 +31,12 @@ def cross_entropy_stage(
     selection: str,
     sampler: Sampler | None = None,
     example_weights: Tensor | None = None,
+    sparsity: SparseConfig | None = None,
 ) -> Stage:
     """A stage that minimises (optionally per-example weighted) cross-entropy of ``model``.
 
     ``sampler`` decides which examples each epoch visits (default: all, shuffled); ``example_weights`` (indexed by
-    the dataset index) multiply each example's loss.
+    the dataset index) multiply each example's loss; ``sparsity`` trains ``model`` sparse.
     """
 
     def loss(batch: Batch, ctx: StepContext) -> Tensor:
@@ -53,19 +55,26 @@ def cross_entropy_stage(
         batch_size=batch_size,
         optim=optim,
         selection=selection,
+        sparsity=sparsity,
     )
 
 
 def method_ce_stage(method: Any, name: str, model: nn.Module, train: GroupDataset, selection: str, **kw: Any) -> Stage:
-    """:func:`cross_entropy_stage` with ``method``'s epochs, batch size and optimiser unless ``kw`` gives them."""
+    """:func:`cross_entropy_stage` with ``method``'s epochs, batch size, optimiser and sparsity unless ``kw`` gives
+    them."""
     hp = method.hparams
-    defaults = {"epochs": hp.epochs, "batch_size": hp.batch_size, "optim": hp.optim_config()}
+    defaults = {
+        "epochs": hp.epochs,
+        "batch_size": hp.batch_size,
+        "optim": hp.optim_config(),
+        "sparsity": hp.sparse_config(),
+    }
     return cross_entropy_stage(name, model, train, selection=selection, **{**defaults, **kw})
 
 
 def method_stage(method: Any, name: str, train: GroupDataset, selection: str, **fields: Any) -> Stage:
-    """A :class:`Stage` visiting every example once per epoch with ``method``'s epochs, batch size and optimiser;
-    ``fields`` give the rest (modules, loss_fn, predict_fn, ...) and may override those."""
+    """A :class:`Stage` visiting every example once per epoch with ``method``'s epochs, batch size, optimiser and
+    sparsity; ``fields`` give the rest (modules, loss_fn, predict_fn, ...) and may override those."""
     hp = method.hparams
     defaults = {
         "sampler": UniformSampler(len(train)),
@@ -73,6 +82,7 @@ def method_stage(method: Any, name: str, train: GroupDataset, selection: str, **
         "batch_size": hp.batch_size,
         "optim": hp.optim_config(),
         "selection": selection,
+        "sparsity": hp.sparse_config(),
     }
     return Stage(name=name, **{**defaults, **fields})
 

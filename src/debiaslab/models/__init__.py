@@ -3,7 +3,7 @@
 Importing this package fills the registry with the built-in models.
 """
 
-from debiaslab.models import cnn, mlp, projected, resnet  # noqa: F401  (fill the registry)
+from debiaslab.models import cnn, mlp, projected, resnet, text  # noqa: F401  (fill the registry)
 from debiaslab.models.base import Backbone
 from debiaslab.models.cnn import ConvNet
 from debiaslab.models.mlp import MLP

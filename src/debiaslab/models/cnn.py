@@ -17,9 +17,7 @@ Downsample = Literal["maxpool", "stride", "none"]
 class ConvBlock(nn.Module):
     """Conv -> BatchNorm -> ReLU, optionally followed by 2x2 max pooling."""
 
-    def __init__(
-        self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int, pool: bool
-    ) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int, pool: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
@@ -82,9 +80,7 @@ class ConvNet(Backbone):
 
 
 @register_model("cnn_rest")
-def cnn_rest(
-    input_shape: tuple[int, ...], n_classes: int, *, channels: Sequence[int] = (64, 128, 256)
-) -> ConvNet:
+def cnn_rest(input_shape: tuple[int, ...], n_classes: int, *, channels: Sequence[int] = (64, 128, 256)) -> ConvNet:
     """REST's Colored MNIST model: three 4x4 stride-2 convolutions (64/128/256), BN+ReLU, GAP, fc."""
     return ConvNet(
         image_shape(input_shape, "cnn_rest"),

@@ -81,17 +81,13 @@ def load_pretrained(model: M, path: str | Path, *, strict_backbone: bool = True)
     if file_head:
         if file_head != head_keys or any(loaded[k].shape != own[k].shape for k in file_head):
             shapes = {k: tuple(loaded[k].shape) for k in sorted(file_head)}
-            log.info(
-                "pretrained %s: head %s differs from the model's; keeping the model's new head", path, shapes
-            )
+            log.info("pretrained %s: head %s differs from the model's; keeping the model's new head", path, shapes)
             loaded = {k: v for k, v in loaded.items() if k not in file_head}
     elif head_keys:
         log.info("pretrained %s has no classifier weights; the head stays freshly initialised", path)
 
     # BatchNorm's step counter is absent from older files and carries no learned state.
-    missing = sorted(
-        k for k in own if k not in loaded and k not in head_keys and "num_batches_tracked" not in k
-    )
+    missing = sorted(k for k in own if k not in loaded and k not in head_keys and "num_batches_tracked" not in k)
     unexpected = sorted(k for k in loaded if k not in own)
     mismatched = sorted(k for k in loaded if k in own and loaded[k].shape != own[k].shape)
     if missing or unexpected or mismatched:
@@ -106,9 +102,7 @@ def load_pretrained(model: M, path: str | Path, *, strict_backbone: bool = True)
         problem = f"pretrained weights in {path} do not match {arch}: " + "; ".join(parts)
         if strict_backbone:
             raise ConfigError(problem)
-        log.warning(
-            "%s; loading the %d tensors that match", problem, len(loaded) - len(unexpected) - len(mismatched)
-        )
+        log.warning("%s; loading the %d tensors that match", problem, len(loaded) - len(unexpected) - len(mismatched))
     keep = {k: v for k, v in loaded.items() if k in own and k not in mismatched}
     model.load_state_dict(keep, strict=False)
     return model

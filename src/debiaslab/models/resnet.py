@@ -218,9 +218,7 @@ def resnet18(
 
 
 @register_model("resnet18_cifar")
-def resnet18_cifar(
-    input_shape: tuple[int, ...], n_classes: int, *, zero_init_residual: bool = False
-) -> ResNet:
+def resnet18_cifar(input_shape: tuple[int, ...], n_classes: int, *, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 with the CIFAR stem (3x3 conv, no max pool): keeps resolution on 32x32 images."""
     return resnet18(input_shape, n_classes, stem="cifar", zero_init_residual=zero_init_residual)
 

@@ -1,0 +1,196 @@
+"""A suite's results table (Markdown and CSV): mean ± std over seeds, each rule a row, the papers' numbers beside.
+
+Rows come from :func:`debiaslab.bench.aggregate.summarise`; values are percentages. A row of a rule that a run
+reported from the same training, not the rule it deployed, is marked with ``*``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from debiaslab.bench.aggregate import Cell
+from debiaslab.bench.paper import Reference, headline_metric, references
+
+COLUMNS = ("unbiased", "conflicting", "aligned", "worst_group", "accuracy")
+TITLES = {
+    "unbiased": "unbiased",
+    "conflicting": "conflicting",
+    "aligned": "aligned",
+    "worst_group": "worst-group",
+    "accuracy": "average",
+}
+REPORTED_MARK = "*"
+
+
+def order_rows(rows: list[dict[str, Any]], labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Sort by dataset, options, the suite's method order (then name), deployed rule first, rule name."""
+    rank = {label: i for i, label in enumerate(labels)}
+
+    def key(row: dict[str, Any]) -> tuple:
+        opts = {k: v for k, v in row["options"].items() if k != "ratio"}
+        return (
+            row["dataset"],
+            json.dumps(opts, sort_keys=True),
+            row["options"].get("ratio", 0.0),
+            rank.get(row["method"], len(rank)),
+            row["method"],
+            not row["deployed"],
+            row["selection"],
+        )
+
+    return sorted(rows, key=key)
+
+
+def row_references(row: dict[str, Any]) -> list[Reference]:
+    return references(row["method_name"], row["dataset"], row["options"])
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()) if k != "ratio")
+
+
+def _rule_text(row: dict[str, Any]) -> str:
+    return row["selection"] + ("" if row["deployed"] else REPORTED_MARK)
+
+
+def _diff(cell: Cell, ref: Reference) -> float:
+    return 100 * cell.mean - ref.value if not math.isnan(cell.mean) else math.nan
+
+
+def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The results table: one line per (method, dataset, options, ratio, rule)."""
+    header = [
+        "method",
+        "dataset",
+        "ratio",
+        "rule",
+        "seeds",
+        *[f"{TITLES[c]} %" for c in COLUMNS],
+        "paper %",
+        "ours − paper",
+        "train s",
+        "peak MB",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        refs = row_references(row)
+        paper = " / ".join(f"{TITLES.get(r.metric, r.metric)} {r.value:.1f}" for r in refs)
+        diffs = " / ".join(_signed(_diff(row[r.metric], r)) if r.metric in row else "n/a" for r in refs)
+        dataset = row["dataset"] + (f" ({_options_text(row['options'])})" if _options_text(row["options"]) else "")
+        ratio = row["options"].get("ratio")
+        cells = [
+            row["method"],
+            dataset,
+            "" if ratio is None else f"{ratio:g}",
+            _rule_text(row),
+            str(len(row["seeds"])),
+            *[row[c].format() for c in COLUMNS],
+            paper,
+            diffs,
+            row["train_time_s"].format(scale=1.0, digits=0),
+            row["peak_memory_mb"].format(scale=1.0, digits=0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _signed(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.1f}"
+
+
+def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The same rows as CSV, mean and std in separate columns (percent), one paper/diff column pair per metric."""
+    fields = ["method", "method_name", "dataset", "options", "ratio", "protocol", "rule", "deployed", "n_seeds"]
+    fields += ["seeds"] + [f"{c}_{s}" for c in COLUMNS for s in ("mean", "std")]
+    fields += [f"paper_{c}" for c in COLUMNS] + [f"diff_{c}" for c in COLUMNS]
+    fields += ["train_time_s_mean", "peak_memory_mb_mean", "paper_source"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        refs = {r.metric: r for r in row_references(row)}
+        line: dict[str, Any] = {
+            "method": row["method"],
+            "method_name": row["method_name"],
+            "dataset": row["dataset"],
+            "options": json.dumps({k: v for k, v in row["options"].items() if k != "ratio"}, sort_keys=True),
+            "ratio": row["options"].get("ratio", ""),
+            "protocol": row["protocol"],
+            "rule": row["selection"],
+            "deployed": row["deployed"],
+            "n_seeds": len(row["seeds"]),
+            "seeds": " ".join(map(str, row["seeds"])),
+            "train_time_s_mean": _val(row["train_time_s"].mean),
+            "peak_memory_mb_mean": _val(row["peak_memory_mb"].mean),
+            "paper_source": "; ".join(sorted({r.source for r in refs.values()})),
+        }
+        for c in COLUMNS:
+            cell: Cell = row[c]
+            line[f"{c}_mean"] = _pct(cell.mean)
+            line[f"{c}_std"] = _pct(cell.std) if len(cell.values) > 1 else ""
+            ref = refs.get(c)
+            line[f"paper_{c}"] = "" if ref is None else ref.value
+            line[f"diff_{c}"] = "" if ref is None else _val(_diff(cell, ref), 2)
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def _pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _val(value: float, digits: int = 1) -> str:
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def ratio_pivot_markdown(rows: Sequence[dict[str, Any]], dataset: str, metric: str | None = None) -> str:
+    """Methods x ratios of the headline metric (deployed rules), ours (n) [paper, ours − paper]."""
+    metric = metric or headline_metric(dataset)
+    rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
+    ratios = sorted({r["options"]["ratio"] for r in rows})
+    keys = list(dict.fromkeys((r["method"], r["selection"]) for r in rows))
+    header = ["method", "rule", *[f"{100 * v:g} %" for v in ratios]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, rule in keys:
+        cells = [method, rule]
+        for v in ratios:
+            match = [r for r in rows if (r["method"], r["selection"]) == (method, rule) and r["options"]["ratio"] == v]
+            if not match:
+                cells.append("")
+                continue
+            row = match[0]
+            text = f"{row[metric].format()} (n={len(row['seeds'])})"
+            ref = next((x for x in row_references(row) if x.metric == metric), None)
+            if ref is not None and not math.isnan(row[metric].mean):
+                text += f" [paper {ref.value:.1f}, {_signed(_diff(row[metric], ref))}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rule_pivot_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
+    """Methods x selection rules of ``metric`` per (dataset, options, ratio): the rules side by side."""
+    rules = list(dict.fromkeys(r["selection"] for r in rows))
+    header = ["method", "dataset", "ratio", *[f"{rule}" for rule in rules]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = list(dict.fromkeys((r["method"], r["dataset"], json.dumps(r["options"], sort_keys=True)) for r in rows))
+    for method, dataset, options in keys:
+        opts = json.loads(options)
+        ratio = opts.get("ratio")
+        name = dataset + (f" ({_options_text(opts)})" if _options_text(opts) else "")
+        cells = [method, name, "" if ratio is None else f"{ratio:g}"]
+        for rule in rules:
+            match = [
+                r
+                for r in rows
+                if (r["method"], r["dataset"], json.dumps(r["options"], sort_keys=True)) == (method, dataset, options)
+                and r["selection"] == rule
+            ]
+            cells.append(f"{match[0][metric].format()}{'' if match[0]['deployed'] else REPORTED_MARK}" if match else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,383 @@
+"""Run a suite: decide what is done, train the rest through an existing executor, then aggregate and report.
+
+Executors: ``concurrent.futures.ProcessPoolExecutor`` (spawn; one fresh process per run) by default, Ray when it
+is installed and asked for. Each run is isolated: an exception, a non-finite loss or a crash of its worker
+process marks that run failed (``<run_dir>/error.txt``) and the others go on. A run whose directory holds a
+finished result for the same run identity is skipped; one whose ``config.yaml`` describes another run is
+reported as a mismatch and left alone; an interrupted or failed run resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from debiaslab.bench.suite import PlannedRun, Suite
+from debiaslab.bench.worker import ERROR, RUNNING, RunTask, execute_run, write_error
+from debiaslab.errors import ConfigError
+from debiaslab.runs import CONFIG, FINAL
+from debiaslab.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("process", "ray")
+SUMMARY = "summary.json"
+TO_RUN = ("todo", "resume", "failed")
+CRASHED = (
+    "the worker process died without a Python exception (killed, out of memory, or a crash in native code); "
+    "the run was retried alone and died again"
+)
+
+
+@dataclass
+class RunState:
+    """Where one planned run stands: ``todo``, ``resume``, ``failed``, ``finished`` (now), ``skipped`` (finished
+    before, same identity) or ``mismatch`` (its directory holds another run); ``detail`` says why."""
+
+    run: PlannedRun
+    status: str
+    detail: str = ""
+    time_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.run.config
+        return {
+            "label": self.run.label,
+            "method": cfg.method,
+            "dataset": cfg.dataset,
+            "dataset_options": cfg.dataset_options,
+            "seed": cfg.seed,
+            "run_dir": str(self.run.run_dir),
+            "status": self.status,
+            "detail": self.detail,
+            "time_s": self.time_s,
+        }
+
+
+@dataclass
+class BenchResult:
+    """What ``run_suite`` did: every run's state, and the report files written (none on a dry run)."""
+
+    suite: Suite
+    out: Path
+    states: list[RunState]
+    files: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)
+    wall_s: float | None = None  # of the training phase of this invocation (None: nothing trained)
+
+    def count(self, *statuses: str) -> int:
+        return sum(s.status in statuses for s in self.states)
+
+
+def default_workers() -> int:
+    """``min(2, cpu count)``: every run uses ``threads`` torch threads (default 1)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def inspect_run(run: PlannedRun) -> tuple[str, str]:
+    """``(status, detail)`` of a planned run from what its directory holds."""
+    d = run.run_dir
+    if d.exists() and not d.is_dir():
+        return "mismatch", f"{d} exists and is not a directory"
+    config, final = d / CONFIG, d / FINAL
+    if not config.is_file():
+        if final.is_file():
+            return "mismatch", f"{final} exists without {CONFIG}; cannot tell which run it is"
+        return "todo", ""
+    try:
+        previous = (yaml.safe_load(config.read_text()) or {}).get("run")
+    except yaml.YAMLError as exc:
+        return "mismatch", f"{config} is not valid YAML ({exc})"
+    expected = json.loads(json.dumps(run.config.identity()))  # tuples -> lists, as written to config.yaml
+    if previous != expected:
+        return "mismatch", f"{config} describes another run: " + identity_diff(previous, expected)
+    if final.is_file():
+        return "finished", ""
+    error = d / ERROR
+    if error.is_file():
+        return "failed", error.read_text().split("\n", 1)[0]
+    return "resume", ""
+
+
+def identity_diff(found: Any, expected: dict[str, Any]) -> str:
+    """``hparams: found {...}, expected {...}`` for each differing identity field."""
+    if not isinstance(found, dict):
+        return f"found {found!r}, expected {expected!r}"
+    parts = [
+        f"{k}: found {found.get(k)!r}, expected {expected.get(k)!r}"
+        for k in sorted(set(found) | set(expected))
+        if found.get(k) != expected.get(k)
+    ]
+    return "; ".join(parts)
+
+
+def run_suite(
+    suite: Suite,
+    out: str | Path | None = None,
+    *,
+    workers: int | None = None,
+    executor: str = "process",
+    only: Sequence[str] | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Plan, run (unless ``dry_run`` / ``report_only``), aggregate and report ``suite`` under ``out``."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} unknown; expected one of {', '.join(EXECUTORS)}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be >= 1")
+    out = Path(out) if out is not None else suite.default_out()
+    runs = suite.plan(out, only=only, data_root=data_root, cache_dir=cache_dir)
+    states = [RunState(run, *inspect_run(run)) for run in runs]
+    result = BenchResult(suite, out, states)
+    for s in states:
+        if s.status == "mismatch":
+            log.warning("%s: not run, not reported: %s", s.run.describe(), s.detail)
+    if dry_run:
+        return result
+    for s in states:
+        if s.status == "finished":
+            s.status = "skipped"
+    todo = [s for s in states if s.status in TO_RUN]
+    if todo and not report_only:
+        if executor == "ray":
+            _check_ray()
+        log.info(
+            "%s: %d runs to train (%d finished before, %d mismatched) with %d %s worker(s), %d thread(s) each",
+            suite.name,
+            len(todo),
+            result.count("skipped"),
+            result.count("mismatch"),
+            workers,
+            executor,
+            suite.threads,
+        )
+        started = time.perf_counter()
+        _execute(result, todo, executor=executor, workers=workers, progress=progress)
+        result.wall_s = time.perf_counter() - started
+    from debiaslab.bench.report import write_report
+
+    write_summary(result, executor, workers)
+    result.files, result.tables = write_report(result)
+    return result
+
+
+def write_summary(result: BenchResult, executor: str, workers: int) -> Path:
+    """``<out>/summary.json``: every planned run with its status (rewritten after each finished run)."""
+    doc = {
+        "suite": result.suite.name,
+        "source": result.suite.source,
+        "executor": executor,
+        "workers": workers,
+        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "counts": {k: result.count(k) for k in ("finished", "skipped", "failed", "mismatch", "todo", "resume")},
+        "runs": [s.to_dict() for s in result.states],
+    }
+    return atomic_write_json(result.out / SUMMARY, doc)
+
+
+# ---------------------------------------------------------------------------------------------- execution
+def _execute(result: BenchResult, todo: list[RunState], *, executor: str, workers: int, progress: bool) -> None:
+    suite = result.suite
+    for s in todo:  # a marker left by a killed earlier attempt means nothing now
+        (s.run.run_dir / RUNNING).unlink(missing_ok=True)
+    todo = _prepare_datasets(todo)
+    by_dir = {str(s.run.run_dir): s for s in todo}
+    tasks = [RunTask(s.run.config, suite.imports) for s in todo if s.status in TO_RUN]
+    bar = _Progress(len(tasks), enabled=progress)
+
+    def on_result(task: RunTask, outcome: dict[str, Any]) -> None:
+        state = by_dir[str(task.run_dir)]
+        state.status = outcome["status"]
+        state.detail = outcome.get("error", "")
+        state.time_s = outcome.get("time_s")
+        if state.status == "finished":
+            test = outcome.get("test") or {}
+            shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in test.items() if isinstance(v, int | float))
+            log.info("finished %s in %.0f s (test %%: %s)", state.run.describe(), state.time_s or 0, shown)
+        else:
+            log.error("FAILED %s: %s (see %s)", state.run.describe(), state.detail, task.run_dir / ERROR)
+        bar.advance(state.run.describe())
+        write_summary(result, executor, workers)
+
+    with bar:
+        if executor == "ray":
+            run_with_ray(tasks, workers, suite.threads, on_result)
+        else:
+            run_with_processes(tasks, workers, on_result)
+
+
+def _prepare_datasets(todo: list[RunState]) -> list[RunState]:
+    """Build (and cache) each dataset once here, so that workers only load it; a dataset that cannot be built
+    fails its runs with that error instead of failing in every worker."""
+    from debiaslab.data.registry import build_dataset
+
+    seen: dict[str, str | None] = {}
+    for s in todo:
+        cfg = s.run.config
+        key = json.dumps([cfg.dataset, cfg.dataset_options, cfg.data_root, cfg.cache_dir], sort_keys=True)
+        if key not in seen:
+            try:
+                log.info("preparing dataset %s %s", cfg.dataset, cfg.dataset_options)
+                build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
+                seen[key] = None
+            except Exception as exc:
+                seen[key] = f"{type(exc).__name__}: {exc}"
+        if seen[key] is not None:
+            s.status, s.detail = "failed", f"dataset could not be built: {seen[key]}"
+            s.run.run_dir.mkdir(parents=True, exist_ok=True)
+            write_error(s.run.run_dir, s.detail, "(raised while the runner prepared the dataset)\n")
+            log.error("FAILED %s: %s", s.run.describe(), s.detail)
+    return todo
+
+
+Callback = Callable[[RunTask, dict[str, Any]], None]
+
+
+def run_with_processes(tasks: list[RunTask], workers: int, on_result: Callback) -> None:
+    """Run ``tasks`` on a spawn-context ``ProcessPoolExecutor``, one fresh process per run.
+
+    A worker that dies breaks the whole pool; the runs that were in flight (their ``.bench-running`` marker is
+    left behind) are then retried one at a time in a pool of their own, so only the run that dies again is
+    recorded as crashed, and the runs not yet started go on in a new pool.
+    """
+    pending, suspects = list(tasks), []
+    while pending or suspects:
+        for task in suspects:
+            for left in _pool_round([task], 1, on_result):
+                (left.run_dir / RUNNING).unlink(missing_ok=True)
+                write_error(left.run_dir, f"WorkerCrashed: {CRASHED}", "(no Python traceback: the process died)\n")
+                on_result(left, {"status": "failed", "error": f"worker process crashed: {CRASHED}"})
+        suspects = []
+        if not pending:
+            break
+        left = _pool_round(pending, workers, on_result)
+        started = [t for t in left if (t.run_dir / RUNNING).exists()]
+        suspects = started or left  # nothing started yet: isolate all, so the loop always progresses
+        pending = [t for t in left if not any(t is s for s in suspects)]
+        if left:
+            log.warning(
+                "a worker process died; retrying %s alone, then %d more run(s) in a new pool",
+                ", ".join(str(t.run_dir) for t in suspects),
+                len(pending),
+            )
+
+
+def _pool_round(tasks: list[RunTask], workers: int, on_result: Callback) -> list[RunTask]:
+    """Run ``tasks`` in one pool; returns the tasks a broken pool left without a result."""
+    context = multiprocessing.get_context("spawn")
+    # one process per run: isolated state and a true per-run peak memory. (With max_tasks_per_child=1 no idle
+    # token is ever released, so the 3.11 replacement-deadlock of gh-115634, which needs > 1, cannot occur.)
+    extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    left: list[RunTask] = []
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, **extra)
+    try:
+        futures: dict[Future[dict[str, Any]], RunTask] = {pool.submit(execute_run, t): t for t in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                left.append(task)
+                continue
+            except Exception as exc:  # e.g. the task could not be sent to the worker
+                write_error(task.run_dir, f"{type(exc).__name__}: {exc}", "(raised by the executor)\n")
+                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            on_result(task, outcome)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return left
+
+
+def _check_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "--executor ray needs the `ray` package, which is not installed; "
+            "install it (pip install 'ray[default]') or use --executor process"
+        )
+
+
+def run_with_ray(tasks: list[RunTask], workers: int, threads: int, on_result: Callback) -> None:
+    """Run ``tasks`` as Ray tasks (``num_cpus=threads`` each, no retries, a fresh worker per run).
+
+    Connects to the cluster in ``$RAY_ADDRESS`` when set, else starts a local Ray with ``workers x threads``
+    CPUs. A crashed Ray worker fails only its own task.
+    """
+    _check_ray()
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(execute_run).options(num_cpus=threads, max_retries=0, max_calls=1)
+    refs = {remote.remote(task): task for task in tasks}
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        for ref in done:
+            task = refs.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as exc:  # a crashed worker (WorkerCrashedError) or a task error
+                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                write_error(task.run_dir, message, f"{exc}\n")
+                (task.run_dir / RUNNING).unlink(missing_ok=True)
+                outcome = {"status": "failed", "error": message}
+            on_result(task, outcome)
+
+
+class _Progress:
+    """A rich bar over the runs (stderr, only on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal and total > 0
+        self.total = total
+        self._progress: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]bench[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("runs", total=self.total)
+        return self
+
+    def advance(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=f"last: {description}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,385 @@
+"""Benchmark suites: a declarative grid (methods x datasets x ratios x seeds) read from YAML and checked up front.
+
+A suite names what to train; :mod:`debiaslab.bench.runner` decides what is already done and runs the rest.
+Every problem in a suite file is reported with the file, the key (``methods[2].hparams``) and the value, before
+anything trains. See ``docs/bench.md`` for the schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from debiaslab.errors import ConfigError, DebiasLabError
+from debiaslab.runs import RunConfig
+
+SUITE_KEYS = {
+    "name": "suite name (default: the file name); the default output is runs/bench/<name>",
+    "description": "one line shown in the report",
+    "imports": "modules imported before the suite is checked and in every worker (plugins that register more)",
+    "seeds": "list of integer seeds",
+    "epochs": "epochs for every method (its `epochs` hyperparameter) unless a method sets its own",
+    "selection": "deployed selection rule for every method unless a method sets its own",
+    "report_rules": "further selection rules evaluated from the same training (one run, several rules)",
+    "threads": "torch CPU threads per run (default 1)",
+    "device": "device of every run (default auto)",
+    "precision": "fp32 or bf16 (default fp32)",
+    "datasets": "list of datasets: {name, options, ratios, dir}",
+    "methods": "list of methods: a name, or {method, label, hparams}",
+}
+DATASET_KEYS = ("name", "options", "ratios", "dir")
+METHOD_KEYS = ("method", "label", "hparams")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One method of a suite: the registered name, the label naming its run directories and rows, its hparams."""
+
+    method: str
+    label: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset of a suite: fixed ``options``, optional conflicting ``ratios`` (a grid), the folder name."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    ratios: tuple[float, ...] | None = None
+    dir: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a suite: where it lives and the :class:`~debiaslab.runs.RunConfig` that trains it."""
+
+    label: str
+    dataset_dir: str
+    ratio: float | None
+    config: RunConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(str(self.config.out))
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def describe(self) -> str:
+        ratio = f" r{self.ratio}" if self.ratio is not None else ""
+        return f"{self.label} {self.dataset_dir}{ratio} seed{self.config.seed}"
+
+
+@dataclass
+class Suite:
+    """A parsed and validated suite file."""
+
+    name: str
+    source: str
+    description: str = ""
+    imports: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    epochs: int | None = None
+    selection: str | None = None
+    report_rules: tuple[str, ...] = ()
+    threads: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    datasets: list[DatasetEntry] = field(default_factory=list)
+    methods: list[MethodEntry] = field(default_factory=list)
+
+    def default_out(self) -> Path:
+        return Path("runs") / "bench" / self.name
+
+    def hparams_for(self, entry: MethodEntry) -> dict[str, Any]:
+        """The run's user hyperparameters: suite-wide settings, then the method's own (which win)."""
+        hp: dict[str, Any] = {}
+        if self.epochs is not None:
+            hp["epochs"] = self.epochs
+        if self.selection is not None:
+            hp["selection"] = self.selection
+        if self.report_rules:
+            hp["report_rules"] = list(self.report_rules)
+        return {**hp, **entry.hparams}
+
+    def plan(
+        self,
+        out: str | Path | None = None,
+        *,
+        only: Sequence[str] | None = None,
+        data_root: str | None = None,
+        cache_dir: str | None = None,
+    ) -> list[PlannedRun]:
+        """Every run of the grid, in a stable order (dataset, ratio, method, seed); ``only`` keeps the methods
+        whose label or registered name is listed."""
+        out = Path(out) if out is not None else self.default_out()
+        wanted = set(only or [])
+        if wanted:
+            known = {m.label for m in self.methods} | {m.method for m in self.methods}
+            unknown = sorted(wanted - known)
+            if unknown:
+                raise ConfigError(
+                    f"--only {', '.join(unknown)}: not a method of suite {self.name!r} ({self.source}); "
+                    f"expected some of: {', '.join(m.label for m in self.methods)}"
+                )
+        runs = []
+        for ds in self.datasets:
+            for ratio in ds.ratios or (None,):
+                options = dict(ds.options) if ratio is None else {**ds.options, "ratio": ratio}
+                for entry in self.methods:
+                    if wanted and entry.label not in wanted and entry.method not in wanted:
+                        continue
+                    for seed in self.seeds:
+                        run_dir = out / ds.dir / entry.label
+                        run_dir = (run_dir / f"r{ratio}" if ratio is not None else run_dir) / f"seed{seed}"
+                        cfg = RunConfig(
+                            method=entry.method,
+                            dataset=ds.name,
+                            dataset_options=options,
+                            hparams=self.hparams_for(entry),
+                            seed=seed,
+                            device=self.device,
+                            precision=self.precision,
+                            out=str(run_dir),
+                            data_root=data_root,
+                            cache_dir=cache_dir,
+                            resume=True,
+                            progress=False,
+                            num_threads=self.threads,
+                        )
+                        runs.append(PlannedRun(entry.label, ds.dir, ratio, cfg))
+        return runs
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def shipped_suites() -> list[str]:
+    """Names of the suites that come with debiaslab (``src/debiaslab/bench/suites/*.yaml``)."""
+    root = importlib.resources.files("debiaslab.bench") / "suites"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A shipped suite by name (``quick``) or a YAML file by path; every problem is a :class:`ConfigError`."""
+    text, source = _suite_text(str(name_or_path))
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+    default_name = Path(source).name.rsplit(".", 1)[0]
+    return parse_suite(doc, source, default_name)
+
+
+def _suite_text(name_or_path: str) -> tuple[str, str]:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"suite file {path} does not exist")
+        return path.read_text(), str(path)
+    shipped = shipped_suites()
+    if name_or_path not in shipped:
+        raise ConfigError(
+            f"unknown suite {name_or_path!r}: not a file and not a shipped suite; "
+            f"expected a path to a .yaml file or one of: {', '.join(shipped)}"
+        )
+    resource = importlib.resources.files("debiaslab.bench") / "suites" / f"{name_or_path}.yaml"
+    return resource.read_text(), f"suite {name_or_path} ({resource})"
+
+
+def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
+    """Validate a loaded YAML document and build the :class:`Suite`."""
+    where = _Where(source)
+    if not isinstance(doc, dict):
+        raise where.error("", doc, "a mapping with keys " + ", ".join(SUITE_KEYS))
+    unknown = sorted(set(doc) - set(SUITE_KEYS))
+    if unknown:
+        raise where.error(unknown[0], doc[unknown[0]], "one of the keys " + ", ".join(SUITE_KEYS), unknown_key=True)
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise where.error("name", name, "a name of letters, digits and _ . + = - (it names the output folder)")
+    suite = Suite(name=name, source=source, description=str(doc.get("description") or ""))
+    suite.imports = tuple(where.str_list("imports", doc.get("imports", [])))
+    import_plugins(suite.imports, where)
+    suite.seeds = tuple(where.int_list("seeds", doc.get("seeds", [0]), low=0))
+    if "epochs" in doc:
+        suite.epochs = where.integer("epochs", doc["epochs"], low=1)
+    if "selection" in doc:
+        suite.selection = where.rule("selection", doc["selection"], allow_auto=True)
+    suite.report_rules = tuple(
+        where.rule(f"report_rules[{i}]", r)
+        for i, r in enumerate(where.str_list("report_rules", doc.get("report_rules", [])))
+    )
+    suite.threads = where.integer("threads", doc.get("threads", 1), low=1)
+    suite.device = where.string("device", doc.get("device", "auto"))
+    suite.precision = where.choice("precision", doc.get("precision", "fp32"), ("fp32", "bf16"))
+    suite.datasets = [_dataset(where, i, d) for i, d in enumerate(where.nonempty_list("datasets", doc.get("datasets")))]
+    dirs = [d.dir for d in suite.datasets]
+    for i, d in enumerate(dirs):
+        if d in dirs[:i]:
+            raise where.error(f"datasets[{i}]", d, "datasets with distinct folders (give one a different `dir`)")
+    suite.methods = [_method(where, i, m) for i, m in enumerate(where.nonempty_list("methods", doc.get("methods")))]
+    labels = [m.label for m in suite.methods]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise where.error(
+                f"methods[{i}].label", label, "a label not used by another entry (add `label:` to tell them apart)"
+            )
+    _check_hparams(suite, where)
+    return suite
+
+
+def import_plugins(modules: Sequence[str], where: _Where | None = None) -> None:
+    """Import the suite's plugin modules (they register datasets or methods with the usual decorators)."""
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if where is None:
+                raise
+            raise where.error(f"imports[{i}]", module, f"an importable module ({exc})") from exc
+
+
+def _dataset(where: _Where, i: int, d: Any) -> DatasetEntry:
+    from debiaslab.data.registry import list_datasets
+
+    key = f"datasets[{i}]"
+    if isinstance(d, str):
+        d = {"name": d}
+    if not isinstance(d, dict):
+        raise where.error(key, d, "a dataset name or a mapping with keys " + ", ".join(DATASET_KEYS))
+    where.only_keys(key, d, DATASET_KEYS)
+    name = where.string(f"{key}.name", d.get("name"))
+    specs = {s.name: s for s in list_datasets()}
+    if name not in specs:
+        raise where.error(f"{key}.name", name, "a registered dataset: " + ", ".join(sorted(specs)))
+    accepted = specs[name].options()
+    options = d.get("options") or {}
+    if not isinstance(options, dict):
+        raise where.error(f"{key}.options", options, "a mapping of dataset options")
+    for opt in options:
+        if opt not in accepted:
+            raise where.error(f"{key}.options.{opt}", options[opt], f"an option of {name}: {', '.join(accepted)}")
+    ratios = None
+    if "ratios" in d:
+        if "ratio" not in accepted:
+            raise where.error(f"{key}.ratios", d["ratios"], f"no ratios: dataset {name} has no `ratio` option")
+        if "ratio" in options:
+            raise where.error(f"{key}.options.ratio", options["ratio"], "ratios given once, in `ratios`")
+        ratios = tuple(
+            where.ratio(f"{key}.ratios[{j}]", r)
+            for j, r in enumerate(where.nonempty_list(f"{key}.ratios", d["ratios"]))
+        )
+        if len(set(ratios)) != len(ratios):
+            raise where.error(f"{key}.ratios", list(ratios), "distinct ratios")
+    default_dir = name + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    folder = d.get("dir", default_dir)
+    if not isinstance(folder, str) or not _SAFE_NAME.match(folder):
+        raise where.error(f"{key}.dir", folder, "a folder name of letters, digits and _ . + = -")
+    return DatasetEntry(name=name, options=dict(options), ratios=ratios, dir=folder)
+
+
+def _method(where: _Where, i: int, m: Any) -> MethodEntry:
+    from debiaslab.methods.registry import list_methods
+
+    key = f"methods[{i}]"
+    if isinstance(m, str):
+        m = {"method": m}
+    if not isinstance(m, dict):
+        raise where.error(key, m, "a method name or a mapping with keys " + ", ".join(METHOD_KEYS))
+    where.only_keys(key, m, METHOD_KEYS)
+    name = where.string(f"{key}.method", m.get("method"))
+    known = sorted(cls.name for cls in list_methods())
+    if name not in known:
+        raise where.error(f"{key}.method", name, "a registered method: " + ", ".join(known))
+    label = m.get("label", name)
+    if not isinstance(label, str) or not _SAFE_NAME.match(label):
+        raise where.error(f"{key}.label", label, "a label of letters, digits and _ . + = - (it names a folder)")
+    hparams = m.get("hparams") or {}
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise where.error(f"{key}.hparams", hparams, "a mapping of hyperparameter names to values")
+    return MethodEntry(method=name, label=label, hparams=dict(hparams))
+
+
+def _check_hparams(suite: Suite, where: _Where) -> None:
+    """Build every method once per dataset with its hyperparameters: unknown names and bad values fail now."""
+    from debiaslab.methods.registry import get_method
+
+    for i, entry in enumerate(suite.methods):
+        for ds in suite.datasets:
+            try:
+                get_method(entry.method)(dataset=ds.name, **suite.hparams_for(entry))
+            except DebiasLabError as exc:
+                raise ConfigError(f"{where.source}: methods[{i}] ({entry.label}) on {ds.name}: {exc}") from exc
+
+
+class _Where:
+    """Validation helpers whose errors name the suite file, the key and the value."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, key: str, value: Any, expected: str, unknown_key: bool = False) -> ConfigError:
+        if unknown_key:
+            return ConfigError(f"{self.source}: unknown key {key!r}; expected {expected}")
+        at = f"key {key!r}" if key else "top level"
+        return ConfigError(f"{self.source}: {at} = {value!r}; expected {expected}")
+
+    def only_keys(self, key: str, d: dict[str, Any], allowed: Sequence[str]) -> None:
+        unknown = sorted(set(d) - set(allowed))
+        if unknown:
+            raise self.error(f"{key}.{unknown[0]}", None, "one of " + ", ".join(allowed), unknown_key=True)
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(key, value, "a non-empty string")
+        return value
+
+    def choice(self, key: str, value: Any, options: Sequence[str]) -> str:
+        if value not in options:
+            raise self.error(key, value, "one of " + ", ".join(options))
+        return value
+
+    def integer(self, key: str, value: Any, low: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise self.error(key, value, f"an integer >= {low}")
+        return value
+
+    def ratio(self, key: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not 0 < value < 1:
+            raise self.error(key, value, "a number in (0, 1), e.g. 0.01 (YAML reads 5e-3 as text: write 0.005)")
+        return float(value)
+
+    def rule(self, key: str, value: Any, allow_auto: bool = False) -> str:
+        from debiaslab.evaluation.selection import list_rules
+
+        names = [*list_rules(), *(["auto"] if allow_auto else [])]
+        if value not in names:
+            raise self.error(key, value, "a selection rule: " + ", ".join(names))
+        return value
+
+    def nonempty_list(self, key: str, value: Any) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            raise self.error(key, value, "a non-empty list")
+        return value
+
+    def str_list(self, key: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, value, "a list of names")
+        return value
+
+    def int_list(self, key: str, value: Any, low: int) -> list[int]:
+        values = [self.integer(f"{key}[{i}]", v, low) for i, v in enumerate(self.nonempty_list(key, value))]
+        if len(set(values)) != len(values):
+            raise self.error(key, value, "distinct values")
+        return values

@@ -1,0 +1,275 @@
+"""Corrupted CIFAR-10 under the LfF protocol: the object is the class, one of ten corruptions the bias.
+
+Built offline from a local CIFAR-10 (python batches). Corruption k is the bias-aligned corruption of class k;
+the assignment is the deterministic milestone rule of Colored MNIST (:func:`~debiaslab.data.colored_mnist.
+bias_attributes`): training uses aligned ratio ``1 - ratio``, evaluation splits 0.1 (corruption independent
+of the class). The corruptions are CIFAR-10-C's "type 0" set at severity 5 (:mod:`debiaslab.data.corruptions`).
+
+As for Colored MNIST, ``protocol="default"`` holds out ``val_fraction`` of CIFAR-10-train (stratified by
+class, seeded) *before* corrupting, corrupts it unbiased and selects checkpoints on it, and reports on the
+corrupted CIFAR-10 test set; ``protocol="paper"`` corrupts all 50 000 training images and selects on test, as
+LfF, DFA and DeNetDM do. Built arrays are cached under ``<cache_dir>/corrupted_cifar10/<recipe hash>.npz``.
+
+Frost needs the texture photos of the ImageNet-C code (``frost1.png .. frost5.jpg``) in ``<data_root>/frost``
+(or ``frost_dir``). Without them the build stops with an error, unless ``frost="synthetic"`` asks for a
+procedural substitute, which is then recorded in the recipe and in every report's notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import numbers
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from debiaslab.data.cifar10 import Cifar10Arrays, batch_hashes, load_cifar10, locate_cifar10
+from debiaslab.data.colored_mnist import bias_attributes, holdout_sizes, recipe_hash, stratified_holdout
+from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.corruptions import (
+    CORRUPTIONS,
+    FROST_FILES,
+    corruption_functions,
+    load_frost_textures,
+    synthetic_frost_textures,
+)
+from debiaslab.data.files import check_bool, check_choice, file_sha256, resolve_user_path
+from debiaslab.data.images import NORMALIZATIONS, to_model_input
+from debiaslab.data.registry import register_dataset
+from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+from debiaslab.errors import ConfigError, DataError
+from debiaslab.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+NAME = "corrupted_cifar10"
+FORMAT_VERSION = 1
+PROTOCOLS: tuple[str, ...] = ("default", "paper")
+FROST_MODES: tuple[str, ...] = ("images", "synthetic")
+FROST_FOLDERS: tuple[str, ...] = ("frost", "frost_images")
+SEVERITY = 5
+N_CLASSES = 10
+EVAL_ALIGNED_RATIO = 0.1
+_STREAM_VAL_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST, _STREAM_FROST = 0, 1, 2, 3, 4
+_CHUNK = 2048  # images corrupted per vectorised step
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(keys))))
+
+
+# ---------------------------------------------------------------------------------------------- building
+def corrupt_split(
+    images: np.ndarray, attr: np.ndarray, functions: dict[str, Any], seed: int, stream: int
+) -> np.ndarray:
+    """uint8 ``(N, 3, 32, 32)``: image i corrupted by corruption ``attr[i]`` (HWC in, CHW out)."""
+    out = np.empty_like(images)
+    for k, name in enumerate(CORRUPTIONS):
+        idx = np.flatnonzero(attr == k)
+        rng = _rng(seed, stream, k)
+        for start in range(0, len(idx), _CHUNK):
+            part = idx[start : start + _CHUNK]
+            out[part] = functions[name](images[part], rng)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def corrupt_cifar10(
+    cifar: Cifar10Arrays, recipe: dict[str, Any], frost_textures: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``{split}_x`` (uint8 N,3,32,32), ``{split}_y``, ``{split}_attr`` for a recipe (val only by default)."""
+    seed = recipe["data_seed"]
+    functions = corruption_functions(frost_textures)
+    train_x, train_y = cifar.train_x, cifar.train_y
+    out: dict[str, np.ndarray] = {}
+    if recipe["protocol"] == "default":
+        held = stratified_holdout(train_y, recipe["val_fraction"], _rng(seed, _STREAM_VAL_SPLIT))
+        val_y = train_y[held]
+        val_attr = bias_attributes(val_y, recipe["eval_aligned_ratio"])
+        log.info("corrupting %d CIFAR-10 validation images", len(val_y))
+        out |= {"val_x": corrupt_split(train_x[held], val_attr, functions, seed, _STREAM_VAL)}
+        out |= {"val_y": val_y, "val_attr": val_attr}
+        train_x, train_y = train_x[~held], train_y[~held]
+    train_attr = bias_attributes(train_y, recipe["train_aligned_ratio"])
+    log.info("corrupting %d CIFAR-10 training images", len(train_y))
+    out |= {"train_x": corrupt_split(train_x, train_attr, functions, seed, _STREAM_TRAIN)}
+    out |= {"train_y": train_y, "train_attr": train_attr}
+    test_attr = bias_attributes(cifar.test_y, recipe["eval_aligned_ratio"])
+    log.info("corrupting %d CIFAR-10 test images", len(cifar.test_y))
+    out |= {"test_x": corrupt_split(cifar.test_x, test_attr, functions, seed, _STREAM_TEST)}
+    out |= {"test_y": cifar.test_y, "test_attr": test_attr}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def _split_names(protocol: str) -> tuple[str, ...]:
+    return ("train", "val", "test") if protocol == "default" else ("train", "test")
+
+
+def _load_cache(path: Path, recipe_json: str, protocol: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["recipe"][()]) != recipe_json:
+                raise DataError("it holds a different recipe")
+            arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in _split_names(protocol) for f in ("x", "y", "attr")}
+        for s in _split_names(protocol):
+            x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
+            ok = x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (3, 32, 32)
+            ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
+            if not ok:
+                raise DataError(f"split {s} has unexpected shapes or dtypes")
+        return arrays
+    except Exception as exc:  # a cache must never be fatal
+        log.warning("Corrupted CIFAR-10 cache %s is unreadable (%s: %s); rebuilding it", path, type(exc).__name__, exc)
+        return None
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str) -> None:
+    try:
+        atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
+    except OSError as exc:
+        log.warning("cannot write the Corrupted CIFAR-10 cache %s (%s); continuing without it", path, exc)
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _check(ratio: Any, protocol: Any, val_fraction: Any, data_seed: Any) -> tuple[float, str, float, int]:
+    def number(name: str, value: Any) -> float:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+            raise ConfigError(f"{name} {value!r} is not a number in (0, 1)")
+        return float(value)
+
+    r = number("ratio", ratio)
+    p = check_choice(protocol, "protocol", PROTOCOLS)
+    vf = number("val_fraction", val_fraction)
+    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
+        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer")
+    return r, p, vf, int(data_seed)
+
+
+def _frost_folder(data_root: Path, frost_dir: str | None) -> Path:
+    if frost_dir is not None:
+        return resolve_user_path(frost_dir, data_root, "frost_dir")
+    for name in FROST_FOLDERS:
+        if (Path(data_root) / name / FROST_FILES[0]).is_file():
+            return Path(data_root) / name
+    looked = ", ".join(str(Path(data_root) / n) for n in FROST_FOLDERS)
+    raise DataError(
+        f"Corrupted CIFAR-10 needs the Frost texture images {', '.join(FROST_FILES)} (from the ImageNet-C "
+        f"code, create_c/frost*) and found none in {looked}. Put them there, pass --data-opt frost_dir=PATH, "
+        "or pass --data-opt frost=synthetic for a procedural substitute (not the published Frost corruption)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- builder
+@register_dataset(NAME)
+def build_corrupted_cifar10(
+    data_root: Path,
+    cache_dir: Path,
+    *,
+    ratio: float = 0.01,
+    protocol: str = "default",
+    val_fraction: float = 0.1,
+    data_seed: int = 0,
+    cifar_dir: str | None = None,
+    frost: str = "images",
+    frost_dir: str | None = None,
+    augment: bool = True,
+    normalize: str = "cifar10",
+) -> DatasetBundle:
+    """Corrupted CIFAR-10 (LfF protocol, type-0 corruptions, severity 5) built from a local CIFAR-10 copy.
+
+    ``ratio`` is the conflicting fraction of training; ``protocol`` default (select on a validation split held
+    out before corrupting) or paper (select on test); ``frost`` images (texture files required) or synthetic
+    (a documented substitute); ``augment`` random crops and flips in training (as LfF).
+    """
+    ratio, protocol, val_fraction, data_seed = _check(ratio, protocol, val_fraction, data_seed)
+    frost = check_choice(frost, "frost", FROST_MODES)
+    augment = check_bool(augment, "augment")
+    normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
+    folder = locate_cifar10(data_root, cifar_dir)
+    frost_folder = _frost_folder(data_root, frost_dir) if frost == "images" else None
+    frost_record: Any = (
+        {name: file_sha256(frost_folder / name) for name in FROST_FILES if (frost_folder / name).is_file()}
+        if frost_folder is not None
+        else "synthetic"
+    )
+    recipe = {
+        "dataset": NAME,
+        "format_version": FORMAT_VERSION,
+        "protocol": protocol,
+        "ratio": ratio,
+        "train_aligned_ratio": 1.0 - ratio,
+        "eval_aligned_ratio": EVAL_ALIGNED_RATIO,
+        "val_fraction": val_fraction if protocol == "default" else None,
+        "data_seed": data_seed,
+        "corruptions": list(CORRUPTIONS),
+        "severity": SEVERITY,
+        "frost": frost_record,
+        "cifar10_sha256": batch_hashes(folder),
+    }
+    recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    key = recipe_hash(recipe)
+    path = Path(cache_dir) / NAME / f"{key}.npz"
+    arrays = _load_cache(path, recipe_json, protocol) if path.exists() else None
+    if arrays is None:
+        cifar = load_cifar10(folder)
+        if protocol == "default":
+            counts = np.bincount(cifar.train_y, minlength=N_CLASSES)
+            k = holdout_sizes(counts, val_fraction)
+            if (k < 1).any() or (counts - k < 1).any():
+                raise ConfigError(f"val_fraction {val_fraction} leaves a class without validation or training images")
+        textures = (
+            load_frost_textures(frost_folder)
+            if frost_folder is not None
+            else synthetic_frost_textures(_rng(data_seed, _STREAM_FROST))
+        )
+        arrays = corrupt_cifar10(cifar, recipe, textures)
+        _save_cache(path, arrays, recipe_json)
+    else:
+        log.debug("loaded Corrupted CIFAR-10 from cache %s", path)
+
+    tail = to_model_input(normalize)
+    eval_tf = Compose(tail)
+    train_tf = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), *tail]) if augment else eval_tf
+    splits = {
+        s: GroupDataset(
+            x=torch.from_numpy(arrays[f"{s}_x"]),
+            y=torch.from_numpy(arrays[f"{s}_y"]),
+            attr=torch.from_numpy(arrays[f"{s}_attr"]),
+            n_classes=N_CLASSES,
+            n_attrs=N_CLASSES,
+            transform=train_tf if s == "train" else eval_tf,
+            name=NAME,
+            split=s,
+        )
+        for s in _split_names(protocol)
+    }
+    notes: list[str] = []
+    if protocol == "paper":
+        notes.append(
+            "Corrupted CIFAR-10 protocol='paper': there is no validation split; checkpoints are selected on the "
+            "corrupted test split, which is also the reported split (as in LfF, DFA and DeNetDM), so the test "
+            "numbers are optimistic. Use protocol='default' to select on a held-out validation split."
+        )
+    if frost == "synthetic":
+        notes.append(
+            "Corrupted CIFAR-10 frost='synthetic': the Frost corruption uses procedural textures instead of the "
+            "CIFAR-10-C frost photos, so this is not the published dataset; numbers are not comparable."
+        )
+    return DatasetBundle(
+        name=NAME,
+        train=splits["train"],
+        val=splits.get("val", splits["test"]),
+        test=splits["test"],
+        protocol=protocol,
+        selection="val" if protocol == "default" else "test",
+        recipe={**recipe, "recipe_sha256": key, "augment": augment, "normalize": normalize},
+        default_model="resnet20",
+        notes=notes,
+    )

@@ -1,0 +1,274 @@
+"""The image folders released with DFA (Lee et al. 2021): Colored MNIST, Corrupted CIFAR-10 and BFFHQ.
+
+Layout (labels are parsed from the file name ``<idx>_<y>_<b>.<ext>``: class ``y``, bias attribute ``b``)::
+
+    cmnist/{0.5pct,1pct,2pct,5pct}/{align,conflict}/<class>/<idx>_<y>_<b>.png     training
+    cmnist/{pct}/valid/...                                                        validation
+    cmnist/test/<class>/...                                                       test
+    cifar10c/...                                                                  same as cmnist
+    bffhq/0.5pct/{align,conflict}/<class>/...,  bffhq/valid/*,  bffhq/test/*
+
+Validation and test files may sit directly in their folder or one class folder deeper. A training file in
+``align`` must have ``y == b`` and one in ``conflict`` ``y != b``; its class folder must be ``y``.
+
+BFFHQ: class = age (0 young, 1 old), bias = gender; the aligned groups are y == b. DFA reports the accuracy
+on the bias-conflicting test images: that is the ``conflicting_samples`` metric here (``conflicting`` is the
+mean over the conflicting groups); ``test_conflicting_only`` keeps only those images, as DFA's loader does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.files import check_bool, check_choice, find_dataset_dir, warn_empty_groups
+from debiaslab.data.images import (
+    DEFAULT_WORKERS,
+    NORMALIZATIONS,
+    DecodeSpec,
+    ImageFiles,
+    as_size,
+    check_workers,
+    image_split,
+    list_images,
+    to_model_input,
+    want_preload,
+)
+from debiaslab.data.registry import register_dataset
+from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+from debiaslab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Conflicting ratio -> the release's folder name.
+PCT_FOLDERS: dict[float, str] = {0.005: "0.5pct", 0.01: "1pct", 0.02: "2pct", 0.05: "5pct"}
+
+
+def parse_label_name(path: Path) -> tuple[int, int]:
+    """``(y, b)`` from ``<idx>_<y>_<b>.<ext>`` (the index may itself contain underscores)."""
+    parts = path.stem.rsplit("_", 2)
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return int(parts[1]), int(parts[2])
+    except ValueError:
+        raise DataError(f"{path}: file name is not <index>_<class>_<bias>.<ext> with integer labels") from None
+
+
+def _labels(paths: list[Path], n_classes: int, n_attrs: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.empty(len(paths), dtype=np.int64)
+    b = np.empty(len(paths), dtype=np.int64)
+    for i, p in enumerate(paths):
+        y[i], b[i] = parse_label_name(p)
+        if not 0 <= y[i] < n_classes:
+            raise DataError(f"{p}: class {y[i]} outside the declared classes 0..{n_classes - 1}")
+        if not 0 <= b[i] < n_attrs:
+            raise DataError(f"{p}: bias attribute {b[i]} outside 0..{n_attrs - 1}")
+    return y, b
+
+
+def _train_files(pct_dir: Path, n_classes: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    paths: list[Path] = []
+    for part in ("align", "conflict"):
+        folder = pct_dir / part
+        if not folder.is_dir():
+            raise DataError(f"{folder} not found; the DFA layout has {pct_dir}/align and {pct_dir}/conflict")
+        found = list_images(folder, 2)
+        for p in found:
+            y, b = parse_label_name(p)
+            if p.parent.name != str(y):
+                raise DataError(f"{p}: class {y} in its name but it sits in class folder {p.parent.name!r}")
+            if (part == "align") != (y == b):
+                want = "y == b" if part == "align" else "y != b"
+                raise DataError(f"{p}: class {y} and bias {b} in a {part!r} folder, which holds {want} only")
+        paths += found
+    if not paths:
+        raise DataError(f"no images under {pct_dir}/align/<class>/ or {pct_dir}/conflict/<class>/")
+    y, b = _labels(paths, n_classes, n_classes)
+    return paths, y, b
+
+
+def _eval_files(folder: Path, n_classes: int) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} not found (expected the DFA validation/test images there)")
+    paths = list_images(folder, (1, 2))
+    if not paths:
+        raise DataError(f"no images in {folder} or its class folders")
+    y, b = _labels(paths, n_classes, n_classes)
+    return paths, y, b
+
+
+def _pct_folder(base: Path, ratio: float | str) -> Path:
+    """The folder for a conflicting ratio (0.01) or a folder name given directly ("1pct")."""
+    available = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name.endswith("pct"))
+    if isinstance(ratio, str):
+        name: str | None = ratio
+    elif isinstance(ratio, int | float) and not isinstance(ratio, bool):
+        name = PCT_FOLDERS.get(round(float(ratio), 6))
+    else:
+        name = None
+    if name is None or not name.endswith("pct") or not (base / name).is_dir():
+        have = ", ".join(available) or "none"
+        ratios = ", ".join(f"{r:g} ({n})" for r, n in PCT_FOLDERS.items())
+        raise ConfigError(f"ratio {ratio!r}: no such folder in {base} (it has: {have}); the release has {ratios}")
+    return base / name
+
+
+def build_dfa(
+    name: str,
+    folder_name: str,
+    data_root: Path,
+    *,
+    root: str | None,
+    ratio: float | str,
+    n_classes: int,
+    spec: DecodeSpec,
+    train_tf: Compose,
+    eval_tf: Compose,
+    workers: int,
+    preload: bool | str,
+    valid_at_top: bool,
+    default_model: str,
+    test_conflicting_only: bool = False,
+    recipe: dict[str, object] | None = None,
+) -> DatasetBundle:
+    """A bundle from one DFA folder (``valid_at_top``: BFFHQ's ``valid`` sits beside the pct folders)."""
+    base = find_dataset_dir(data_root, root, (folder_name,), "test", name)
+    pct_dir = _pct_folder(base, ratio)
+    listed = {
+        "train": _train_files(pct_dir, n_classes),
+        "val": _eval_files(base / "valid" if valid_at_top else pct_dir / "valid", n_classes),
+        "test": _eval_files(base / "test", n_classes),
+    }
+    if test_conflicting_only:
+        paths, y, b = listed["test"]
+        keep = np.flatnonzero(y != b)
+        listed["test"] = ([paths[i] for i in keep], y[keep], b[keep])
+    splits: dict[str, GroupDataset] = {}
+    for split, (paths, y, b) in listed.items():
+        files = ImageFiles(paths, spec, workers=workers)
+        ds = image_split(
+            files,
+            y,
+            b,
+            n_classes=n_classes,
+            n_attrs=n_classes,
+            transform=train_tf if split == "train" else eval_tf,
+            name=name,
+            split=split,
+            preload=want_preload(files, preload),
+        )
+        warn_empty_groups(ds, pct_dir if split == "train" else base)
+        splits[split] = ds
+    return DatasetBundle(
+        name=name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        recipe={
+            "dataset": name,
+            "root": str(base),
+            "ratio": next((r for r, n in PCT_FOLDERS.items() if n == pct_dir.name), str(ratio)),
+            "folder": pct_dir.name,
+            "test_conflicting_only": test_conflicting_only,
+            **(recipe or {}),
+        },
+        default_model=default_model,
+    )
+
+
+def _common(normalize: str, workers: int, augment: bool) -> tuple[str, int, bool]:
+    return (
+        check_choice(normalize, "normalize", tuple(NORMALIZATIONS)),
+        check_workers(workers),
+        check_bool(augment, "augment"),
+    )
+
+
+@register_dataset("dfa_cmnist")
+def build_dfa_cmnist(
+    data_root: Path,
+    cache_dir: Path,
+    *,
+    root: str | None = None,
+    ratio: float = 0.01,
+    normalize: str = "none",
+    workers: int = DEFAULT_WORKERS,
+    preload: bool | str = "auto",
+) -> DatasetBundle:
+    """Colored MNIST as released by DFA (<root>/cmnist/{pct}/...): digit = class, colour = bias."""
+    normalize, workers, _ = _common(normalize, workers, False)
+    tf = Compose(to_model_input(normalize))
+    return build_dfa(
+        "dfa_cmnist", "cmnist", data_root, root=root, ratio=ratio, n_classes=10, spec=DecodeSpec(),
+        train_tf=tf, eval_tf=tf, workers=workers, preload=preload, valid_at_top=False, default_model="mlp",
+        recipe={"normalize": normalize},
+    )  # fmt: skip
+
+
+@register_dataset("dfa_cifar10c")
+def build_dfa_cifar10c(
+    data_root: Path,
+    cache_dir: Path,
+    *,
+    root: str | None = None,
+    ratio: float = 0.01,
+    augment: bool = True,
+    normalize: str = "cifar10",
+    workers: int = DEFAULT_WORKERS,
+    preload: bool | str = "auto",
+) -> DatasetBundle:
+    """Corrupted CIFAR-10 as released by DFA (<root>/cifar10c/{pct}/...): object = class, corruption = bias.
+
+    ``augment``: random 32 x 32 crops of the 4-pixel padded image and horizontal flips (the DFA/LfF recipe).
+    """
+    normalize, workers, augment = _common(normalize, workers, augment)
+    tail = to_model_input(normalize)
+    eval_tf = Compose(tail)
+    train_tf = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), *tail]) if augment else eval_tf
+    return build_dfa(
+        "dfa_cifar10c", "cifar10c", data_root, root=root, ratio=ratio, n_classes=10, spec=DecodeSpec(),
+        train_tf=train_tf, eval_tf=eval_tf, workers=workers, preload=preload, valid_at_top=False,
+        default_model="resnet18", recipe={"normalize": normalize, "augment": augment},
+    )  # fmt: skip
+
+
+@register_dataset("bffhq")
+def build_bffhq(
+    data_root: Path,
+    cache_dir: Path,
+    *,
+    root: str | None = None,
+    ratio: float = 0.005,
+    image_size: int = 224,
+    augment: bool = True,
+    normalize: str = "cifar10",
+    test_conflicting_only: bool = False,
+    workers: int = DEFAULT_WORKERS,
+    preload: bool | str = False,
+) -> DatasetBundle:
+    """BFFHQ as released by DFA (<root>/bffhq/...): age = class (0 young, 1 old), gender = bias.
+
+    Images are resized to ``image_size`` (224, as DFA); ``augment``: random crops of the 4-pixel padded image
+    and flips (DFA's recipe, which also normalises with the CIFAR-10 statistics: ``normalize``).
+    """
+    normalize, workers, augment = _common(normalize, workers, augment)
+    test_conflicting_only = check_bool(test_conflicting_only, "test_conflicting_only")
+    size = as_size(image_size, "image_size")
+    tail = to_model_input(normalize)
+    eval_tf = Compose(tail)
+    train_tf = eval_tf
+    if augment:
+        if size is None:
+            raise ConfigError("augment=true needs an image_size (the crop size)")
+        train_tf = Compose([RandomCrop(size, padding=4), RandomHorizontalFlip(), *tail])
+    return build_dfa(
+        "bffhq", "bffhq", data_root, root=root, ratio=ratio, n_classes=2, spec=DecodeSpec(size=size),
+        train_tf=train_tf, eval_tf=eval_tf, workers=workers, preload=preload, valid_at_top=True,
+        default_model="resnet18", test_conflicting_only=test_conflicting_only,
+        recipe={"normalize": normalize, "augment": augment, "image_size": list(size) if size else None,
+                "class_names": ["young", "old"], "attr_names": ["female", "male"]},
+    )  # fmt: skip

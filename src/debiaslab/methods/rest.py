@@ -1,0 +1,201 @@
+"""REST — reweighted sparse training (Zhao, Yin et al., ECML-PKDD 2023).
+
+One stage: a network trained with dynamic sparse training (:mod:`debiaslab.engine.sparse`: ERK masks at
+``density``, RigL drop/regrow every ``sparse_update_every`` steps) on a sampler that draws each bias-conflicting
+example with probability ∝ ``lambda_up`` and every other one ∝ 1 (with replacement, ``n`` draws per epoch), as the
+release's ``WeightedRandomSampler`` does.
+
+- ``rest``: "conflicting" from the ground-truth attributes of the training split (the release; needs them).
+- ``rest_free``: label-free; "conflicting" is the error set of an ERM model trained ``identify_epochs`` epochs
+  (as JTT finds it), then the sparse reweighted stage.
+
+``lambda_up`` on Colored MNIST defaults from the training split's conflicting ratio, measured (release README:
+10/30/50/80 for 0.5/1/2/5 %); elsewhere, or at another ratio, give it. The fitted result reports the measured cost
+(non-zero parameters, inference and training multiply-adds against dense, checkpoint sizes) in ``extras["cost"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.cost import run_cost
+from debiaslab.engine.sampling import WeightedSampler
+from debiaslab.engine.stage import Stage, StageResult
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError
+from debiaslab.methods.base import FitResult, Method, Requirements
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.presets import OURS_CMNIST_SELECTION
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage
+
+log = logging.getLogger(__name__)
+
+REST_README = "REST release (zhao1402072392/REST) README commands"
+REST_CODE = "REST release (zhao1402072392/REST): train.py / sparselearning/core.py"
+OURS_DENSITY = "ours: one point of the release's density sweep (0.0005 ... 0.9); the lead's sweep varies it"
+
+#: λ_up of the release README per bias-conflicting ratio of Colored MNIST
+CMNIST_LAMBDA_UP: dict[float, float] = {0.005: 10.0, 0.01: 30.0, 0.02: 50.0, 0.05: 80.0}
+#: a measured ratio matches a known one when within this relative distance
+RATIO_TOLERANCE = 0.1
+
+
+@dataclass
+class RESTHparams(TrainHparams):
+    """REST's hyperparameters on top of the usual ones (``density`` and ``sparse_*`` are every method's).
+
+    Attributes:
+        lambda_up: sampling weight of a bias-conflicting example (others: 1). None: from the Colored MNIST ratio.
+        identify_epochs: ``rest_free`` only: epochs of the ERM whose errors are taken as "conflicting".
+    """
+
+    lambda_up: float | None = None
+    identify_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lambda_up is not None and not (float(self.lambda_up) > 0):
+            raise ConfigError(f"lambda_up {self.lambda_up!r} must be > 0 (sampling weight of conflicting examples)")
+        if int(self.identify_epochs) != self.identify_epochs or self.identify_epochs < 1:
+            raise ConfigError(f"identify_epochs {self.identify_epochs!r} must be an integer >= 1")
+        self.identify_epochs = int(self.identify_epochs)
+
+
+def lambda_for_ratio(ratio: float) -> float | None:
+    """The release's λ_up for a Colored MNIST conflicting ratio within :data:`RATIO_TOLERANCE` of a known one."""
+    for known, lam in CMNIST_LAMBDA_UP.items():
+        if abs(ratio - known) <= RATIO_TOLERANCE * known:
+            return lam
+    return None
+
+
+def upweight_probabilities(conflicting: Tensor, lambda_up: float) -> Tensor:
+    """Per-example draw probability: ∝ ``lambda_up`` for conflicting examples, ∝ 1 otherwise (sums to 1)."""
+    weights = torch.where(conflicting.to(torch.bool), float(lambda_up), 1.0).to(torch.float64)
+    return weights / weights.sum()
+
+
+def rest_sampler(conflicting: Tensor, lambda_up: float) -> WeightedSampler:
+    """``n`` draws with replacement per epoch with :func:`upweight_probabilities` (the release's sampler)."""
+    return WeightedSampler(upweight_probabilities(conflicting, lambda_up), num_samples=conflicting.numel())
+
+
+_STAR: dict[str, Default] = {
+    "optimizer": Default("sgd", REST_CODE),
+    "momentum": Default(0.9, REST_CODE),
+    "lr": Default(1e-3, REST_README + " (CIFAR-10-C, BFFHQ)"),
+    "weight_decay": Default(0.0, REST_README),
+    "batch_size": Default(256, REST_README),
+    "epochs": Default(100, REST_README),
+    "scheduler": Default("plateau", REST_CODE + " (ReduceLROnPlateau on validation; ours: on the selection score)"),
+    "lr_patience": Default(5, REST_CODE),
+    "lr_gamma": Default(0.1, REST_CODE),
+    "density": Default(0.05, OURS_DENSITY),
+    "sparse_init": Default("erk", REST_CODE),
+    "sparse_update_every": Default(1000, REST_README),
+    "sparse_drop_fraction": Default(0.5, REST_CODE),
+    "sparse_end_fraction": Default(1.0, REST_CODE + " (cosine over all iterations, updates until the end)"),
+}
+_CMNIST: dict[str, Default] = {
+    "model": Default("cnn_rest", REST_README + " (--model CNN: simple_model.py)"),
+    "lr": Default(1e-2, REST_README),
+    "selection": Default("val_unbiased", OURS_CMNIST_SELECTION),
+}
+
+
+class _RESTBase(Method):
+    """Shared fit: find the conflicting examples, then one sparse stage with the upweighting sampler."""
+
+    Hparams: ClassVar[type[TrainHparams]] = RESTHparams
+    hparam_table: ClassVar[HparamTable] = {"*": dict(_STAR), "colored_mnist": dict(_CMNIST)}
+
+    def conflicting(self, train: GroupDataset, trainer: Trainer) -> tuple[Tensor, list[StageResult], dict[str, Any]]:
+        """Boolean per training example, the stages that found it, and what to report about it."""
+        raise NotImplementedError
+
+    def resolve_lambda(self, train: GroupDataset) -> tuple[float, str]:
+        """``lambda_up`` and where it comes from: the hyperparameter, or the measured Colored MNIST ratio."""
+        hp: RESTHparams = self.hparams  # type: ignore[assignment]
+        if hp.lambda_up is not None:
+            return float(hp.lambda_up), self.hparam_sources.get("lambda_up", "user")
+        ratio = float((~train.is_aligned).float().mean()) if train.has_attrs and train.aligned_groups else None
+        lam = lambda_for_ratio(ratio) if self.dataset == "colored_mnist" and ratio is not None else None
+        if lam is None:
+            known = ", ".join(f"{r:g}: {v:g}" for r, v in CMNIST_LAMBDA_UP.items())
+            where = f"{self.dataset or 'this dataset'}" + (
+                f" at conflicting ratio {ratio:.4f}" if ratio is not None else ""
+            )
+            raise ConfigError(
+                f"{self.name}: no default lambda_up for {where}; pass one, e.g. --hp lambda_up=50 "
+                f"(the release's Colored MNIST values by ratio: {known})"
+            )
+        return lam, f"{REST_README}, for the measured conflicting ratio {ratio:.4f}"
+
+    def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+        rule = self.selection_rule(val)
+        lambda_up, lambda_source = self.resolve_lambda(train)  # fails before any training
+        conflicting, stages, info = self.conflicting(train, trainer)
+        sampler = rest_sampler(conflicting, lambda_up)
+
+        def build() -> Stage:
+            model = self.build_model(train)
+            return method_ce_stage(self, "rest", model, train, rule, sampler=sampler)
+
+        final, result = trainer.run_stage("rest", build, train, val)
+        stages = [*stages, result]
+        n_conf = int(conflicting.sum())
+        extras: dict[str, Any] = {
+            "lambda_up": lambda_up,
+            "lambda_up_source": lambda_source,
+            "n_upweighted": n_conf,
+            "upweighted_fraction": n_conf / max(len(train), 1),
+            "upweighted_draw_share": float(upweight_probabilities(conflicting, lambda_up)[conflicting].sum()),
+            **info,
+        }
+        # REST's sampler draws len(train) examples per epoch: that counts a dense stage's training cost too
+        dense_examples = {s.name: len(train) * len(s.history) for s in stages}
+        extras["cost"] = run_cost(final.modules, train.input_shape, stages, dense_examples)
+        return self.fit_result(train, final.modules, stages, rule, extras)
+
+
+@register_method("rest")
+class REST(_RESTBase):
+    """Sparse training + upweighting of the bias-conflicting examples given by the training attributes."""
+
+    summary = "dynamic sparse training + upweighted bias-conflicting examples (Zhao et al. 2023)"
+    requires = Requirements(train_attrs=True)
+
+    def conflicting(self, train: GroupDataset, trainer: Trainer) -> tuple[Tensor, list[StageResult], dict[str, Any]]:
+        return ~train.is_aligned, [], {"conflicting_from": "attributes"}
+
+
+@register_method("rest_free")
+class RESTFree(_RESTBase):
+    """Label-free REST: an ERM model's training errors stand in for the bias-conflicting examples."""
+
+    summary = "REST with an ERM error set as the conflicting examples (no training labels)"
+
+    def conflicting(self, train: GroupDataset, trainer: Trainer) -> tuple[Tensor, list[StageResult], dict[str, Any]]:
+        hp: RESTHparams = self.hparams  # type: ignore[assignment]
+
+        def build() -> Stage:
+            return method_ce_stage(self, "identify", self.build_model(train), train, "last", epochs=hp.identify_epochs)
+
+        stage, identify = trainer.run_stage("identify", build, train, None)
+        errors = error_set(trainer, stage.predict_fn, train, stage.modules)
+        quality = error_set_quality(train, errors)
+        log_error_set(log, self.name, errors, len(train), f"{hp.identify_epochs} epochs", quality)
+        conflicting = torch.zeros(len(train), dtype=torch.bool)
+        conflicting[errors] = True
+        return (
+            conflicting,
+            [identify],
+            {"conflicting_from": "error_set", "identify_epochs": hp.identify_epochs, **quality},
+        )
