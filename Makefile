@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 DATA ?= $(if $(DEBIASLAB_DATA),$(DEBIASLAB_DATA),$(abspath ../shared/data))
 export DEBIASLAB_DATA := $(DATA)
 
-.PHONY: venv test lint demo bench-speed clean
+.PHONY: venv test lint demo bench-speed bench-cost clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: venv
 
 bench-speed: venv
 	$(PY) benchmarks/engine_overhead.py --epochs 5
+
+# seconds per training epoch of ULE, LfF, BAM and DeNetDM relative to ERM, and BAM's auxiliary-table memory
+bench-cost: venv
+	$(PY) benchmarks/method_cost.py --epochs 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,191 @@
+"""Print the README's Colored MNIST tables for BAM, DeNetDM, DeTT/KD, ULE and the REST sweep from run directories.
+
+Reads ``final.json`` files under ROOT laid out as ``<method>/r<ratio>/seed<seed>`` (``runs/cmnist`` or the
+committed copy under ``benchmarks/results/``). Cells are mean ± std over the seeds found, with ``n`` when fewer
+than three. Run: ``python benchmarks/cmnist_tables.py ROOT --table bam|denetdm|dett|ule`` or
+``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+RATIOS = ("0.005", "0.01", "0.02", "0.05")
+
+
+def load(root: Path, method: str) -> dict[str, list[dict]]:
+    """Finished runs of ``method`` per ratio."""
+    out: dict[str, list[dict]] = {r: [] for r in RATIOS}
+    for ratio in RATIOS:
+        for final in sorted((root / method / f"r{ratio}").glob("seed*/final.json")):
+            out[ratio].append(json.loads(final.read_text()))
+    return out
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f} (n=1)"
+    std = 100 * statistics.stdev(values)
+    suffix = "" if len(values) >= 3 else f" (n={len(values)})"
+    return f"{mean:.1f} ± {std:.1f}{suffix}"
+
+
+def row(label: str, runs: dict[str, list[dict]], get: Callable[[dict], float | None]) -> str:
+    cells = [cell([v for v in (get(run) for run in runs[r]) if v is not None]) for r in RATIOS]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def header(first: str = "") -> str:
+    return f"| {first} | 0.5 % | 1 % | 2 % | 5 % |\n|---|---|---|---|---|"
+
+
+def test_metric(name: str) -> Callable[[dict], float]:
+    return lambda run: run["metrics"]["test"][name]
+
+
+def readout(key: str, name: str) -> Callable[[dict], float | None]:
+    return lambda run: run.get("readouts", {}).get(key, {}).get("test", {}).get(name)
+
+
+def bam_table(root: Path) -> str:
+    runs = load(root, "bam")
+    lines = [header("BAM, test %")]
+    for metric in ("unbiased", "worst_group", "conflicting", "aligned"):
+        lines.append(row(f"{metric}, epoch by validation unbiased (deployed)", runs, test_metric(metric)))
+        lines.append(row(f"{metric}, epoch by ClassDiff (no group labels)", runs,
+                         readout("selected_by_val_classdiff", metric)))  # fmt: skip
+        lines.append(row(f"{metric}, epoch by validation worst-group", runs,
+                         readout("selected_by_val_worst_group", metric)))  # fmt: skip
+    lines.append(row("error-set precision (conflicting share)", runs, lambda r: r["extras"]["error_set_precision"]))
+    lines.append(row("error-set recall (of conflicting)", runs, lambda r: r["extras"]["error_set_recall"]))
+    return "\n".join(lines)
+
+
+def denetdm_table(root: Path) -> str:
+    runs = load(root, "denetdm")
+    lines = [header("DeNetDM, test %")]
+    for metric in ("unbiased", "conflicting", "aligned", "worst_group"):
+        lines.append(row(f"target (deployed): {metric}", runs, test_metric(metric)))
+    for key, name in (("deep_expert", "deep expert (stage 1)"), ("shallow_expert", "shallow expert (stage 1)")):
+        for metric in ("conflicting", "aligned", "unbiased"):
+            lines.append(row(f"{name}: {metric}", runs, readout(key, metric)))
+    return "\n".join(lines)
+
+
+def dett_table(root: Path) -> str:
+    dett, kd = load(root, "dett"), load(root, "kd")
+    lines = [header("test unbiased % (conflicting %)")]
+    lines.append(row("GroupDRO teacher (MLP 3×100)", dett, readout("teacher", "unbiased")))
+    lines.append(row("plain KD student (MLP 2×32)", kd, test_metric("unbiased")))
+    lines.append(row("DeTT student (MLP 2×32 + projector, teacher head)", dett, test_metric("unbiased")))
+    lines.append(row("teacher conflicting", dett, readout("teacher", "conflicting")))
+    lines.append(row("KD student conflicting", kd, test_metric("conflicting")))
+    lines.append(row("DeTT student conflicting", dett, test_metric("conflicting")))
+    params = []
+    for runs, name, key in ((dett, "teacher", "teacher_params"), (kd, "KD student", "student_params"),
+                            (dett, "DeTT student", "student_params")):  # fmt: skip
+        values = {r["extras"][key] for ratio in RATIOS for r in runs[ratio]}
+        params.append(f"{name}: {', '.join(f'{v:,}' for v in sorted(values))} parameters")
+    return "\n".join(lines) + "\n\n" + "; ".join(params)
+
+
+def ule_table(root: Path) -> str:
+    runs = load(root, "ule")
+    lines = [header("ULE, test %")]
+    for metric in ("unbiased", "worst_group", "conflicting", "aligned"):
+        lines.append(row(f"teacher (deployed): {metric}", runs, test_metric(metric)))
+    return "\n".join(lines)
+
+
+def rest_table(root: Path) -> str:
+    lines = [
+        "| ratio | density | unbiased % | conflicting % | worst-group % | non-zero params | inference MACs | "
+        "training MACs (rel. dense) | checkpoint bytes (sparse / dense) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for final in sorted(root.glob("r*/d*/seed*/final.json"), key=lambda p: (p.parts[-4], float(p.parts[-3][1:]))):
+        run = json.loads(final.read_text())
+        m, cost = run["metrics"]["test"], run["extras"].get("cost", {})
+        if cost:
+            params, macs = f"{cost['params_nonzero']:,}", f"{cost['inference_macs_sparse']:,}"
+            train = f"{cost['train_macs_ratio']:.3f}"
+            ckpt = f"{cost['checkpoint_bytes_sparse']:,} / {cost['checkpoint_bytes_dense']:,}"
+        else:
+            params, macs, train, ckpt = "dense", "dense", "1.00", "–"
+        ratio, density = final.parts[-4][1:], final.parts[-3][1:]
+        scores = " | ".join(f"{100 * m[k]:.1f}" for k in ("unbiased", "conflicting", "worst_group"))
+        lines.append(f"| {ratio} | {density} | {scores} | {params} | {macs} | {train} | {ckpt} |")
+    return "\n".join(lines)
+
+
+def bam_tune_table(root: Path) -> str:
+    """The BAM tuning runs (any ``*/final.json`` under ``root``), best validation score first."""
+    runs = [json.loads(f.read_text()) for f in sorted(root.glob("**/final.json"))]
+    runs.sort(key=lambda r: -r["selected"]["score"])
+    lines = [
+        "| λ | T | μ | stage-2 wd | stage-2 lr | val unbiased | error-set precision / recall | test unbiased "
+        "| time s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        hp, ex = run["hparams"], run["extras"]
+        lines.append(
+            f"| {hp['aux_lambda']:g} | {hp['amplify_epochs']} | {hp['mu']} | {hp.get('upweight_weight_decay', 0):g} "
+            f"| {hp.get('upweight_lr', 0.05):g} | {100 * run['selected']['score']:.1f} "
+            f"| {ex['error_set_precision']:.2f} / {ex['error_set_recall']:.2f} "
+            f"| {100 * run['metrics']['test']['unbiased']:.1f} | {run['train_time_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def ule_tune_table(root: Path) -> str:
+    """The ULE variant runs (``<variant>/final.json``), teacher and student validation score at the kept epoch."""
+    lines = [
+        "| Ω variant | val unbiased, teacher | val unbiased, student (same epoch) | test unbiased | test conflicting "
+        "| test worst-group | epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for final in sorted(root.glob("*/final.json")):
+        run = json.loads(final.read_text())
+        epoch = run["selected"]["epoch"]
+        history = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+        student = next(h for h in history if h["epoch"] == epoch)["val_student"]["unbiased"]
+        m = run["metrics"]["test"]
+        rows.append((run["selected"]["score"], final.parent.name, student, m, epoch))
+    for score, name, student, m, epoch in sorted(rows, key=lambda r: -r[0]):
+        lines.append(
+            f"| {name} | {100 * score:.1f} | {100 * student:.1f} | {100 * m['unbiased']:.1f} "
+            f"| {100 * m['conflicting']:.1f} | {100 * m['worst_group']:.1f} | {epoch} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument(
+        "--table", choices=["bam", "bam-tune", "denetdm", "dett", "ule", "ule-tune", "rest"], required=True
+    )
+    args = parser.parse_args()
+    tables = {
+        "bam-tune": bam_tune_table,
+        "ule-tune": ule_tune_table,
+        "bam": bam_table,
+        "denetdm": denetdm_table,
+        "dett": dett_table,
+        "ule": ule_table,
+        "rest": rest_table,
+    }
+    print(tables[args.table](args.root))
+
+
+if __name__ == "__main__":
+    main()
