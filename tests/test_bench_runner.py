@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from debiaslab.bench.suite import load_suite, shipped_suites
 from debiaslab.cli import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.methods.registry import get_method
 from debiaslab.runs import train_run
 from toys import comparable
 
@@ -185,6 +187,22 @@ def test_plan_skips_finished_reports_mismatch_and_resumes(tmp_path: Path) -> Non
     assert "**mismatch** `b toy_bench r0.1 seed0`" in report and "describes another run" in report
     assert "**failed** `d toy_bench r0.1 seed0`" in report and "(toy_bench/d/r0.1/seed0/error.txt)" in report
     assert "| a | toy_bench | 0.1 | val_worst_group | 1 | 50.0 |" in report  # only the matching run is reported
+
+
+def test_finished_run_with_other_resolved_defaults_is_not_reused(tmp_path: Path) -> None:
+    suite = load_suite(write_suite(tmp_path, toy_suite([erm("a"), erm("b")])))
+    a, b = suite.plan(tmp_path / "out")
+    for run, lr in ((a, None), (b, 0.123)):
+        _fake_run(run, final=True)
+        method = get_method(run.config.method)(dataset=run.config.dataset, **run.config.hparams)
+        resolved = json.loads(json.dumps(dataclasses.asdict(method.hparams)))
+        if lr is not None:
+            resolved["lr"] = lr  # as if the method's table default had changed since the run was trained
+        doc = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+        (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**doc, "resolved_hparams": resolved}))
+    assert inspect_run(a) == ("finished", "")
+    status, detail = inspect_run(b)
+    assert status == "mismatch" and "other default hyperparameters (lr: then 0.123, now" in detail
 
 
 # ---------------------------------------------------------------------------------------------- execution

@@ -9,6 +9,7 @@ reported as a mismatch and left alone; an interrupted or failed run resumes from
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -28,6 +29,7 @@ import yaml
 from debiaslab.bench.suite import PlannedRun, Suite
 from debiaslab.bench.worker import ERROR, RUNNING, RunTask, execute_run, write_error
 from debiaslab.errors import ConfigError
+from debiaslab.methods.registry import get_method
 from debiaslab.runs import CONFIG, FINAL
 from debiaslab.utils.io import atomic_write_json
 
@@ -98,18 +100,43 @@ def inspect_run(run: PlannedRun) -> tuple[str, str]:
             return "mismatch", f"{final} exists without {CONFIG}; cannot tell which run it is"
         return "todo", ""
     try:
-        previous = (yaml.safe_load(config.read_text()) or {}).get("run")
+        document = yaml.safe_load(config.read_text()) or {}
     except yaml.YAMLError as exc:
         return "mismatch", f"{config} is not valid YAML ({exc})"
+    previous = document.get("run")
     expected = json.loads(json.dumps(run.config.identity()))  # tuples -> lists, as written to config.yaml
     if previous != expected:
         return "mismatch", f"{config} describes another run: " + identity_diff(previous, expected)
     if final.is_file():
+        stale = stale_defaults(document, run)
+        if stale:
+            return (
+                "mismatch",
+                f"{config} was trained with other default hyperparameters ({stale}); move it away to retrain",
+            )
         return "finished", ""
     error = d / ERROR
     if error.is_file():
         return "failed", error.read_text().split("\n", 1)[0]
     return "resume", ""
+
+
+def stale_defaults(document: dict[str, Any], run: PlannedRun) -> str:
+    """The resolved hyperparameters a finished run was trained with that today's defaults no longer give (a
+    method's table changed since), as ``name: then X, now Y``; empty when none differ. Fields the run's config
+    does not record (added since) and a model chosen from the dataset's default are not compared."""
+    recorded = document.get("resolved_hparams")
+    if not isinstance(recorded, dict):
+        return ""
+    method = get_method(run.config.method)(dataset=run.config.dataset, **run.config.hparams)
+    now = json.loads(json.dumps(dataclasses.asdict(method.hparams), default=list))
+    sources = document.get("hparam_sources") or {}
+    changed = [
+        f"{name}: then {recorded[name]!r}, now {value!r}"
+        for name, value in now.items()
+        if name in recorded and recorded[name] != value and not str(sources.get(name, "")).startswith("dataset ")
+    ]
+    return "; ".join(changed)
 
 
 def identity_diff(found: Any, expected: dict[str, Any]) -> str:
