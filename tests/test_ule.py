@@ -295,7 +295,7 @@ def test_hparam_table_and_validation() -> None:
         "true_logit",
         "uniform",
     )
-    assert m.hparam_sources["omega"].startswith("[open] spec probe")
+    assert m.hparam_sources["omega"].startswith("[open] reconstruction; chosen by our Colored MNIST")
     assert m.hparam_sources["lr"].startswith("LfF paper") and hp.selection == "val_unbiased"
     assert ULE(omega_weight="30").hparams.omega_weight == 30  # CLI strings are coerced
     for bad in (
