@@ -17,7 +17,6 @@ from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods.dfr import (
     C_GRID,
     DFR,
-    MODEL_FILE,
     DFRClass,
     _l1_logreg,
     balanced_subsample,
@@ -30,6 +29,7 @@ from debiaslab.methods.dfr import (
 )
 from debiaslab.methods.erm import ERM
 from debiaslab.methods.registry import get_method
+from debiaslab.methods.teachers import MODEL_FILE
 from debiaslab.models import build_model
 from toys import NoTrainingTrainer, make_split, tiny_mlp, toy_splits
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
 from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import ToFloat
-from debiaslab.errors import ConfigError, DataError
-from debiaslab.utils.io import atomic_write
+from debiaslab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -179,38 +179,6 @@ def colorize_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.n
 
 
 # ---------------------------------------------------------------------------------------------- the cache
-def _split_names(protocol: str) -> tuple[str, ...]:
-    return ("train", "val", "test") if protocol == "default" else ("train", "test")
-
-
-def _load_cache(path: Path, recipe_json: str, protocol: str) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or ``None`` (with a warning) when the file is unreadable or not this recipe's."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["recipe"][()]) != recipe_json:
-                raise DataError("it holds a different recipe")
-            arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in _split_names(protocol) for f in ("x", "y", "attr")}
-        for s in _split_names(protocol):
-            x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
-            ok = x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] == 3
-            ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
-            if not ok:
-                raise DataError(f"split {s} has unexpected shapes or dtypes")
-        return arrays
-    except Exception as exc:  # a cache must never be fatal: any failure to read it means "rebuild"
-        why = f"{type(exc).__name__}: {exc}"
-        log.warning("Colored MNIST cache %s is unreadable (%s); rebuilding it", path, why)
-        return None
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str) -> None:
-    try:
-        atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
-        log.debug("cached Colored MNIST in %s", path)
-    except OSError as exc:
-        log.warning("cannot write the Colored MNIST cache %s (%s); continuing without it", path, exc)
-
-
 # ---------------------------------------------------------------------------------------------- options
 def _number(name: str, value: Any, what: str) -> float:
     if isinstance(value, str):  # YAML reads "1e-3" as a string
@@ -290,7 +258,11 @@ def build_colored_mnist(
     recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
     key = recipe_hash(recipe)
     path = Path(cache_dir) / NAME / f"{key}.npz"
-    arrays = _load_cache(path, recipe_json, protocol) if path.exists() else None
+    arrays = (
+        load_array_cache(path, recipe_json, split_names(protocol), "Colored MNIST", lambda chw: chw[0] == 3)
+        if path.exists()
+        else None
+    )
     if arrays is not None:
         log.debug("loaded Colored MNIST from cache %s", path)
     else:
@@ -299,8 +271,8 @@ def build_colored_mnist(
         if protocol == "default":
             _check_holdout_sizes(mnist.train_y, val_fraction)
         arrays = colorize_mnist(mnist, recipe)
-        _save_cache(path, arrays, recipe_json)
-    splits = {s: _group_dataset(arrays, s) for s in _split_names(protocol)}
+        save_array_cache(path, arrays, recipe_json, "Colored MNIST")
+    splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
     notes: list[str] = []
     if protocol == "paper":
         notes.append(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
 from debiaslab.data.cifar10 import Cifar10Arrays, batch_hashes, load_cifar10, locate_cifar10
 from debiaslab.data.colored_mnist import bias_attributes, holdout_sizes, recipe_hash, stratified_holdout
 from debiaslab.data.core import DatasetBundle, GroupDataset
@@ -42,7 +43,6 @@ from debiaslab.data.images import NORMALIZATIONS, to_model_input
 from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from debiaslab.errors import ConfigError, DataError
-from debiaslab.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -105,35 +105,6 @@ def corrupt_cifar10(
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def _split_names(protocol: str) -> tuple[str, ...]:
-    return ("train", "val", "test") if protocol == "default" else ("train", "test")
-
-
-def _load_cache(path: Path, recipe_json: str, protocol: str) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["recipe"][()]) != recipe_json:
-                raise DataError("it holds a different recipe")
-            arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in _split_names(protocol) for f in ("x", "y", "attr")}
-        for s in _split_names(protocol):
-            x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
-            ok = x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (3, 32, 32)
-            ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
-            if not ok:
-                raise DataError(f"split {s} has unexpected shapes or dtypes")
-        return arrays
-    except Exception as exc:  # a cache must never be fatal
-        log.warning("Corrupted CIFAR-10 cache %s is unreadable (%s: %s); rebuilding it", path, type(exc).__name__, exc)
-        return None
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str) -> None:
-    try:
-        atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
-    except OSError as exc:
-        log.warning("cannot write the Corrupted CIFAR-10 cache %s (%s); continuing without it", path, exc)
-
-
 # ---------------------------------------------------------------------------------------------- options
 def _check(ratio: Any, protocol: Any, val_fraction: Any, data_seed: Any) -> tuple[float, str, float, int]:
     def number(name: str, value: Any) -> float:
@@ -216,7 +187,11 @@ def build_corrupted_cifar10(
     recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
     key = recipe_hash(recipe)
     path = Path(cache_dir) / NAME / f"{key}.npz"
-    arrays = _load_cache(path, recipe_json, protocol) if path.exists() else None
+    arrays = (
+        load_array_cache(path, recipe_json, split_names(protocol), "Corrupted CIFAR-10", lambda chw: chw == (3, 32, 32))
+        if path.exists()
+        else None
+    )
     if arrays is None:
         cifar = load_cifar10(folder)
         if protocol == "default":
@@ -230,7 +205,7 @@ def build_corrupted_cifar10(
             else synthetic_frost_textures(_rng(data_seed, _STREAM_FROST))
         )
         arrays = corrupt_cifar10(cifar, recipe, textures)
-        _save_cache(path, arrays, recipe_json)
+        save_array_cache(path, arrays, recipe_json, "Corrupted CIFAR-10")
     else:
         log.debug("loaded Corrupted CIFAR-10 from cache %s", path)
 
@@ -248,7 +223,7 @@ def build_corrupted_cifar10(
             name=NAME,
             split=s,
         )
-        for s in _split_names(protocol)
+        for s in split_names(protocol)
     }
     notes: list[str] = []
     if protocol == "paper":

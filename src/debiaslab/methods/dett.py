@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -134,6 +135,31 @@ class StudentWithTeacher(nn.Module):
         self.teacher.eval()
 
 
+def student_stage(
+    method: Method,
+    name: str,
+    train: GroupDataset,
+    rule: str,
+    student: Backbone,
+    teacher: Backbone,
+    loss_fn: Callable[[Batch, StepContext], dict[str, Tensor]],
+) -> Stage:
+    """A distillation stage: only the student's trainable parameters are optimised, the frozen teacher rides along
+    in eval mode (checkpointed with the stage), and the student is what is selected and deployed."""
+    pair = StudentWithTeacher(student, teacher)
+    return method_stage(
+        method,
+        name,
+        train,
+        rule,
+        modules=pair,
+        loss_fn=loss_fn,
+        predict_fn=student,
+        param_groups=lambda: [p for p in student.parameters() if p.requires_grad],
+        train_mode=pair.set_train_mode,
+    )
+
+
 @register_method("dett")
 class DeTT(Method):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
@@ -192,7 +218,6 @@ class DeTT(Method):
             student = build_model(spec["name"], train.input_shape, train.n_classes, **spec["kwargs"])
             student.head.load_state_dict(teacher.head.state_dict())  # the transplant
             student.head.requires_grad_(False)
-            pair = StudentWithTeacher(student, teacher)
 
             def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
                 feats = student.features(batch.x)
@@ -207,17 +232,7 @@ class DeTT(Method):
                     logs["ce"] = ce.mean().detach()
                 return {"loss": weighted_mean(per_example, lookup(weights, batch.index)), **logs}
 
-            return method_stage(
-                self,
-                "dett_student",
-                train,
-                rule,
-                modules=pair,
-                loss_fn=loss,
-                predict_fn=student,
-                param_groups=lambda: [p for p in student.parameters() if p.requires_grad],
-                train_mode=pair.set_train_mode,
-            )
+            return student_stage(self, "dett_student", train, rule, student, teacher, loss)
 
         final, result = trainer.run_stage("dett_student", build_student, train, val)
         student: Backbone = final.modules.student  # type: ignore[assignment]

@@ -19,7 +19,6 @@ import inspect
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -27,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
-from debiaslab.engine.checkpoint import load_model_file
 from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
@@ -36,6 +34,7 @@ from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import erm_stage
+from debiaslab.methods.teachers import load_finished_model
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
@@ -45,10 +44,6 @@ log = logging.getLogger(__name__)
 #: The official code's C grid (Waterbirds, L1 penalty); methods.md asks for exactly this grid.
 C_GRID: tuple[float, ...] = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 VARIANTS = ("group", "class", "auto")
-#: The deployed-model file of a run directory; the same name as ``debiaslab.runs.MODEL`` (not imported:
-#: ``runs`` sits above ``methods`` in the layering).
-MODEL_FILE = "model.pt"
-
 DFR_CODE = "DFR official code (PolinaKirichenko/deep_feature_reweighting, dfr_evaluate_spurious.py)"
 DFR_BASE = "DFR official code: train_classifier.py keeps the base ERM model's final epoch (no early stopping)"
 DFR_PAPER = "DFR paper (Kirichenko et al., ICLR 2023): DFR on a group-balanced validation subsample"
@@ -244,14 +239,7 @@ def tune_c(
 
 def load_base_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """The deployed model (and its spec) of a finished run directory, or of a ``model.pt`` path."""
-    path = Path(path)
-    file = path / MODEL_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(
-            f"dfr base_run {str(path)!r}: no {MODEL_FILE} found; expected a finished run directory "
-            f"(debiaslab train --method erm --out DIR) or the path of its {MODEL_FILE}"
-        )
-    return load_model_file(file)
+    return load_finished_model(path, "dfr base_run", "erm")
 
 
 # ---------------------------------------------------------------------------------------------- the method

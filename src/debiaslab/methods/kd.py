@@ -20,11 +20,10 @@ from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.dett import OURS_STUDENT, StudentWithTeacher, TeacherHparams, obtain_teacher
+from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, obtain_teacher, student_stage
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.stages import method_stage
 from debiaslab.methods.teachers import soft_cross_entropy
 from debiaslab.models import count_parameters
 
@@ -64,7 +63,6 @@ class KnowledgeDistillation(Method):
 
         def build() -> Stage:
             student = self.build_model(train)
-            pair = StudentWithTeacher(student, teacher)
 
             def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
                 logits = student(batch.x)
@@ -75,17 +73,7 @@ class KnowledgeDistillation(Method):
                 total = (1 - hp.kd_weight) * ce + hp.kd_weight * hp.temperature**2 * kd
                 return {"loss": total, "ce": ce.detach(), "kd": kd.detach()}
 
-            return method_stage(
-                self,
-                "kd_student",
-                train,
-                rule,
-                modules=pair,
-                loss_fn=loss,
-                predict_fn=student,
-                param_groups=lambda: [p for p in student.parameters() if p.requires_grad],
-                train_mode=pair.set_train_mode,
-            )
+            return student_stage(self, "kd_student", train, rule, student, teacher, loss)
 
         final, result = trainer.run_stage("kd_student", build, train, val)
         student = final.modules.student

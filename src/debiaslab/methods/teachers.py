@@ -22,19 +22,27 @@ from debiaslab.models.base import Backbone
 
 log = logging.getLogger(__name__)
 
+#: The deployed-model file of a run directory; the same name as ``debiaslab.runs.MODEL`` (not imported:
+#: ``runs`` sits above ``methods`` in the layering).
 MODEL_FILE = "model.pt"
 
 
-def load_teacher(path: str | Path, train: GroupDataset, owner: str) -> tuple[Backbone, dict[str, Any]]:
-    """The deployed model of a finished run directory (or a ``model.pt`` path), checked against ``train``."""
+def load_finished_model(path: str | Path, option: str, example: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The deployed model (and its spec) of a finished run directory, or of a ``model.pt`` path; ``option`` (e.g.
+    ``"dfr base_run"``) and ``example`` (a method that makes such a run) word the error when there is none."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(
-            f"{owner} teacher_run {str(path)!r}: no {MODEL_FILE} found; expected a finished run directory "
-            f"(debiaslab train --method jtt --out DIR) or the path of its {MODEL_FILE}"
+            f"{option} {str(path)!r}: no {MODEL_FILE} found; expected a finished run directory "
+            f"(debiaslab train --method {example} --out DIR) or the path of its {MODEL_FILE}"
         )
-    model, spec = load_model_file(file)
+    return load_model_file(file)
+
+
+def load_teacher(path: str | Path, train: GroupDataset, owner: str) -> tuple[Backbone, dict[str, Any]]:
+    """The deployed model of a finished run directory (or a ``model.pt`` path), checked against ``train``."""
+    model, spec = load_finished_model(path, f"{owner} teacher_run", "jtt")
     shape, k = tuple(spec["input_shape"]), int(spec["n_classes"])
     if shape != tuple(train.input_shape) or k != train.n_classes:
         raise ConfigError(

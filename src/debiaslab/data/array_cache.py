@@ -1,0 +1,61 @@
+"""The on-disk cache of derived image datasets (Colored MNIST, Corrupted CIFAR-10): one ``.npz`` per recipe holding
+``<split>_x`` (uint8, N×C×H×W), ``<split>_y`` and ``<split>_attr`` (int64) and the recipe's JSON.
+
+A cache is never fatal: an unreadable file, another recipe or arrays of the wrong shape mean "rebuild" (with a
+warning), and a cache that cannot be written only costs the rebuild next time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from debiaslab.errors import DataError
+from debiaslab.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("x", "y", "attr")
+
+
+def split_names(protocol: str) -> tuple[str, ...]:
+    """``default`` holds a validation split out of training; ``paper`` selects on test and has none."""
+    return ("train", "val", "test") if protocol == "default" else ("train", "test")
+
+
+def load_array_cache(
+    path: Path,
+    recipe_json: str,
+    splits: tuple[str, ...],
+    label: str,
+    image_shape_ok: Callable[[tuple[int, ...]], bool],
+) -> dict[str, np.ndarray] | None:
+    """The cached arrays of ``splits``, or ``None`` (with a warning naming ``label`` and ``path``) when the file is
+    unreadable, holds another recipe, or an array has the wrong dtype or shape (``image_shape_ok`` gets C, H, W)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["recipe"][()]) != recipe_json:
+                raise DataError("it holds a different recipe")
+            arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in splits for f in FIELDS}
+        for s in splits:
+            x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
+            ok = x.dtype == np.uint8 and x.ndim == 4 and image_shape_ok(tuple(x.shape[1:]))
+            ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
+            if not ok:
+                raise DataError(f"split {s} has unexpected shapes or dtypes")
+        return arrays
+    except Exception as exc:  # a cache must never be fatal: any failure to read it means "rebuild"
+        log.warning("%s cache %s is unreadable (%s: %s); rebuilding it", label, path, type(exc).__name__, exc)
+        return None
+
+
+def save_array_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str, label: str) -> None:
+    """Write the arrays and the recipe atomically; a failure is a warning, not an error."""
+    try:
+        atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
+        log.debug("cached %s in %s", label, path)
+    except OSError as exc:
+        log.warning("cannot write the %s cache %s (%s); continuing without it", label, path, exc)
