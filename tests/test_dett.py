@@ -93,10 +93,15 @@ def test_detector_errors_weigh_lambda_up(toy, teacher_dir) -> None:
     assert ratio_w / ratio_r == pytest.approx(20.0, rel=1e-4)
 
 
-def test_teacher_run_checks_and_errors(toy, tmp_path) -> None:
+def test_teacher_run_checks_and_errors(toy, teacher_dir, tmp_path) -> None:
     train, val = toy
     with pytest.raises(ConfigError, match=r"no model\.pt found"):
         dett(tmp_path).fit(train, val)
+    other_inputs, other_val = toy_splits(n_features=6)
+    with pytest.raises(
+        ConfigError, match=r"holds a model for inputs \(8,\) with 2 classes, but the training data has inputs \(6,\)"
+    ):
+        dett(teacher_dir).fit(other_inputs, other_val)
     with pytest.raises(ConfigError, match="both 0"):
         DeTT(feature_weight=0.0, ce_weight=0.0)
 

@@ -278,3 +278,15 @@ def test_features_of_flat_inputs() -> None:
     model = build_model("mlp", (8,), 3, width=4, depth=1)
     assert model.features(torch.rand(2, 8)).shape == (2, 4)
     assert math.prod((8,)) == model.body[0].in_features
+
+
+def test_projected_rejects_bad_sizes_with_a_clear_error() -> None:
+    from debiaslab.errors import ConfigError
+    from debiaslab.models import build_model
+
+    with pytest.raises(ConfigError, match="projected needs dim >= 1"):
+        build_model("projected", (8,), 2, dim=0)
+    with pytest.raises(ConfigError, match="base cannot itself be 'projected'"):
+        build_model("projected", (8,), 2, base="projected")
+    model = build_model("projected", (8,), 2, base="mlp", base_kwargs={"width": 4, "depth": 1}, dim=6, hidden=5)
+    assert model.feature_dim == 6 and not hasattr(model.base, "head")
