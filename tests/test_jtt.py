@@ -148,7 +148,8 @@ def test_hparam_table_and_validation() -> None:
     ca = JTT(dataset="celeba")
     assert (ca.hparams.identify_epochs, ca.hparams.lambda_up) == (1, 50)
     cm = JTT(dataset="colored_mnist")
-    assert cm.hparam_sources["identify_epochs"].startswith("ours: untuned")
+    assert (cm.hparams.lambda_up, cm.hparams.weight_decay, cm.hparams.identify_weight_decay) == (200, 0.01, 0.0)
+    assert cm.hparams.epochs == 30 and "jtt-wd" in cm.hparam_sources["lambda_up"]
     assert cm.hparam_sources["lr"].startswith("LfF paper")
     assert JTT(identify_epochs="3").hparams.identify_epochs == 3  # CLI strings are coerced
     for bad in (
