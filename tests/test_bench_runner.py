@@ -6,19 +6,20 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 import bench_plugin  # noqa: F401  (registers toy_bench, bench_raise, bench_crash in this process too)
-from debiaslab.bench.runner import inspect_run, run_suite
+from debiaslab.bench.runner import RunState, dependency_waves, inspect_run, run_suite
 from debiaslab.bench.suite import load_suite, shipped_suites
 from debiaslab.cli import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import train_run
+from debiaslab.runs import comparable_identity, train_run
 from toys import comparable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -192,17 +193,18 @@ def test_plan_skips_finished_reports_mismatch_and_resumes(tmp_path: Path) -> Non
 def test_finished_run_with_other_resolved_defaults_is_not_reused(tmp_path: Path) -> None:
     suite = load_suite(write_suite(tmp_path, toy_suite([erm("a"), erm("b")])))
     a, b = suite.plan(tmp_path / "out")
-    for run, lr in ((a, None), (b, 0.123)):
+    for run, wd in ((a, None), (b, 0.123)):
         _fake_run(run, final=True)
         method = get_method(run.config.method)(dataset=run.config.dataset, **run.config.hparams)
         resolved = json.loads(json.dumps(dataclasses.asdict(method.hparams)))
-        if lr is not None:
-            resolved["lr"] = lr  # as if the method's table default had changed since the run was trained
+        resolved["lr"] = 0.5  # set by the suite: part of the identity, not compared again here
+        if wd is not None:
+            resolved["weight_decay"] = wd  # as if the method's table default had changed since the run was trained
         doc = yaml.safe_load((run.run_dir / "config.yaml").read_text())
         (run.run_dir / "config.yaml").write_text(yaml.safe_dump({**doc, "resolved_hparams": resolved}))
     assert inspect_run(a) == ("finished", "")
     status, detail = inspect_run(b)
-    assert status == "mismatch" and "other default hyperparameters (lr: then 0.123, now" in detail
+    assert status == "mismatch" and "other default hyperparameters (weight_decay: then 0.123, now" in detail
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -285,3 +287,64 @@ def test_cli_dry_run_and_errors(tmp_path: Path, capsys) -> None:
     assert main(["bench", str(tmp_path / "none.yaml")]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["bench", str(path), "--workers", "0", "--out", str(tmp_path / "out")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- run references
+def test_run_references_resolve_per_ratio_and_seed_and_train_first(tmp_path: Path) -> None:
+    kd = {"method": "kd", "label": "kd", "hparams": {**TINY, "teacher_run": "{run:base}"}}
+    broken = {"method": "kd", "label": "kd-broken", "hparams": {**TINY, "teacher_run": "{run:bench_raise}"}}
+    doc = toy_suite([kd, broken, erm("base"), "bench_raise"], seeds=[0, 1])
+    suite = load_suite(write_suite(tmp_path, doc))
+    out = tmp_path / "out"
+    runs = suite.plan(out)
+    student = next(r for r in runs if r.label == "kd" and r.config.seed == 1)
+    teacher = out / "toy_bench" / "base" / "r0.1" / "seed1"
+    assert student.config.hparams["teacher_run"] == str(teacher) and student.depends_on == (str(teacher),)
+    waves = dependency_waves([RunState(r, "todo") for r in runs])
+    assert [sorted({s.run.label for s in w}) for w in waves] == [["base", "bench_raise"], ["kd", "kd-broken"]]
+
+    lone = run_suite(suite, tmp_path / "lone", only=["kd"], dry_run=True)  # the teacher is not part of it
+    assert {s.status for s in lone.states} == {"blocked"} and "drop --only" in lone.states[0].detail
+
+    result = run_suite(suite, out, workers=2, progress=False)
+    status = {(s.run.label, s.run.config.seed): (s.status, s.detail) for s in result.states}
+    assert status["base", 0][0] == status["kd", 0][0] == status["kd", 1][0] == "finished"
+    assert status["bench_raise", 0][0] == "failed"
+    assert status["kd-broken", 0][0] == "blocked" and "the run it needs did not finish" in status["kd-broken", 0][1]
+    assert json.loads((out / "summary.json").read_text())["counts"]["blocked"] == 2
+    final = json.loads((student.run_dir / "final.json").read_text())
+    assert final["readouts"]["teacher"]["test"]  # the student was distilled from its own seed's teacher
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        ([{"method": "kd", "hparams": {"teacher_run": "{run:nope}"}}], "key 'methods[0].hparams.teacher_run'"),
+        ([{"method": "kd", "hparams": {"teacher_run": "{run:kd}"}}], "LABEL another method of this suite"),
+        (
+            [
+                {"method": "kd", "label": "a", "hparams": {"teacher_run": "{run:b}"}},
+                {"method": "kd", "label": "b", "hparams": {"teacher_run": "{run:a}"}},
+            ],
+            "form a cycle: a -> b -> a",
+        ),
+    ],
+)
+def test_bad_run_references_are_named(tmp_path: Path, methods: list, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_suite(write_suite(tmp_path, toy_suite(methods)))
+
+
+def test_identity_ignores_speed_settings_and_compares_run_paths_by_target(tmp_path: Path) -> None:
+    real = tmp_path / "erm-grid" / "seed0"
+    real.mkdir(parents=True)
+    (tmp_path / "cmnist").mkdir()
+    (tmp_path / "cmnist" / "erm").symlink_to(tmp_path / "erm-grid")
+    base = {"method": "dfr", "dataset": "toy", "dataset_options": {}, "seed": 0, "precision": "fp32"}
+    trained = {**base, "hparams": {"base_run": str(real), "n_jobs": 2}}
+    asked = {**base, "hparams": {"base_run": str(tmp_path / "cmnist" / "erm" / "seed0")}}
+    assert comparable_identity(trained) == comparable_identity(asked)
+    other = {**base, "hparams": {"base_run": str(tmp_path / "cmnist"), "n_jobs": 2}}
+    assert comparable_identity(other) != comparable_identity(asked)
+    erm_run = {**base, "method": "erm", "hparams": {"n_jobs": 2}}  # not an execution setting of ERM
+    assert comparable_identity(erm_run)["hparams"] == {"n_jobs": 2}

@@ -163,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from debiaslab.bench.runner import run_suite
+    from debiaslab.bench.runner import STATUSES, run_suite
     from debiaslab.bench.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -190,14 +190,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print(table)
         return 0
     console.print(result.tables.get("results", ""), markup=False, highlight=False, soft_wrap=True)
-    counts = {k: result.count(k) for k in ("finished", "skipped", "failed", "mismatch", "todo", "resume")}
+    counts = {k: result.count(k) for k in STATUSES}
     console.print(
         f"suite {suite.name}: "
         + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         + (f" in {result.wall_s:.0f} s" if result.wall_s is not None else "")
     )
     console.print(f"report: {result.out / 'report.md'}")
-    return 1 if counts["failed"] or counts["mismatch"] else 0
+    return 1 if counts["failed"] or counts["mismatch"] or counts["blocked"] else 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

@@ -74,11 +74,36 @@ class RunConfig:
             "precision": self.precision,
         }
 
+    def comparable_identity(self) -> dict[str, Any]:
+        """:meth:`identity` as compared with a run directory's ``config.yaml`` (see :func:`comparable_identity`)."""
+        return comparable_identity(_plain(self.identity()))
+
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
         opts = "-".join(f"{k}{v}" for k, v in sorted(self.dataset_options.items()))
         return Path("runs") / f"{self.dataset}{'-' + opts if opts else ''}" / self.method / f"seed{self.seed}"
+
+
+def comparable_identity(identity: Any) -> Any:
+    """A run identity (``config.yaml``'s ``run``) in the form two runs are compared in: the method's
+    ``execution_hparams`` (speed only, e.g. ``n_jobs``) are dropped, and a hyperparameter naming an existing
+    directory (``base_run``, ``teacher_run``) is compared by the real path it points to, so a run reached through
+    a symlink or another relative path is still the same run."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("hparams"), dict):
+        return identity
+    try:
+        skip = get_method(str(identity.get("method"))).execution_hparams
+    except ConfigError:
+        skip = frozenset()
+    hparams = {k: _real_dir(v) for k, v in identity["hparams"].items() if k not in skip}
+    return {**identity, "hparams": hparams}
+
+
+def _real_dir(value: Any) -> Any:
+    if isinstance(value, str) and value and os.path.isdir(value):
+        return os.path.realpath(value)
+    return value
 
 
 def is_finished(run_dir: str | os.PathLike[str]) -> bool:
@@ -109,7 +134,7 @@ def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         )
     elif has_config and cfg.resume:
         previous = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
-        if previous.get("run") != _plain(cfg.identity()):
+        if comparable_identity(previous.get("run")) != cfg.comparable_identity():
             raise RunDirError(
                 f"cannot resume {run_dir}: its config.yaml describes a different run "
                 f"({previous.get('run')}); expected {_plain(cfg.identity())}"

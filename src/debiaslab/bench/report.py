@@ -21,6 +21,7 @@ from debiaslab.bench.results import (
     results_markdown,
     rule_pivot_markdown,
 )
+from debiaslab.bench.runner import STATUSES
 from debiaslab.errors import DebiasLabError
 from debiaslab.utils.io import atomic_write_text
 
@@ -109,11 +110,7 @@ def report_markdown(
 ) -> str:
     suite = result.suite
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    counts = ", ".join(
-        f"{result.count(k)} {k}"
-        for k in ("finished", "skipped", "failed", "mismatch", "todo", "resume")
-        if result.count(k)
-    )
+    counts = ", ".join(f"{result.count(k)} {k}" for k in STATUSES if result.count(k))
     lines = [f"# Benchmark `{suite.name}`", ""]
     if suite.description:
         lines += [suite.description, ""]

@@ -30,7 +30,7 @@ from debiaslab.bench.suite import PlannedRun, Suite
 from debiaslab.bench.worker import ERROR, RUNNING, RunTask, execute_run, write_error
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import CONFIG, FINAL
+from debiaslab.runs import CONFIG, FINAL, comparable_identity, is_finished
 from debiaslab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("process", "ray")
 SUMMARY = "summary.json"
 TO_RUN = ("todo", "resume", "failed")
+#: every status a planned run can have, in the order summaries count them
+STATUSES = ("finished", "skipped", "failed", "blocked", "mismatch", "todo", "resume")
 CRASHED = (
     "the worker process died without a Python exception (killed, out of memory, or a crash in native code); "
     "the run was retried alone and died again"
@@ -47,7 +49,8 @@ CRASHED = (
 @dataclass
 class RunState:
     """Where one planned run stands: ``todo``, ``resume``, ``failed``, ``finished`` (now), ``skipped`` (finished
-    before, same identity) or ``mismatch`` (its directory holds another run); ``detail`` says why."""
+    before, same identity), ``mismatch`` (its directory holds another run) or ``blocked`` (a run it needs is
+    missing or did not finish); ``detail`` says why."""
 
     run: PlannedRun
     status: str
@@ -103,8 +106,8 @@ def inspect_run(run: PlannedRun) -> tuple[str, str]:
         document = yaml.safe_load(config.read_text()) or {}
     except yaml.YAMLError as exc:
         return "mismatch", f"{config} is not valid YAML ({exc})"
-    previous = document.get("run")
-    expected = json.loads(json.dumps(run.config.identity()))  # tuples -> lists, as written to config.yaml
+    previous = comparable_identity(document.get("run"))
+    expected = run.config.comparable_identity()
     if previous != expected:
         return "mismatch", f"{config} describes another run: " + identity_diff(previous, expected)
     if final.is_file():
@@ -124,17 +127,22 @@ def inspect_run(run: PlannedRun) -> tuple[str, str]:
 def stale_defaults(document: dict[str, Any], run: PlannedRun) -> str:
     """The resolved hyperparameters a finished run was trained with that today's defaults no longer give (a
     method's table changed since), as ``name: then X, now Y``; empty when none differ. Fields the run's config
-    does not record (added since) and a model chosen from the dataset's default are not compared."""
+    does not record (added since), a model chosen from the dataset's default, hyperparameters the suite sets
+    (part of the identity) and the method's ``execution_hparams`` are not compared."""
     recorded = document.get("resolved_hparams")
     if not isinstance(recorded, dict):
         return ""
     method = get_method(run.config.method)(dataset=run.config.dataset, **run.config.hparams)
     now = json.loads(json.dumps(dataclasses.asdict(method.hparams), default=list))
     sources = document.get("hparam_sources") or {}
+    asked = set(run.config.hparams) | method.execution_hparams  # compared with the identity / speed only
     changed = [
         f"{name}: then {recorded[name]!r}, now {value!r}"
         for name, value in now.items()
-        if name in recorded and recorded[name] != value and not str(sources.get(name, "")).startswith("dataset ")
+        if name in recorded
+        and name not in asked
+        and recorded[name] != value
+        and not str(sources.get(name, "")).startswith("dataset ")
     ]
     return "; ".join(changed)
 
@@ -173,9 +181,10 @@ def run_suite(
     out = Path(out) if out is not None else suite.default_out()
     runs = suite.plan(out, only=only, data_root=data_root, cache_dir=cache_dir)
     states = [RunState(run, *inspect_run(run)) for run in runs]
+    _check_dependencies(states)
     result = BenchResult(suite, out, states)
     for s in states:
-        if s.status == "mismatch":
+        if s.status in ("mismatch", "blocked"):
             log.warning("%s: not run, not reported: %s", s.run.describe(), s.detail)
     if dry_run:
         return result
@@ -214,10 +223,47 @@ def write_summary(result: BenchResult, executor: str, workers: int) -> Path:
         "executor": executor,
         "workers": workers,
         "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "counts": {k: result.count(k) for k in ("finished", "skipped", "failed", "mismatch", "todo", "resume")},
+        "counts": {k: result.count(k) for k in STATUSES},
         "runs": [s.to_dict() for s in result.states],
     }
     return atomic_write_json(result.out / SUMMARY, doc)
+
+
+def _check_dependencies(states: list[RunState]) -> None:
+    """A run to train whose ``{run:LABEL}`` dependency can never be there fails now, saying which and why: the
+    dependency holds another run, or it is neither finished nor part of this invocation (``--only``)."""
+    planned = {str(s.run.run_dir): s for s in states}
+    for s in states:
+        if s.status not in TO_RUN:
+            continue
+        for dep in s.run.depends_on:
+            other = planned.get(dep)
+            if other is not None and other.status == "mismatch":
+                s.status, s.detail = "blocked", f"needs {dep}, which holds another run ({other.detail})"
+            elif other is None and not is_finished(dep):
+                s.status = "blocked"
+                s.detail = f"needs the finished run {dep}, which this invocation does not train (drop --only)"
+
+
+def dependency_waves(states: list[RunState]) -> list[list[RunState]]:
+    """``states`` in the order they can train: wave k holds the runs whose dependencies among ``states`` all
+    lie in earlier waves (wave 0: no such dependency)."""
+    by_dir = {str(s.run.run_dir): s for s in states}
+    depth: dict[str, int] = {}
+
+    def level(s: RunState) -> int:
+        key = str(s.run.run_dir)
+        if key not in depth:
+            depth[key] = 0  # suites reject cycles; this only guards the recursion
+            depth[key] = max((level(by_dir[d]) + 1 for d in s.run.depends_on if d in by_dir), default=0)
+        return depth[key]
+
+    waves: list[list[RunState]] = []
+    for s in states:
+        k = level(s)
+        waves.extend([] for _ in range(k + 1 - len(waves)))
+        waves[k].append(s)
+    return waves
 
 
 # ---------------------------------------------------------------------------------------------- execution
@@ -227,8 +273,7 @@ def _execute(result: BenchResult, todo: list[RunState], *, executor: str, worker
         (s.run.run_dir / RUNNING).unlink(missing_ok=True)
     todo = _prepare_datasets(todo)
     by_dir = {str(s.run.run_dir): s for s in todo}
-    tasks = [RunTask(s.run.config, suite.imports) for s in todo if s.status in TO_RUN]
-    bar = _Progress(len(tasks), enabled=progress)
+    bar = _Progress(sum(s.status in TO_RUN for s in todo), enabled=progress)
 
     def on_result(task: RunTask, outcome: dict[str, Any]) -> None:
         state = by_dir[str(task.run_dir)]
@@ -245,10 +290,20 @@ def _execute(result: BenchResult, todo: list[RunState], *, executor: str, worker
         write_summary(result, executor, workers)
 
     with bar:
-        if executor == "ray":
-            run_with_ray(tasks, workers, suite.threads, on_result)
-        else:
-            run_with_processes(tasks, workers, on_result)
+        for wave in dependency_waves([s for s in todo if s.status in TO_RUN]):
+            for s in wave:
+                failed = [d for d in s.run.depends_on if d in by_dir and by_dir[d].status in ("failed", "blocked")]
+                if failed:
+                    s.status, s.detail = "blocked", f"not trained: the run it needs did not finish ({failed[0]})"
+                    log.error("FAILED %s: %s", s.run.describe(), s.detail)
+                    bar.advance(s.run.describe())
+            tasks = [RunTask(s.run.config, suite.imports) for s in wave if s.status in TO_RUN]
+            if not tasks:
+                continue
+            if executor == "ray":
+                run_with_ray(tasks, workers, suite.threads, on_result)
+            else:
+                run_with_processes(tasks, workers, on_result)
 
 
 def _prepare_datasets(todo: list[RunState]) -> list[RunState]:

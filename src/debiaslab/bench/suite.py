@@ -38,6 +38,19 @@ SUITE_KEYS = {
 DATASET_KEYS = ("name", "options", "ratios", "dir")
 METHOD_KEYS = ("method", "label", "hparams")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+#: a hyperparameter value ``{run:LABEL}`` is the run directory of method LABEL for the same dataset, ratio and
+#: seed (a DFR base model, a DeTT teacher); the runner trains LABEL's run first
+RUN_REF = re.compile(r"^\{run:([^{}]*)\}$")
+
+
+def run_refs(hparams: dict[str, Any]) -> dict[str, str]:
+    """``{hyperparameter: LABEL}`` for every value of ``hparams`` that is a ``{run:LABEL}`` reference."""
+    refs = {}
+    for name, value in hparams.items():
+        match = RUN_REF.match(value) if isinstance(value, str) else None
+        if match:
+            refs[name] = match.group(1)
+    return refs
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class PlannedRun:
     dataset_dir: str
     ratio: float | None
     config: RunConfig
+    #: run directories this run reads (``{run:LABEL}`` hyperparameters): trained before it
+    depends_on: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -141,13 +156,16 @@ class Suite:
                     if wanted and entry.label not in wanted and entry.method not in wanted:
                         continue
                     for seed in self.seeds:
-                        run_dir = out / ds.dir / entry.label
-                        run_dir = (run_dir / f"r{ratio}" if ratio is not None else run_dir) / f"seed{seed}"
+                        run_dir = _run_dir(out, ds, ratio, entry.label, seed)
+                        hparams = self.hparams_for(entry)
+                        refs = run_refs(hparams)
+                        for name, label in refs.items():
+                            hparams[name] = str(_run_dir(out, ds, ratio, label, seed))
                         cfg = RunConfig(
                             method=entry.method,
                             dataset=ds.name,
                             dataset_options=options,
-                            hparams=self.hparams_for(entry),
+                            hparams=hparams,
                             seed=seed,
                             device=self.device,
                             precision=self.precision,
@@ -158,8 +176,15 @@ class Suite:
                             progress=False,
                             num_threads=self.threads,
                         )
-                        runs.append(PlannedRun(entry.label, ds.dir, ratio, cfg))
+                        deps = tuple(hparams[name] for name in refs)
+                        runs.append(PlannedRun(entry.label, ds.dir, ratio, cfg, deps))
         return runs
+
+
+def _run_dir(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed: int) -> Path:
+    """``<out>/<dataset dir>/<label>[/r<ratio>]/seed<seed>``."""
+    run_dir = out / ds.dir / label
+    return (run_dir / f"r{ratio}" if ratio is not None else run_dir) / f"seed{seed}"
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -234,8 +259,35 @@ def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
             raise where.error(
                 f"methods[{i}].label", label, "a label not used by another entry (add `label:` to tell them apart)"
             )
+    _check_run_refs(suite, where)
     _check_hparams(suite, where)
     return suite
+
+
+def _check_run_refs(suite: Suite, where: _Where) -> None:
+    """``{run:LABEL}`` must name another method of the suite, and the references must not form a cycle."""
+    labels = [m.label for m in suite.methods]
+    needs: dict[str, set[str]] = {}
+    for i, entry in enumerate(suite.methods):
+        for name, label in run_refs(entry.hparams).items():
+            if label not in labels or label == entry.label:
+                others = [x for x in labels if x != entry.label]
+                raise where.error(
+                    f"methods[{i}].hparams.{name}",
+                    entry.hparams[name],
+                    "{run:LABEL} with LABEL another method of this suite: " + ", ".join(others),
+                )
+            needs.setdefault(entry.label, set()).add(label)
+
+    def visit(label: str, path: tuple[str, ...]) -> None:
+        for dep in sorted(needs.get(label, ())):
+            if dep in path:
+                cycle = " -> ".join((*path[path.index(dep) :], dep))
+                raise ConfigError(f"{where.source}: {{run:LABEL}} references form a cycle: {cycle}")
+            visit(dep, (*path, dep))
+
+    for label in labels:
+        visit(label, (label,))
 
 
 def import_plugins(modules: Sequence[str], where: _Where | None = None) -> None:
@@ -316,8 +368,11 @@ def _check_hparams(suite: Suite, where: _Where) -> None:
 
     for i, entry in enumerate(suite.methods):
         for ds in suite.datasets:
+            hparams = suite.hparams_for(entry)
+            for name, label in run_refs(hparams).items():  # a stand-in path: the real one exists per run
+                hparams[name] = str(suite.default_out() / ds.dir / label)
             try:
-                get_method(entry.method)(dataset=ds.name, **suite.hparams_for(entry))
+                get_method(entry.method)(dataset=ds.name, **hparams)
             except DebiasLabError as exc:
                 raise ConfigError(f"{where.source}: methods[{i}] ({entry.label}) on {ds.name}: {exc}") from exc
 

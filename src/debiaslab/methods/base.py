@@ -64,6 +64,9 @@ class Method:
     hparam_table: ClassVar[HparamTable] = {}
     requires: ClassVar[Requirements] = Requirements()
     summary: ClassVar[str] = ""
+    #: hyperparameters that change how fast a run goes, not what it computes (e.g. worker processes); they are
+    #: left out when deciding whether a run directory holds the same run (``--resume``, ``debiaslab bench``)
+    execution_hparams: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         self.dataset = dataset

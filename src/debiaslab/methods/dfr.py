@@ -256,6 +256,7 @@ class DFR(Method):
     """Deep Feature Reweighting: re-fit the last layer of a frozen ERM model on group-balanced validation."""
 
     summary = "re-fit the last layer of an ERM model on group-balanced validation (L1 logistic regression)"
+    execution_hparams: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
     Hparams: ClassVar[type[TrainHparams]] = DFRHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": dict(_DFR_ROW),
