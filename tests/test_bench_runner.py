@@ -293,7 +293,8 @@ def test_cli_dry_run_and_errors(tmp_path: Path, capsys) -> None:
 def test_run_references_resolve_per_ratio_and_seed_and_train_first(tmp_path: Path) -> None:
     kd = {"method": "kd", "label": "kd", "hparams": {**TINY, "teacher_run": "{run:base}"}}
     broken = {"method": "kd", "label": "kd-broken", "hparams": {**TINY, "teacher_run": "{run:bench_raise}"}}
-    doc = toy_suite([kd, broken, erm("base"), "bench_raise"], seeds=[0, 1])
+    dfr = {"method": "dfr", "hparams": {"base_run": "{run:base}", "n_fits": 2}}
+    doc = toy_suite([kd, broken, erm("base"), "bench_raise", dfr], seeds=[0, 1])
     suite = load_suite(write_suite(tmp_path, doc))
     out = tmp_path / "out"
     runs = suite.plan(out)
@@ -301,19 +302,21 @@ def test_run_references_resolve_per_ratio_and_seed_and_train_first(tmp_path: Pat
     teacher = out / "toy_bench" / "base" / "r0.1" / "seed1"
     assert student.config.hparams["teacher_run"] == str(teacher) and student.depends_on == (str(teacher),)
     waves = dependency_waves([RunState(r, "todo") for r in runs])
-    assert [sorted({s.run.label for s in w}) for w in waves] == [["base", "bench_raise"], ["kd", "kd-broken"]]
+    assert [sorted({s.run.label for s in w}) for w in waves] == [["base", "bench_raise"], ["dfr", "kd", "kd-broken"]]
 
     lone = run_suite(suite, tmp_path / "lone", only=["kd"], dry_run=True)  # the teacher is not part of it
     assert {s.status for s in lone.states} == {"blocked"} and "drop --only" in lone.states[0].detail
 
     result = run_suite(suite, out, workers=2, progress=False)
     status = {(s.run.label, s.run.config.seed): (s.status, s.detail) for s in result.states}
-    assert status["base", 0][0] == status["kd", 0][0] == status["kd", 1][0] == "finished"
+    assert status["base", 0][0] == status["kd", 0][0] == status["kd", 1][0] == status["dfr", 1][0] == "finished"
     assert status["bench_raise", 0][0] == "failed"
     assert status["kd-broken", 0][0] == "blocked" and "the run it needs did not finish" in status["kd-broken", 0][1]
     assert json.loads((out / "summary.json").read_text())["counts"]["blocked"] == 2
     final = json.loads((student.run_dir / "final.json").read_text())
     assert final["readouts"]["teacher"]["test"]  # the student was distilled from its own seed's teacher
+    dfr_final = json.loads((out / "toy_bench" / "dfr" / "r0.1" / "seed1" / "final.json").read_text())
+    assert dfr_final["stages"] == [] and dfr_final["train_time_s"] > 0  # no stage: the time of its fit
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,9 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         num_threads=cfg.num_threads,
         report_rules=report_rules,
     )
+    fit_started = time.perf_counter()
     method.fit(bundle.train, val, trainer=trainer)
+    fit_s = time.perf_counter() - fit_started
     result = method.fit_result_
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
@@ -199,7 +201,9 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     save_model_file(run_dir / MODEL, method.model_, result.model_spec)
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
-    wall = sum(s.wall_time_s for s in result.stages)
+    # training stages' own time (resumed stages count what they took before); a method without stages (DFR
+    # fitting heads on a finished run's features) reports the time of its fit
+    wall = sum(s.wall_time_s for s in result.stages) if result.stages else fit_s
     final = {
         "method": cfg.method,
         "dataset": cfg.dataset,

@@ -50,9 +50,22 @@ def write_report(result: BenchResult) -> tuple[dict[str, Path], dict[str, str]]:
     }
     plots, plot_note = _plots(rows, done, out)
     files.update(plots)
-    text = report_markdown(result, rows, table, plots, plot_note, done)
+    pivots = ratio_pivots(rows)
+    text = report_markdown(result, rows, table, plots, plot_note, done, pivots)
     files["report.md"] = atomic_write_text(out / "report.md", text)
-    return files, {"results": table}
+    return files, {"results": table, **pivots}
+
+
+def ratio_pivots(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Methods x conflicting ratios, one table per dataset (and fixed options) with more than one ratio, for the
+    dataset's headline metric and for worst-group accuracy; keyed ``"<dataset><options>: test <metric>"``."""
+    pivots: dict[str, str] = {}
+    for (dataset, opts), group in _groups(rows).items():
+        if len({r["options"].get("ratio") for r in group if r["deployed"]}) > 1:
+            options = "" if opts == "{}" else f" {opts}"
+            for metric in dict.fromkeys((headline_metric(dataset), "worst_group")):
+                pivots[f"{dataset}{options}: test {metric}"] = ratio_pivot_markdown(group, dataset, metric)
+    return pivots
 
 
 def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -107,6 +120,7 @@ def report_markdown(
     plots: dict[str, Path],
     plot_note: str,
     done: list[RunState],
+    pivots: dict[str, str],
 ) -> str:
     suite = result.suite
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -136,12 +150,8 @@ def report_markdown(
         "Time is training wall time per run; memory is the run's peak resident memory (CPU) or peak CUDA memory.",
         "",
     ]
-    for (dataset, opts), group in _groups(rows).items():
-        if len({r["options"].get("ratio") for r in group if r["deployed"]}) > 1:
-            metric = headline_metric(dataset)
-            options = "" if opts == "{}" else f" {opts}"
-            lines += [f"### {dataset}{options}: test {metric} by conflicting ratio", ""]
-            lines += [ratio_pivot_markdown(group, dataset, metric), ""]
+    for title, pivot in pivots.items():
+        lines += [f"### {title} by conflicting ratio", "", pivot, ""]
     if any(not r["deployed"] for r in rows):
         lines += ["## Selection rules side by side (one training per method, ratio and seed)", ""]
         for dataset in dict.fromkeys(r["dataset"] for r in rows):
