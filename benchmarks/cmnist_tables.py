@@ -42,8 +42,13 @@ def row(label: str, runs: dict[str, list[dict]], get: Callable[[dict], float | N
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
+def table_head(*columns: str) -> str:
+    """A Markdown table's header row and separator."""
+    return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+
+
 def header(first: str = "") -> str:
-    return f"| {first} | 0.5 % | 1 % | 2 % | 5 % |\n|---|---|---|---|---|"
+    return table_head(first, "0.5 %", "1 %", "2 %", "5 %")
 
 
 def test_metric(name: str) -> Callable[[dict], float]:
@@ -106,9 +111,17 @@ def ule_table(root: Path) -> str:
 
 def rest_table(root: Path) -> str:
     lines = [
-        "| ratio | density | unbiased % | conflicting % | worst-group % | non-zero params | inference MACs | "
-        "training MACs (rel. dense) | checkpoint bytes (sparse / dense) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        table_head(
+            "ratio",
+            "density",
+            "unbiased %",
+            "conflicting %",
+            "worst-group %",
+            "non-zero params",
+            "inference MACs",
+            "training MACs (rel. dense)",
+            "checkpoint bytes (sparse / dense)",
+        )
     ]
     for final in sorted(root.glob("r*/d*/seed*/final.json"), key=lambda p: (p.parts[-4], float(p.parts[-3][1:]))):
         run = json.loads(final.read_text())
@@ -130,9 +143,17 @@ def bam_tune_table(root: Path) -> str:
     runs = [json.loads(f.read_text()) for f in sorted(root.glob("**/final.json"))]
     runs.sort(key=lambda r: -r["selected"]["score"])
     lines = [
-        "| λ | T | μ | stage-2 wd | stage-2 lr | val unbiased | error-set precision / recall | test unbiased "
-        "| time s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        table_head(
+            "λ",
+            "T",
+            "μ",
+            "stage-2 wd",
+            "stage-2 lr",
+            "val unbiased",
+            "error-set precision / recall",
+            "test unbiased",
+            "time s",
+        )
     ]
     for run in runs:
         hp, ex = run["hparams"], run["extras"]
@@ -148,9 +169,15 @@ def bam_tune_table(root: Path) -> str:
 def ule_tune_table(root: Path) -> str:
     """The ULE variant runs (``<variant>/final.json``), teacher and student validation score at the kept epoch."""
     lines = [
-        "| Ω variant | val unbiased, teacher | val unbiased, student (same epoch) | test unbiased | test conflicting "
-        "| test worst-group | epoch |",
-        "|---|---|---|---|---|---|---|",
+        table_head(
+            "Ω variant",
+            "val unbiased, teacher",
+            "val unbiased, student (same epoch)",
+            "test unbiased",
+            "test conflicting",
+            "test worst-group",
+            "epoch",
+        )
     ]
     rows = []
     for final in sorted(root.glob("*/final.json")):

@@ -26,10 +26,10 @@ def block(suite_name: str, out: Path) -> str:
     """The Markdown block for ``suite_name``'s runs under ``out``."""
     suite = load_suite(suite_name)
     result = run_suite(suite, out, report_only=True, progress=False)
-    done = [s for s in result.states if s.status in ("finished", "skipped")]
-    machine = next((_machine(s.run.run_dir) for s in done if _machine(s.run.run_dir)), "unknown")
+    finals = [_final(s.run.run_dir) for s in result.states if s.status in ("finished", "skipped")]
+    machine = next((str(f["machine"]) for f in finals if f.get("machine")), "unknown")
     counts = ", ".join(f"{result.count(k)} {k}" for k in STATUSES if result.count(k))
-    finished = sorted(_finished_at(s.run.run_dir) for s in done)
+    finished = sorted(str(f.get("finished_at", "")) for f in finals) or ["none"]
     lines = [
         f"Generated {_dt.date.today().isoformat()} by `python benchmarks/readme_results.py {suite_name} --out {out}`"
         f" from the runs of `debiaslab bench {suite_name} --out {out}` ({len(result.states)} planned: {counts};"
@@ -56,18 +56,12 @@ def block(suite_name: str, out: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _machine(run_dir: Path) -> str:
+def _final(run_dir: Path) -> dict:
+    """The run's ``final.json`` (empty when it cannot be read: the report already lists such runs)."""
     try:
-        return str(json.loads((run_dir / "final.json").read_text()).get("machine", ""))
+        return json.loads((run_dir / "final.json").read_text())
     except (OSError, ValueError):
-        return ""
-
-
-def _finished_at(run_dir: Path) -> str:
-    try:
-        return str(json.loads((run_dir / "final.json").read_text()).get("finished_at", ""))
-    except (OSError, ValueError):
-        return ""
+        return {}
 
 
 def _commit() -> str:
