@@ -3,7 +3,8 @@
 Reads ``final.json`` files under ROOT laid out as ``<method>/r<ratio>/seed<seed>`` (``runs/cmnist`` or the
 committed copy under ``benchmarks/results/``). Cells are mean ± std over the seeds found, with ``n`` when fewer
 than three. Run: ``python benchmarks/cmnist_tables.py ROOT --table bam|denetdm|dett|ule`` or
-``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``.
+``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``,
+``runs/jtt5 --table jtt-tune``; distillation settings: ``runs/kd-sweep --table kd-sweep``.
 """
 
 from __future__ import annotations
@@ -195,22 +196,74 @@ def ule_tune_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def resolved(final: Path) -> dict:
+    """The run's resolved hyperparameters (``config.yaml`` beside ``final.json``)."""
+    import yaml
+
+    return yaml.safe_load((final.parent / "config.yaml").read_text())["resolved_hparams"]
+
+
+def kd_sweep_table(root: Path) -> str:
+    """Distillation settings (``r<ratio>/<setting>/final.json``): plain KD and DeTT students of the same teacher."""
+    lines = [
+        table_head(
+            "ratio", "student", "method", "KD weight α / τ", "params", "teacher unbiased", "student unbiased",
+            "student − teacher", "conflicting", "aligned",
+        )
+    ]  # fmt: skip
+    for final in sorted(root.glob("r*/*/final.json"), key=lambda p: (float(p.parts[-3][1:]), p.parts[-2])):
+        run, hp = json.loads(final.read_text()), resolved(final)
+        m, teacher = run["metrics"]["test"], run["readouts"]["teacher"]["test"]["unbiased"]
+        width, depth = hp["model_kwargs"].get("width", 100), hp["model_kwargs"].get("depth", 3)
+        kd = f"{hp['kd_weight']:g} / {hp['temperature']:g}" if run["method"] == "kd" else "–"
+        lines.append(
+            f"| {final.parts[-3][1:]} | MLP {depth}×{width} | {run['method']} | {kd} "
+            f"| {run['extras']['student_params']:,} | {100 * teacher:.1f} | {100 * m['unbiased']:.1f} "
+            f"| {100 * (m['unbiased'] - teacher):+.1f} | {100 * m['conflicting']:.1f} | {100 * m['aligned']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def jtt_tune_table(root: Path) -> str:
+    """JTT runs (any ``*/final.json`` under ``root``): error-set quality and validation score per setting."""
+    lines = [
+        table_head(
+            "ratio", "identify lr", "λ_up", "stage-2 wd", "error set", "precision / recall", "val unbiased",
+            "test unbiased", "epoch",
+        )
+    ]  # fmt: skip
+    runs = []
+    for final in sorted(root.glob("**/final.json")):
+        run, hp = json.loads(final.read_text()), resolved(final)
+        if run["method"] == "jtt":
+            runs.append((float(run["dataset_options"]["ratio"]), -run["selected"]["score"], run, hp))
+    for ratio, _, run, hp in sorted(runs, key=lambda r: r[:2]):
+        ex, lr = run["extras"], hp["identify_lr"] if hp["identify_lr"] is not None else hp["lr"]
+        lines.append(
+            f"| {ratio:g} | {lr:g} | {hp['lambda_up']} | {hp['weight_decay']:g} | {ex['error_set_size']:,} "
+            f"| {ex['error_set_precision']:.2f} / {ex['error_set_recall']:.2f} "
+            f"| {100 * run['metrics']['val']['unbiased']:.1f} | {100 * run['metrics']['test']['unbiased']:.1f} "
+            f"| {run['selected']['epoch']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("root", type=Path)
-    parser.add_argument(
-        "--table", choices=["bam", "bam-tune", "denetdm", "dett", "ule", "ule-tune", "rest"], required=True
-    )
-    args = parser.parse_args()
     tables = {
-        "bam-tune": bam_tune_table,
-        "ule-tune": ule_tune_table,
         "bam": bam_table,
+        "bam-tune": bam_tune_table,
         "denetdm": denetdm_table,
         "dett": dett_table,
         "ule": ule_table,
+        "ule-tune": ule_tune_table,
         "rest": rest_table,
+        "kd-sweep": kd_sweep_table,
+        "jtt-tune": jtt_tune_table,
     }
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--table", choices=list(tables), required=True)
+    args = parser.parse_args()
     print(tables[args.table](args.root))
 
 

@@ -14,6 +14,7 @@ from debiaslab.engine.optim import OptimConfig, build_optimizer
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
+from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.ule import (
     ULE,
     ULEHparams,
@@ -72,6 +73,21 @@ def test_teacher_terms_have_no_path_to_the_student(omega: str, weighting: str) -
     omega_grads = torch.autograd.grad(terms["omega"], t_params, allow_unused=True, retain_graph=True)
     assert any(g is not None and bool(g.any()) for g in omega_grads)
     assert torch.allclose(terms["loss"], terms["student"] + terms["teacher"])
+
+
+def test_gce_student_trains_on_generalised_ce_and_stays_isolated() -> None:
+    """``student_loss="gce"`` changes only the student's own term: it equals GCE on the student's logits, still has
+    no path to the teacher, and the teacher's terms are the same as with a CE student."""
+    student, teacher = pair()
+    x, y = batch()
+    hp = ULEHparams(omega="mask", weighting="student_wrong", student_loss="gce", student_gce_q=0.7)
+    terms = ule_loss_terms(student, teacher, x, y, hp)
+    assert torch.allclose(terms["student"], generalized_cross_entropy(student(x), y, 0.7).mean())
+    t_params = list(teacher.parameters())
+    assert all(g is None for g in torch.autograd.grad(terms["student"], t_params, allow_unused=True, retain_graph=True))
+    ce_terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="mask", weighting="student_wrong"))
+    assert torch.equal(terms["teacher"], ce_terms["teacher"])
+    assert hp.omega_settings()["student_loss"] == "gce" and hp.omega_settings()["student_gce_q"] == 0.7
 
 
 def test_student_input_gradient_is_a_constant_and_writes_no_parameter_grads() -> None:
@@ -309,6 +325,8 @@ def test_hparam_table_and_validation() -> None:
         {"mask_fraction": 0.0},
         {"student_lr": 0.0},
         {"student_weight_decay": -1.0},
+        {"student_loss": "mse"},
+        {"student_gce_q": 0.0},
     ):
         with pytest.raises(ConfigError):
             ULE(**bad)

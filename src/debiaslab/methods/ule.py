@@ -51,6 +51,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import method_stage
@@ -61,6 +62,7 @@ OMEGAS = ("align", "perturb", "mask")
 SALIENCIES = ("true_logit", "pred_logit", "loss")
 WEIGHTINGS = ("uniform", "student_wrong", "student_loss", "student_confidence")
 MASK_UNITS = ("entry", "pixel")
+STUDENT_LOSSES = ("ce", "gce")
 
 PROVISIONAL = "[open] reconstruction; chosen by our Colored MNIST variant benchmark (1 %, seed 0, 30 epochs): mask best"
 SPEC_DEFAULT = "[open] spec: true-class logit is the default saliency"
@@ -179,6 +181,9 @@ class ULEHparams(TrainHparams):
         perturb_eps: ε, the L2 length of the step against g (``perturb``).
         mask_fraction: share of the input units zeroed per example (``mask``).
         mask_unit: ``entry`` (each input value) or ``pixel`` (|g| summed over channels, whole pixels zeroed).
+        student_loss: ``ce`` (plain ERM, the paper's unconstrained student) or ``gce`` (generalised CE with
+            ``student_gce_q``, LfF's bias amplifier: the student keeps the shortcut and keeps its mistakes on
+            conflicting examples instead of memorising them).
         student_lr, student_weight_decay: the student's optimiser settings (None: the teacher's).
         eval_student: also evaluate (and log) the student on validation every epoch.
     """
@@ -190,6 +195,8 @@ class ULEHparams(TrainHparams):
     perturb_eps: float = 5.0
     mask_fraction: float = 0.25
     mask_unit: str = "entry"
+    student_loss: str = "ce"
+    student_gce_q: float = 0.7
     student_lr: float | None = None
     student_weight_decay: float | None = None
     eval_student: bool = True
@@ -201,6 +208,7 @@ class ULEHparams(TrainHparams):
             ("saliency", self.saliency, SALIENCIES),
             ("weighting", self.weighting, WEIGHTINGS),
             ("mask_unit", self.mask_unit, MASK_UNITS),
+            ("student_loss", self.student_loss, STUDENT_LOSSES),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} {value!r} unknown; expected one of {', '.join(allowed)}")
@@ -210,6 +218,8 @@ class ULEHparams(TrainHparams):
             raise ConfigError(f"perturb_eps {self.perturb_eps!r} must be a positive number")
         if not 0 < self.mask_fraction < 1:
             raise ConfigError(f"mask_fraction {self.mask_fraction!r} must be in (0, 1)")
+        if not 0 < self.student_gce_q <= 1:
+            raise ConfigError(f"student_gce_q {self.student_gce_q!r} must be in (0, 1]")
         if self.student_lr is not None and not (math.isfinite(self.student_lr) and self.student_lr > 0):
             raise ConfigError(f"student_lr {self.student_lr!r} must be a positive number (or None)")
         if self.student_weight_decay is not None and self.student_weight_decay < 0:
@@ -222,7 +232,10 @@ class ULEHparams(TrainHparams):
             "omega_weight": self.omega_weight,
             "saliency": self.saliency,
             "weighting": self.weighting,
+            "student_loss": self.student_loss,
         }
+        if self.student_loss == "gce":
+            out["student_gce_q"] = self.student_gce_q
         if self.omega == "perturb":
             out["perturb_eps"] = self.perturb_eps
         if self.omega == "mask":
@@ -233,13 +246,16 @@ class ULEHparams(TrainHparams):
 def ule_loss_terms(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, hp: ULEHparams) -> dict[str, Tensor]:
     """The terms of one ULE step on a batch.
 
-    ``loss`` = ``student`` + ``teacher``: ``student`` = CE(S(x), y) is the only term with a path to S's
-    parameters; ``teacher`` = ``ce_teacher`` + λ·``omega`` (``omega`` = mean_i w_i·ω_i, with graph, for tests
-    and logging). ``student_wrong`` is the batch share S mispredicts.
+    ``loss`` = ``student`` + ``teacher``: ``student`` = CE(S(x), y) (GCE with ``student_loss="gce"``) is the
+    only term with a path to S's parameters; ``teacher`` = ``ce_teacher`` + λ·``omega`` (``omega`` =
+    mean_i w_i·ω_i, with graph, for tests and logging). ``student_wrong`` is the batch share S mispredicts.
     """
     pred_target = hp.saliency == "pred_logit"
     logits_s, g = logits_and_input_grad(student, x, None if pred_target else y, hp.saliency, create_graph=False)
-    ce_s = F.cross_entropy(logits_s.float(), y)
+    if hp.student_loss == "gce":
+        ce_s = generalized_cross_entropy(logits_s, y, hp.student_gce_q).mean()
+    else:
+        ce_s = F.cross_entropy(logits_s.float(), y)
     w = example_weights(hp.weighting, logits_s, y)
     if hp.omega == "align":
         target_t = logits_s.detach().argmax(dim=1) if pred_target else y

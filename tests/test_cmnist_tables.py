@@ -1,0 +1,67 @@
+"""benchmarks/cmnist_tables.py: the sweep tables read each run's final.json and resolved config, and order rows
+by ratio (then setting, or best validation score first)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cmnist_tables.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("cmnist_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder: Path, final: dict, hparams: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "final.json").write_text(json.dumps(final))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"resolved_hparams": hparams}))
+
+
+def jtt_run(ratio: float, score: float, identify_lr: float | None) -> tuple[dict, dict]:
+    final = {
+        "method": "jtt",
+        "dataset_options": {"ratio": ratio},
+        "selected": {"score": score, "epoch": 3},
+        "metrics": {"val": {"unbiased": score}, "test": {"unbiased": score - 0.01}},
+        "extras": {"error_set_size": 1234, "error_set_precision": 0.5, "error_set_recall": 0.75},
+    }
+    hparams = {"identify_lr": identify_lr, "lr": 0.001, "lambda_up": 50, "weight_decay": 0.01}
+    return final, hparams
+
+
+def test_jtt_tune_rows_by_ratio_then_best_validation(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", *jtt_run(0.05, 0.80, None))
+    write_run(tmp_path / "b", *jtt_run(0.01, 0.70, 0.0003))
+    write_run(tmp_path / "c", *jtt_run(0.05, 0.85, 0.0001))
+    rows = load_script().jtt_tune_table(tmp_path).splitlines()[2:]
+    assert rows == [
+        "| 0.01 | 0.0003 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 70.0 | 69.0 | 3 |",
+        "| 0.05 | 0.0001 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 85.0 | 84.0 | 3 |",
+        "| 0.05 | 0.001 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 80.0 | 79.0 | 3 |",  # None -> the stage-2 lr
+    ]
+
+
+def test_kd_sweep_reports_what_the_student_kept_of_its_teacher(tmp_path: Path) -> None:
+    def final(method: str, unbiased: float) -> dict:
+        return {
+            "method": method,
+            "metrics": {"test": {"unbiased": unbiased, "conflicting": 0.5, "aligned": 0.99}},
+            "readouts": {"teacher": {"test": {"unbiased": 0.80}}},
+            "extras": {"student_params": 76682},
+        }
+
+    write_run(tmp_path / "r0.01" / "kd", final("kd", 0.676), {"model_kwargs": {}, "kd_weight": 0.1, "temperature": 1})
+    write_run(tmp_path / "r0.005" / "dett", final("dett", 0.75), {"model_kwargs": {"width": 32, "depth": 2}})
+    rows = load_script().kd_sweep_table(tmp_path).splitlines()[2:]
+    assert rows == [
+        "| 0.005 | MLP 2×32 | dett | – | 76,682 | 80.0 | 75.0 | -5.0 | 50.0 | 99.0 |",
+        "| 0.01 | MLP 3×100 | kd | 0.1 / 1 | 76,682 | 80.0 | 67.6 | -12.4 | 50.0 | 99.0 |",
+    ]
