@@ -4,7 +4,8 @@ Reads ``final.json`` files under ROOT laid out as ``<method>/r<ratio>/seed<seed>
 committed copy under ``benchmarks/results/``). Cells are mean ± std over the seeds found, with ``n`` when fewer
 than three. Run: ``python benchmarks/cmnist_tables.py ROOT --table bam|denetdm|dett|ule`` or
 ``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``,
-``runs/jtt5 --table jtt-tune``; distillation settings: ``runs/kd-sweep --table kd-sweep``.
+``runs/jtt5 --table jtt-tune``; distillation settings: ``runs/kd-sweep --table kd-sweep``, and plain KD at
+another α / τ: ``runs/kd-a0.1-t1 --table kd``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def dett_table(root: Path) -> str:
         values = {r["extras"][key] for ratio in RATIOS for r in runs[ratio]}
         params.append(f"{name}: {', '.join(f'{v:,}' for v in sorted(values))} parameters")
     return "\n".join(lines) + "\n\n" + "; ".join(params)
+
+
+def kd_table(root: Path) -> str:
+    """Plain KD runs alone (e.g. another α / τ than the suite's): the student against its own teacher."""
+    runs = load(root, "kd")
+    lines = [header("plain KD, test %")]
+    lines.append(row("teacher unbiased", runs, readout("teacher", "unbiased")))
+    lines.append(row("KD student unbiased", runs, test_metric("unbiased")))
+    teacher = readout("teacher", "unbiased")
+    lines.append(row("student − teacher (points)", runs, lambda r: r["metrics"]["test"]["unbiased"] - teacher(r)))
+    lines.append(row("KD student conflicting", runs, test_metric("conflicting")))
+    lines.append(row("KD student aligned", runs, test_metric("aligned")))
+    return "\n".join(lines)
 
 
 def ule_table(root: Path) -> str:
@@ -254,6 +268,7 @@ def main() -> None:
         "bam-tune": bam_tune_table,
         "denetdm": denetdm_table,
         "dett": dett_table,
+        "kd": kd_table,
         "ule": ule_table,
         "ule-tune": ule_tune_table,
         "rest": rest_table,

@@ -21,6 +21,12 @@ accuracy of the teacher; README, issue 4) confirmed it: mask 64.2–64.4 against
 61.7, perturb 58.5. The gain over ERM stays modest at the full budget (+1 to +8 unbiased points), so this
 reconstruction does not reproduce the paper's large improvements.
 
+More variants (README, issue 4): weighting Ω by the student's mistakes (``weighting="student_wrong"``, λ = 5) is
+the best ERM-student variant at 1 % (+3 validation points), but an ablation that keeps the weighting and drops the
+evidence removal does better still, and a GCE student (``student_loss="gce"``, an option: the verified design has
+an ERM student) lifts the weighted variants to LfF's level. On Colored MNIST the gain comes from the mistake
+weighting, not from the input gradient; the default stays until a cross-ratio check says otherwise.
+
 The student's gradient g and the weights w_i are constants for the teacher: the teacher's terms have no path to
 the student's parameters, so S receives exactly the ERM gradient (tests check this bit for bit).
 
