@@ -3,20 +3,16 @@ by ratio (then setting, or best validation score first)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cmnist_tables.py"
+from toys import load_benchmark_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("cmnist_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("cmnist_tables")
 
 
 def write_run(folder: Path, final: dict, hparams: dict) -> None:

@@ -3,19 +3,15 @@ a one-line error naming the file and the markers."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_results.py"
+from toys import load_benchmark_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("readme_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("readme_results")
 
 
 def test_splice_replaces_only_the_marked_block() -> None:

@@ -192,3 +192,14 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
     assert list(sa) == list(sb)
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (scripts, not a package) as a module for its tests."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
