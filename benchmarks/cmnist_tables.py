@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 RATIOS = ("0.005", "0.01", "0.02", "0.05")
 
 
@@ -107,9 +109,9 @@ def kd_table(root: Path) -> str:
     """Plain KD runs alone (e.g. another α / τ than the suite's): the student against its own teacher."""
     runs = load(root, "kd")
     lines = [header("plain KD, test %")]
-    lines.append(row("teacher unbiased", runs, readout("teacher", "unbiased")))
-    lines.append(row("KD student unbiased", runs, test_metric("unbiased")))
     teacher = readout("teacher", "unbiased")
+    lines.append(row("teacher unbiased", runs, teacher))
+    lines.append(row("KD student unbiased", runs, test_metric("unbiased")))
     lines.append(row("student − teacher (points)", runs, lambda r: r["metrics"]["test"]["unbiased"] - teacher(r)))
     lines.append(row("KD student conflicting", runs, test_metric("conflicting")))
     lines.append(row("KD student aligned", runs, test_metric("aligned")))
@@ -212,8 +214,6 @@ def ule_tune_table(root: Path) -> str:
 
 def resolved(final: Path) -> dict:
     """The run's resolved hyperparameters (``config.yaml`` beside ``final.json``)."""
-    import yaml
-
     return yaml.safe_load((final.parent / "config.yaml").read_text())["resolved_hparams"]
 
 
