@@ -150,6 +150,7 @@ def test_hparam_table_and_validation() -> None:
     cm = JTT(dataset="colored_mnist")
     assert (cm.hparams.lambda_up, cm.hparams.weight_decay, cm.hparams.identify_weight_decay) == (200, 0.01, 0.0)
     assert cm.hparams.epochs == 30 and "jtt-wd" in cm.hparam_sources["lambda_up"]
+    assert cm.hparams.identify_lr == 3e-4 and "jtt-tune" in cm.hparam_sources["identify_lr"]
     assert cm.hparam_sources["lr"].startswith("LfF paper")
     assert JTT(identify_epochs="3").hparams.identify_epochs == 3  # CLI strings are coerced
     for bad in (
