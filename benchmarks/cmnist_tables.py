@@ -4,8 +4,9 @@ Reads ``final.json`` files under ROOT laid out as ``<method>/r<ratio>/seed<seed>
 committed copy under ``benchmarks/results/``). Cells are mean ± std over the seeds found, with ``n`` when fewer
 than three. Run: ``python benchmarks/cmnist_tables.py ROOT --table bam|denetdm|dett|ule`` or
 ``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``,
-``runs/jtt5 --table jtt-tune``; distillation settings: ``runs/kd-sweep --table kd-sweep``, and plain KD at
-another α / τ: ``runs/kd-a0.1-t1 --table kd``.
+``runs/jtt5 --table jtt-tune``, ULE variants across ratios: ``runs/ule-cand --table ule-cand``; DeNetDM selected
+on test: ``runs/denetdm-paper --table denetdm-paper``; distillation settings: ``runs/kd-sweep --table kd-sweep``,
+and plain KD at another α / τ: ``runs/kd-a0.1-t1 --table kd``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,36 @@ def denetdm_table(root: Path) -> str:
     for key, name in (("deep_expert", "deep expert (stage 1)"), ("shallow_expert", "shallow expert (stage 1)")):
         for metric in ("conflicting", "aligned", "unbiased"):
             lines.append(row(f"{name}: {metric}", runs, readout(key, metric)))
+    return "\n".join(lines)
+
+
+def last_epoch(run_dir: Path, stage: str, predictor: str = "val") -> float:
+    """Unbiased accuracy on the selection split at the last epoch of ``stage`` (``metrics.jsonl``)."""
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [h for h in history if h["stage"] == stage][-1][predictor]["unbiased"]
+
+
+def denetdm_paper_table(root: Path) -> str:
+    """DeNetDM under ``protocol=paper`` (``<root>/denetdm/r<ratio>/seed*``): the selection split is test, so the
+    per-epoch log holds test accuracy and shows what choosing the epoch on test adds over not choosing at all."""
+    runs: dict[str, list[dict]] = {r: [] for r in RATIOS}
+    for ratio in RATIOS:
+        for final in sorted((root / "denetdm" / f"r{ratio}").glob("seed*/final.json")):
+            run = json.loads(final.read_text())
+            if run["selection_split"] != "test":
+                raise SystemExit(f"{final}: selected on {run['selection_split']!r}; this table needs protocol=paper")
+            run["last"] = {
+                "target": last_epoch(final.parent, "distill"),
+                "shallow": last_epoch(final.parent, "experts", "val_shallow"),
+            }
+            runs[ratio].append(run)
+    lines = [header("DeNetDM, paper protocol, test unbiased %")]
+    lines.append(row("target, epoch best on test (the paper's practice)", runs, test_metric("unbiased")))
+    lines.append(
+        row("target, last distillation epoch (stage 1 still chosen on test)", runs, lambda run: run["last"]["target"])
+    )
+    lines.append(row("shallow expert, stage-1 epoch best on test", runs, readout("shallow_expert", "unbiased")))
+    lines.append(row("shallow expert, last stage-1 epoch", runs, lambda run: run["last"]["shallow"]))
     return "\n".join(lines)
 
 
@@ -212,6 +243,25 @@ def ule_tune_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def ule_cand_table(root: Path) -> str:
+    """ULE variants across ratios (``<variant>/r<ratio>/seed*/final.json``): the teacher's validation unbiased
+    accuracy at its kept epoch / its test unbiased accuracy (means over the seeds found), rows in name order."""
+    lines = [header("Ω variant: val / test unbiased (kept epoch)")]
+    for variant in sorted(p for p in root.iterdir() if p.is_dir()):
+        cells = []
+        for ratio in RATIOS:
+            runs = [json.loads(f.read_text()) for f in sorted((variant / f"r{ratio}").glob("seed*/final.json"))]
+            if not runs:
+                cells.append("–")
+                continue
+            val = statistics.fmean(run["selected"]["score"] for run in runs)
+            test = statistics.fmean(run["metrics"]["test"]["unbiased"] for run in runs)
+            epochs = ", ".join(str(run["selected"]["epoch"]) for run in runs)
+            cells.append(f"{100 * val:.1f} / {100 * test:.1f} ({epochs})")
+        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def resolved(final: Path) -> dict:
     """The run's resolved hyperparameters (``config.yaml`` beside ``final.json``)."""
     return yaml.safe_load((final.parent / "config.yaml").read_text())["resolved_hparams"]
@@ -267,10 +317,12 @@ def main() -> None:
         "bam": bam_table,
         "bam-tune": bam_tune_table,
         "denetdm": denetdm_table,
+        "denetdm-paper": denetdm_paper_table,
         "dett": dett_table,
         "kd": kd_table,
         "ule": ule_table,
         "ule-tune": ule_tune_table,
+        "ule-cand": ule_cand_table,
         "rest": rest_table,
         "kd-sweep": kd_sweep_table,
         "jtt-tune": jtt_tune_table,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from toys import load_benchmark_script
@@ -61,3 +62,37 @@ def test_kd_sweep_reports_what_the_student_kept_of_its_teacher(tmp_path: Path) -
         "| 0.005 | MLP 2×32 | dett | – | 76,682 | 80.0 | 75.0 | -5.0 | 50.0 | 99.0 |",
         "| 0.01 | MLP 3×100 | kd | 0.1 / 1 | 76,682 | 80.0 | 67.6 | -12.4 | 50.0 | 99.0 |",
     ]
+
+
+def test_ule_cand_cells_are_validation_then_test_per_ratio(tmp_path: Path) -> None:
+    def final(val: float, test: float, epoch: int) -> dict:
+        return {"selected": {"score": val, "epoch": epoch}, "metrics": {"test": {"unbiased": test}}}
+
+    write_run(tmp_path / "mask" / "r0.01" / "seed0", final(0.64, 0.63, 29), {})
+    write_run(tmp_path / "mask" / "r0.01" / "seed1", final(0.66, 0.65, 7), {})
+    write_run(tmp_path / "gce" / "r0.05" / "seed0", final(0.9, 0.91, 4), {})
+    rows = load_script().ule_cand_table(tmp_path).splitlines()[2:]
+    assert rows == [
+        "| gce | – | – | – | 90.0 / 91.0 (4) |",
+        "| mask | – | 65.0 / 64.0 (29, 7) | – | – |",
+    ]
+
+
+def test_denetdm_paper_reads_the_last_epoch_from_the_log_and_refuses_validation_runs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "denetdm" / "r0.005" / "seed0"
+    final = {
+        "selection_split": "test",
+        "metrics": {"test": {"unbiased": 0.747}},
+        "readouts": {"shallow_expert": {"test": {"unbiased": 0.719}}},
+    }
+    write_run(run_dir, final, {})
+    log = [{"stage": "experts", "val_shallow": {"unbiased": u}} for u in (0.5, 0.719, 0.646)] + [
+        {"stage": "distill", "val": {"unbiased": u}} for u in (0.7, 0.747, 0.728)
+    ]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(h) for h in log))
+    rows = load_script().denetdm_paper_table(tmp_path).splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["74.7 (n=1)", "72.8 (n=1)", "71.9 (n=1)", "64.6 (n=1)"]
+    final["selection_split"] = "val"
+    (run_dir / "final.json").write_text(json.dumps(final))
+    with pytest.raises(SystemExit, match="protocol=paper"):
+        load_script().denetdm_paper_table(tmp_path)
