@@ -89,10 +89,14 @@ def denetdm_table(root: Path) -> str:
     return "\n".join(lines)
 
 
-def last_epoch(run_dir: Path, stage: str, predictor: str = "val") -> float:
-    """Unbiased accuracy on the selection split at the last epoch of ``stage`` (``metrics.jsonl``)."""
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [h for h in history if h["stage"] == stage][-1][predictor]["unbiased"]
+def history(run_dir: Path) -> list[dict]:
+    """The run's per-epoch log (``metrics.jsonl``), one dict per epoch and stage."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_epoch(log: list[dict], stage: str, predictor: str = "val") -> float:
+    """Unbiased accuracy on the selection split at the last epoch of ``stage`` in a run's ``history``."""
+    return [h for h in log if h["stage"] == stage][-1][predictor]["unbiased"]
 
 
 def denetdm_paper_table(root: Path) -> str:
@@ -104,10 +108,8 @@ def denetdm_paper_table(root: Path) -> str:
             run = json.loads(final.read_text())
             if run["selection_split"] != "test":
                 raise SystemExit(f"{final}: selected on {run['selection_split']!r}; this table needs protocol=paper")
-            run["last"] = {
-                "target": last_epoch(final.parent, "distill"),
-                "shallow": last_epoch(final.parent, "experts", "val_shallow"),
-            }
+            log = history(final.parent)
+            run["last"] = {"target": last_epoch(log, "distill"), "shallow": last_epoch(log, "experts", "val_shallow")}
             runs[ratio].append(run)
     lines = [header("DeNetDM, paper protocol, test unbiased %")]
     lines.append(row("target, epoch best on test (the paper's practice)", runs, test_metric("unbiased")))
@@ -231,8 +233,7 @@ def ule_tune_table(root: Path) -> str:
     for final in sorted(root.glob("*/final.json")):
         run = json.loads(final.read_text())
         epoch = run["selected"]["epoch"]
-        history = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
-        student = next(h for h in history if h["epoch"] == epoch)["val_student"]["unbiased"]
+        student = next(h for h in history(final.parent) if h["epoch"] == epoch)["val_student"]["unbiased"]
         m = run["metrics"]["test"]
         rows.append((run["selected"]["score"], final.parent.name, student, m, epoch))
     for score, name, student, m, epoch in sorted(rows, key=lambda r: -r[0]):
@@ -249,8 +250,7 @@ def ule_cand_table(root: Path) -> str:
     lines = [header("Ω variant: val / test unbiased (kept epoch)")]
     for variant in sorted(p for p in root.iterdir() if p.is_dir()):
         cells = []
-        for ratio in RATIOS:
-            runs = [json.loads(f.read_text()) for f in sorted((variant / f"r{ratio}").glob("seed*/final.json"))]
+        for runs in load(root, variant.name).values():
             if not runs:
                 cells.append("–")
                 continue
