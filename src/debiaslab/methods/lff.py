@@ -119,20 +119,6 @@ class LfFHparams(TrainHparams):
             raise ConfigError(f"ema_alpha {self.ema_alpha!r} must be in [0, 1)")
 
 
-def _gather_ranks(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Concatenate equally sized per-rank tensors over all ranks (so every rank's EMA sees every example)."""
-    if not dist.is_distributed():
-        return tensors
-    import torch.distributed as tdist
-
-    out = []
-    for t in tensors:
-        parts = [torch.empty_like(t) for _ in range(dist.world_size())]
-        tdist.all_gather(parts, t.contiguous())
-        out.append(torch.cat(parts))
-    return tuple(out)
-
-
 @register_method("lff")
 class LfF(Method):
     """Learning from Failure: a GCE-trained biased model re-weights the debiased model's CE per example."""
@@ -162,7 +148,7 @@ class LfF(Method):
                 ce_b = F.cross_entropy(logits_b.float(), batch.y, reduction="none")
                 ce_d = F.cross_entropy(logits_d.float(), batch.y, reduction="none")
                 index = batch.index.to(ce_b.device)
-                all_index, all_b, all_d = _gather_ranks(index, ce_b.detach(), ce_d.detach())
+                all_index, all_b, all_d = dist.gather_cat(index, ce_b.detach(), ce_d.detach())
                 ema_b.update(all_index, all_b)
                 ema_d.update(all_index, all_d)
                 w = relative_difficulty(ema_b.normalized(index), ema_d.normalized(index)).to(ce_d.device)

@@ -63,12 +63,15 @@ from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import method_stage
+from debiaslab.utils import dist
 
 log = logging.getLogger(__name__)
 
 OMEGAS = ("align", "perturb", "mask")
 SALIENCIES = ("true_logit", "pred_logit", "loss")
-WEIGHTINGS = ("uniform", "student_wrong", "student_loss", "student_confidence")
+BATCH_WEIGHTINGS = ("uniform", "student_wrong", "student_loss", "student_confidence")
+MEMORY_WEIGHTINGS = ("student_wrong_rate", "student_wrong_ema")
+WEIGHTINGS = BATCH_WEIGHTINGS + MEMORY_WEIGHTINGS
 MASK_UNITS = ("entry", "pixel")
 STUDENT_LOSSES = ("ce", "gce")
 
@@ -158,11 +161,18 @@ def mask_top_saliency(x: Tensor, g: Tensor, fraction: float, unit: str = "entry"
     return x * keep.reshape(x.shape).to(x.dtype)
 
 
+def normalise_to_batch_mean(raw: Tensor) -> Tensor:
+    """``raw / mean(raw)``: weights with mean 1 over the batch (all 0 when every raw weight is 0)."""
+    mean = raw.mean()
+    return torch.where(mean > 0, raw / mean.clamp_min(torch.finfo(raw.dtype).tiny), torch.zeros_like(raw))
+
+
 def example_weights(weighting: str, student_logits: Tensor, y: Tensor) -> Tensor:
-    """Detached per-example weights w_i for Ω, normalised to mean 1 over the batch (all 0 if none qualifies).
+    """Detached per-example weights w_i for Ω from this batch alone, normalised to mean 1 over the batch.
 
     ``uniform``: 1. ``student_wrong``: ∝ 1[S mispredicts i]. ``student_loss``: ∝ S's CE on i.
     ``student_confidence``: ∝ S's probability of the true class (remove evidence where S is sure of it).
+    The memory weightings (``student_wrong_rate`` / ``_ema``) need a :class:`MistakeMemory` instead.
     """
     logits = student_logits.detach().float()
     if weighting == "uniform":
@@ -173,10 +183,51 @@ def example_weights(weighting: str, student_logits: Tensor, y: Tensor) -> Tensor
         raw = F.cross_entropy(logits, y, reduction="none")
     elif weighting == "student_confidence":
         raw = torch.softmax(logits, dim=1).gather(1, y.reshape(-1, 1)).squeeze(1)
+    elif weighting in MEMORY_WEIGHTINGS:
+        raise ConfigError(f"weighting {weighting!r} reads the student's mistake memory; pass a MistakeMemory")
     else:
         raise ConfigError(f"weighting {weighting!r} unknown; expected one of {', '.join(WEIGHTINGS)}")
-    mean = raw.mean()
-    return torch.where(mean > 0, raw / mean.clamp_min(torch.finfo(raw.dtype).tiny), torch.zeros_like(raw))
+    return normalise_to_batch_mean(raw)
+
+
+class MistakeMemory(nn.Module):
+    """How often the student got each training example wrong, indexed by the dataset index.
+
+    The per-batch ``student_wrong`` weighting forgets an example as soon as the ERM student memorises it, which
+    on Colored MNIST happens to most bias-conflicting images within a few epochs; this record keeps them.
+    ``alpha=None``: the share of the example's visits so far on which S mispredicted it (a running mean).
+    ``alpha`` in [0, 1): an exponential moving average of 1[S wrong], first visit sets it (LfF's EMA rule).
+    ``value`` and ``visits`` are buffers, so stage checkpoints carry them and resumed runs continue exactly.
+    """
+
+    value: Tensor
+    visits: Tensor
+
+    def __init__(self, n_examples: int, alpha: float | None = None) -> None:
+        super().__init__()
+        if alpha is not None and not 0 <= alpha < 1:
+            raise ConfigError(f"memory alpha {alpha!r} must be in [0, 1) (or None for the running mean)")
+        self.alpha = alpha
+        self.register_buffer("value", torch.zeros(int(n_examples), dtype=torch.float32))
+        self.register_buffer("visits", torch.zeros(int(n_examples), dtype=torch.float32))
+
+    @torch.no_grad()
+    def update(self, index: Tensor, wrong: Tensor) -> None:
+        """Fold one observation per index (0/1, or any float) into the record. Indices must be unique per call."""
+        index = index.to(self.value.device)
+        wrong = wrong.detach().to(self.value.device, torch.float32)
+        visits = self.visits[index] + 1.0
+        old = self.value[index]
+        if self.alpha is None:
+            new = old + (wrong - old) / visits
+        else:
+            new = torch.where(visits > 1, self.alpha * old + (1.0 - self.alpha) * wrong, wrong)
+        self.value[index], self.visits[index] = new, visits
+
+    @torch.no_grad()
+    def weights(self, index: Tensor) -> Tensor:
+        """The recorded mistake scores of ``index``, normalised to mean 1 over them (0 if all are 0)."""
+        return normalise_to_batch_mean(self.value[index.to(self.value.device)])
 
 
 # ---------------------------------------------------------------------------------------------- hparams
@@ -189,7 +240,10 @@ class ULEHparams(TrainHparams):
         omega_weight: λ, the weight of Ω in the teacher's loss (0: teacher is a second ERM model).
         saliency: the scalar whose input gradient is g: ``true_logit``, ``pred_logit`` (S's predicted class,
             also used for T's gradient in ``align``) or ``loss`` (log-probability of the true class).
-        weighting: per-example w_i in Ω: ``uniform``, ``student_wrong``, ``student_loss``, ``student_confidence``.
+        weighting: per-example w_i in Ω, from this batch: ``uniform``, ``student_wrong``, ``student_loss``,
+            ``student_confidence``; or from a per-example record of the student's past mistakes (``MistakeMemory``):
+            ``student_wrong_rate`` (share of visits S got wrong), ``student_wrong_ema`` (EMA of 1[S wrong]).
+        memory_alpha: the EMA factor of ``student_wrong_ema`` (one update per visit, i.e. per epoch).
         perturb_eps: ε, the L2 length of the step against g (``perturb``).
         mask_fraction: share of the input units zeroed per example (``mask``).
         mask_unit: ``entry`` (each input value) or ``pixel`` (|g| summed over channels, whole pixels zeroed).
@@ -204,6 +258,7 @@ class ULEHparams(TrainHparams):
     omega_weight: float = 1.0
     saliency: str = "true_logit"
     weighting: str = "uniform"
+    memory_alpha: float = 0.9
     perturb_eps: float = 5.0
     mask_fraction: float = 0.25
     mask_unit: str = "entry"
@@ -226,6 +281,8 @@ class ULEHparams(TrainHparams):
                 raise ConfigError(f"{name} {value!r} unknown; expected one of {', '.join(allowed)}")
         if not (math.isfinite(self.omega_weight) and self.omega_weight >= 0):
             raise ConfigError(f"omega_weight {self.omega_weight!r} must be a finite number >= 0")
+        if not 0 <= self.memory_alpha < 1:
+            raise ConfigError(f"memory_alpha {self.memory_alpha!r} must be in [0, 1)")
         if not (math.isfinite(self.perturb_eps) and self.perturb_eps > 0):
             raise ConfigError(f"perturb_eps {self.perturb_eps!r} must be a positive number")
         if not 0 < self.mask_fraction < 1:
@@ -248,6 +305,8 @@ class ULEHparams(TrainHparams):
         }
         if self.student_loss == "gce":
             out["student_gce_q"] = self.student_gce_q
+        if self.weighting == "student_wrong_ema":
+            out["memory_alpha"] = self.memory_alpha
         if self.omega == "perturb":
             out["perturb_eps"] = self.perturb_eps
         if self.omega == "mask":
@@ -255,12 +314,22 @@ class ULEHparams(TrainHparams):
         return out
 
 
-def ule_loss_terms(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor, hp: ULEHparams) -> dict[str, Tensor]:
+def ule_loss_terms(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    hp: ULEHparams,
+    index: Tensor | None = None,
+    memory: MistakeMemory | None = None,
+) -> dict[str, Tensor]:
     """The terms of one ULE step on a batch.
 
     ``loss`` = ``student`` + ``teacher``: ``student`` = CE(S(x), y) (GCE with ``student_loss="gce"``) is the
     only term with a path to S's parameters; ``teacher`` = ``ce_teacher`` + λ·``omega`` (``omega`` =
     mean_i w_i·ω_i, with graph, for tests and logging). ``student_wrong`` is the batch share S mispredicts.
+    The memory weightings first record this batch's mistakes in ``memory`` (at the dataset ``index``, gathered
+    over data-parallel ranks so every rank keeps the same record), then read w_i from it.
     """
     pred_target = hp.saliency == "pred_logit"
     logits_s, g = logits_and_input_grad(student, x, None if pred_target else y, hp.saliency, create_graph=False)
@@ -268,7 +337,15 @@ def ule_loss_terms(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
         ce_s = generalized_cross_entropy(logits_s, y, hp.student_gce_q).mean()
     else:
         ce_s = F.cross_entropy(logits_s.float(), y)
-    w = example_weights(hp.weighting, logits_s, y)
+    wrong = (logits_s.detach().argmax(dim=1) != y).float()
+    if hp.weighting in MEMORY_WEIGHTINGS:
+        if memory is None or index is None:
+            raise ConfigError(f"weighting {hp.weighting!r} needs the batch's dataset index and a MistakeMemory")
+        index = index.to(wrong.device)
+        memory.update(*dist.gather_cat(index, wrong))
+        w = memory.weights(index).to(wrong.device)
+    else:
+        w = example_weights(hp.weighting, logits_s, y)
     if hp.omega == "align":
         target_t = logits_s.detach().argmax(dim=1) if pred_target else y
         logits_t, h = logits_and_input_grad(teacher, x, target_t, hp.saliency, create_graph=True)
@@ -289,7 +366,7 @@ def ule_loss_terms(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
         "teacher": teacher_loss,
         "ce_teacher": ce_t,
         "omega": omega,
-        "student_wrong": (logits_s.detach().argmax(dim=1) != y).float().mean(),
+        "student_wrong": wrong.mean(),
     }
 
 
@@ -324,15 +401,34 @@ class ULE(Method):
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: ULEHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
+        # diagnostics only (never used for training): which examples are bias-conflicting
+        conflicting = ~train.is_aligned if train.has_attrs and train.aligned_groups else None
 
         def build() -> Stage:
             teacher, student = self.build_model(train), self.build_model(train)
             modules = nn.ModuleDict({"teacher": teacher, "student": student})
+            memory = None
+            if hp.weighting in MEMORY_WEIGHTINGS:
+                alpha = hp.memory_alpha if hp.weighting == "student_wrong_ema" else None
+                memory = MistakeMemory(len(train), alpha)
+                modules["memory"] = memory
 
             def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-                terms = ule_loss_terms(student, teacher, batch.x, batch.y, hp)
+                terms = ule_loss_terms(student, teacher, batch.x, batch.y, hp, batch.index, memory)
                 logged = {("ce_student" if k == "student" else k): v.detach() for k, v in terms.items()}
                 return {**logged, "loss": terms["loss"]}
+
+            def memory_report(ctx: StepContext) -> dict[str, float]:
+                """Mean recorded mistake score on conflicting vs aligned examples (diagnostics only)."""
+                if memory is None or conflicting is None:
+                    return {}
+                seen = memory.visits > 0
+                out = {}
+                for kind, rows in (("conflicting", conflicting), ("aligned", ~conflicting)):
+                    rows = rows.to(seen.device) & seen
+                    if rows.any():
+                        out[f"train_memory_{kind}"] = float(memory.value[rows].mean())
+                return out
 
             def param_groups() -> list[dict[str, Any]]:
                 wd_s = hp.weight_decay if hp.student_weight_decay is None else hp.student_weight_decay
@@ -355,6 +451,7 @@ class ULE(Method):
                 predict_fn=teacher,
                 param_groups=param_groups,
                 extra_predictors={"student": student} if hp.eval_student else {},
+                on_epoch_end=memory_report,
             )
 
         stage, result = trainer.run_stage("ule", build, train, val)

@@ -68,6 +68,19 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
             p.grad.div_(world)
 
 
+def gather_cat(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Concatenate equally sized per-rank tensors over all ranks (rank order), so per-example tables indexed by
+    the dataset index stay identical on every rank. Returns the inputs unchanged when not distributed."""
+    if not is_distributed():
+        return tensors
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(world_size())]
+        dist.all_gather(parts, t.contiguous())
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
