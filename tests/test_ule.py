@@ -17,6 +17,7 @@ from debiaslab.methods import get_method
 from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.ule import (
     ULE,
+    MistakeMemory,
     ULEHparams,
     example_weights,
     logits_and_input_grad,
@@ -202,6 +203,51 @@ def test_weightings_follow_their_normalisation() -> None:
         example_weights("nope", logits, y)
 
 
+def test_mistake_memory_running_mean_and_ema_by_hand() -> None:
+    rate, ema = MistakeMemory(4), MistakeMemory(4, alpha=0.5)
+    for wrong in ([1.0, 0.0], [0.0, 0.0], [1.0, 1.0]):  # examples 2 and 0 visited three times, 1 and 3 never
+        for memory in (rate, ema):
+            memory.update(torch.tensor([2, 0]), torch.tensor(wrong))
+    assert torch.allclose(rate.value, torch.tensor([1 / 3, 0.0, 2 / 3, 0.0]))
+    # EMA: first visit sets the value, then v <- 0.5 v + 0.5 x: example 2: 1 -> 0.5 -> 0.75; example 0: 0 -> 0 -> 0.5
+    assert torch.allclose(ema.value, torch.tensor([0.5, 0.0, 0.75, 0.0]))
+    assert rate.visits.tolist() == [3.0, 0.0, 3.0, 0.0]
+    w = rate.weights(torch.tensor([0, 1, 2, 3]))
+    assert torch.allclose(w, torch.tensor([4 / 3, 0.0, 8 / 3, 0.0])) and float(w.mean()) == pytest.approx(1.0)
+    assert rate.weights(torch.tensor([1, 3])).tolist() == [0.0, 0.0]  # nothing recorded: all zero, not NaN
+    assert {"value", "visits"} <= set(rate.state_dict())  # buffers: stage checkpoints carry the record
+    with pytest.raises(ConfigError, match="alpha"):
+        MistakeMemory(3, alpha=1.0)
+
+
+@pytest.mark.parametrize("weighting", ["student_wrong_rate", "student_wrong_ema"])
+def test_memory_weightings_record_the_batch_then_weight_by_the_record(weighting: str) -> None:
+    """The batch's mistakes go into the record at its dataset indices before Ω reads them; the teacher's terms
+    still have no path to the student; without a record the weighting is refused."""
+    student, teacher = pair()
+    x, y = batch()
+    hp = ULEHparams(omega="mask", weighting=weighting, memory_alpha=0.5)
+    index = torch.arange(100, 132)
+    memory = MistakeMemory(200, alpha=0.5 if weighting.endswith("ema") else None)
+    memory.value[100:132] = 1.0  # a past in which S got every example of this batch wrong
+    memory.visits[100:132] = 1.0
+    terms = ule_loss_terms(student, teacher, x, y, hp, index, memory)
+    wrong = (student(x).argmax(1) != y).float()
+    expected = 0.5 * (1.0 + wrong)  # running mean of two visits and EMA with alpha 0.5 agree here
+    assert torch.allclose(memory.value[100:132], expected) and bool((memory.visits[100:132] == 2).all())
+    assert int(memory.visits.sum()) == 64  # no other row was touched
+    masked = mask_top_saliency(x, logits_and_input_grad(student, x, y, "true_logit", create_graph=False)[1], 0.25)
+    with torch.no_grad():
+        per_example = F.cross_entropy(teacher(masked), y, reduction="none")
+    assert torch.allclose(terms["omega"], (expected / expected.mean() * per_example).mean(), atol=1e-6)
+    grads = torch.autograd.grad(terms["teacher"], list(student.parameters()), allow_unused=True)
+    assert all(g is None or not bool(g.any()) for g in grads)
+    with pytest.raises(ConfigError, match="MistakeMemory"):
+        ule_loss_terms(student, teacher, x, y, hp)
+    with pytest.raises(ConfigError, match="MistakeMemory"):
+        example_weights(weighting, student(x), y)
+
+
 def test_loss_saliency_removes_evidence_like_the_logit() -> None:
     """``loss`` differentiates log p(y|x), so stepping against g lowers the teacher-independent evidence."""
     student, _ = pair()
@@ -276,6 +322,8 @@ def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
         ("perturb", "loss", "student_loss", False),
         ("mask", "pred_logit", "student_wrong", False),
         ("mask", "true_logit", "uniform", True),
+        ("mask", "true_logit", "student_wrong_rate", False),
+        ("perturb", "true_logit", "student_wrong_ema", False),
     ],
 )
 def test_every_variant_fits_end_to_end(omega: str, saliency: str, weighting: str, image: bool) -> None:
@@ -286,16 +334,21 @@ def test_every_variant_fits_end_to_end(omega: str, saliency: str, weighting: str
     assert len(result.history) == 2 and result.selection == "val_worst_group"
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
     assert result.extras["omega"] == omega and result.extras["saliency"] == saliency
+    assert ("memory_alpha" in result.extras) == (weighting == "student_wrong_ema")
+    if weighting.startswith("student_wrong_"):  # the record's diagnostics: conflicting vs aligned examples
+        assert {"train_memory_conflicting", "train_memory_aligned"} <= set(result.history[-1])
     assert method.predict(val.x[:3]).shape == (3, 2)
 
 
-def test_resume_after_interruption_reproduces_the_run(toy, tmp_path) -> None:
+@pytest.mark.parametrize("variant", [{"omega": "align"}, {"omega": "mask", "weighting": "student_wrong_rate"}])
+def test_resume_after_interruption_reproduces_the_run(toy, tmp_path, variant) -> None:
+    """Also for the mistake record: it lives in the stage's checkpoint, so a resumed run weights Ω the same."""
     train, val = toy
 
     def checkpoint_kept(cut) -> None:
         assert (cut / "checkpoints" / "ule.last.pt").exists()
 
-    kw = {"omega": "align", "epochs": 3}
+    kw = {**variant, "epochs": 3}
     full, resumed = full_and_resumed(lambda: ule(**kw), train, val, tmp_path, epoch=1, seed=4, between=checkpoint_kept)
     assert_same_run(full, resumed)
     assert_same_weights(full.student_, resumed.student_)
@@ -327,6 +380,7 @@ def test_hparam_table_and_validation() -> None:
         {"student_weight_decay": -1.0},
         {"student_loss": "mse"},
         {"student_gce_q": 0.0},
+        {"memory_alpha": 1.0},
     ):
         with pytest.raises(ConfigError):
             ULE(**bad)
