@@ -64,6 +64,8 @@ def batch(n: int = 32, in_dim: int = 8, k: int = 2, seed: int = 1) -> tuple[torc
 def test_teacher_terms_have_no_path_to_the_student(omega: str, weighting: str) -> None:
     student, teacher = pair()
     x, y = batch()
+    if omega == "reweight" and weighting == "uniform":  # refused (it only rescales CE): use S's mistakes
+        weighting = "student_wrong"
     terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega=omega, weighting=weighting, mask_fraction=0.25))
     s_params, t_params = list(student.parameters()), list(teacher.parameters())
     for key in ("teacher", "omega", "ce_teacher"):
@@ -119,7 +121,7 @@ def test_student_weights_are_bit_identical_whatever_the_teacher_weight(toy, omeg
 def test_align_matches_hand_computation_on_linear_models_and_double_backprop_reaches_the_teacher() -> None:
     student, teacher = pair(depth=0, in_dim=4, k=3)
     x, y = batch(n=16, in_dim=4, k=3)
-    terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="align"))
+    terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="align", weighting="uniform"))
     # linear models: the input gradient of logit y is the weight row W[y]
     w_s, w_t = student.head.weight.detach(), teacher.head.weight
     g, h = w_s[y], w_t[y]
@@ -131,7 +133,7 @@ def test_align_matches_hand_computation_on_linear_models_and_double_backprop_rea
     # through a ReLU layer the Ω gradient (second order) reaches the first layer too
     student, teacher = pair(depth=1)
     x, y = batch()
-    omega = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="align"))["omega"]
+    omega = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="align", weighting="uniform"))["omega"]
     first = teacher.body[0].weight
     (grad,) = torch.autograd.grad(omega, first)
     assert bool(grad.any())
@@ -156,7 +158,7 @@ def test_perturb_moves_inputs_by_exactly_eps_against_the_gradient() -> None:
     # inside the loss: the teacher is scored on exactly these inputs
     student, teacher = pair()
     xb, yb = batch()
-    hp = ULEHparams(omega="perturb", perturb_eps=0.7)
+    hp = ULEHparams(omega="perturb", weighting="uniform", perturb_eps=0.7)
     _, gb = logits_and_input_grad(student, xb, yb, "true_logit", create_graph=False)
     want = F.cross_entropy(teacher(perturb_along_gradient(xb, gb, 0.7)), yb)
     assert float(ule_loss_terms(student, teacher, xb, yb, hp)["omega"].detach()) == pytest.approx(
@@ -201,6 +203,20 @@ def test_weightings_follow_their_normalisation() -> None:
     assert torch.allclose(conf, p_y / p_y.mean()) and not conf.requires_grad
     with pytest.raises(ConfigError):
         example_weights("nope", logits, y)
+
+
+def test_reweight_is_the_teachers_ce_weighted_by_the_students_mistakes() -> None:
+    """``reweight``: Ω = mean_i w_i · CE(T(x_i), y_i) on the unchanged inputs; with ``student_wrong`` only the
+    examples S gets wrong count, each 1/(share wrong) times."""
+    student, teacher = pair()
+    x, y = batch()
+    terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="reweight", weighting="student_wrong"))
+    with torch.no_grad():
+        wrong = (student(x).argmax(1) != y).float()
+        ce = F.cross_entropy(teacher(x), y, reduction="none")
+    assert 0 < wrong.sum() < 32
+    assert float(terms["omega"].detach()) == pytest.approx(float((wrong * ce).sum() / wrong.sum()), rel=1e-5)
+    assert float(terms["ce_teacher"].detach()) == pytest.approx(float(ce.mean()), rel=1e-5)
 
 
 def test_mistake_memory_running_mean_and_ema_by_hand() -> None:
@@ -304,12 +320,13 @@ def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
     selected = result.history[result.selected["epoch"] - 1]
     assert method.evaluate(val).metrics["worst_group"] == pytest.approx(selected["val"]["worst_group"])
     extras = result.extras
-    assert (extras["omega"], extras["omega_weight"], extras["mask_fraction"], extras["student_lr"]) == (
-        "mask",
-        1.0,
-        0.25,
+    assert (extras["omega"], extras["omega_weight"], extras["weighting"], extras["student_lr"]) == (
+        "reweight",
+        5.0,
+        "student_wrong",
         5e-3,
     )
+    assert "mask_fraction" not in extras  # only the settings of the chosen Ω are recorded
     assert extras["student_val_final"] == last["val_student"]
     assert extras["student_val_selected_epoch"] == selected["val_student"]
 
@@ -357,14 +374,16 @@ def test_resume_after_interruption_reproduces_the_run(toy, tmp_path, variant) ->
 def test_hparam_table_and_validation() -> None:
     m = ULE(dataset="colored_mnist")
     hp = m.hparams
-    assert (hp.omega, hp.omega_weight, hp.mask_fraction, hp.saliency, hp.weighting) == (
-        "mask",
-        1.0,
-        0.25,
-        "true_logit",
-        "uniform",
+    assert (hp.omega, hp.omega_weight, hp.weighting, hp.student_weight_decay, hp.weight_decay) == (
+        "reweight",
+        5.0,
+        "student_wrong",
+        0.01,
+        0.0,
     )
     assert m.hparam_sources["omega"].startswith("[open] reconstruction; chosen by our Colored MNIST")
+    assert m.hparam_sources["student_weight_decay"].startswith("OURS")
+    assert ULE().hparams.student_weight_decay is None  # elsewhere the student shares the teacher's setting
     assert m.hparam_sources["lr"].startswith("LfF paper") and hp.selection == "val_unbiased"
     assert ULE(omega_weight="30").hparams.omega_weight == 30  # CLI strings are coerced
     for bad in (
@@ -381,6 +400,7 @@ def test_hparam_table_and_validation() -> None:
         {"student_loss": "mse"},
         {"student_gce_q": 0.0},
         {"memory_alpha": 1.0},
+        {"omega": "reweight", "weighting": "uniform"},
     ):
         with pytest.raises(ConfigError):
             ULE(**bad)
