@@ -24,7 +24,8 @@ from debiaslab.methods.bam import aux_memory
 #: (label, method, hyperparameters, stage whose epochs are timed)
 STAGES: list[tuple[str, str, dict, str]] = [
     ("erm", "erm", {}, "erm"),
-    ("ule mask (default)", "ule", {"omega": "mask"}, "ule"),
+    ("ule reweight (default)", "ule", {}, "ule"),
+    ("ule mask", "ule", {"omega": "mask"}, "ule"),
     ("ule perturb", "ule", {"omega": "perturb"}, "ule"),
     ("ule align (double backprop)", "ule", {"omega": "align", "omega_weight": 30.0}, "ule"),
     ("lff", "lff", {}, "lff"),
