@@ -371,22 +371,22 @@ def ule_loss_terms(
         w = memory.weights(index).to(wrong.device)
     else:
         w = example_weights(hp.weighting, logits_s, y)
-    if hp.omega == "reweight":
-        logits_t = teacher(x)
-        per_example = F.cross_entropy(logits_t.float(), y, reduction="none")
-    elif hp.omega == "align":
+    if hp.omega == "align":
         assert g is not None
         target_t = logits_s.detach().argmax(dim=1) if pred_target else y
         logits_t, h = logits_and_input_grad(teacher, x, target_t, hp.saliency, create_graph=True)
         per_example = squared_cosine(h, g)
     else:
-        assert g is not None
         logits_t = teacher(x)
-        if hp.omega == "perturb":
-            x_removed = perturb_along_gradient(x, g, hp.perturb_eps)
+        if hp.omega == "reweight":
+            per_example = F.cross_entropy(logits_t.float(), y, reduction="none")
         else:
-            x_removed = mask_top_saliency(x, g, hp.mask_fraction, hp.mask_unit)
-        per_example = F.cross_entropy(teacher(x_removed).float(), y, reduction="none")
+            assert g is not None
+            if hp.omega == "perturb":
+                x_removed = perturb_along_gradient(x, g, hp.perturb_eps)
+            else:
+                x_removed = mask_top_saliency(x, g, hp.mask_fraction, hp.mask_unit)
+            per_example = F.cross_entropy(teacher(x_removed).float(), y, reduction="none")
     ce_t = F.cross_entropy(logits_t.float(), y)
     omega = (w * per_example).mean()
     teacher_loss = ce_t + hp.omega_weight * omega
