@@ -15,6 +15,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
 from debiaslab.methods.lff import generalized_cross_entropy
+from debiaslab.methods.mistake_reweight import MistakeReweightHparams
 from debiaslab.methods.ule import (
     ULE,
     MistakeMemory,
@@ -64,8 +65,6 @@ def batch(n: int = 32, in_dim: int = 8, k: int = 2, seed: int = 1) -> tuple[torc
 def test_teacher_terms_have_no_path_to_the_student(omega: str, weighting: str) -> None:
     student, teacher = pair()
     x, y = batch()
-    if omega == "reweight" and weighting == "uniform":  # refused (it only rescales CE): use S's mistakes
-        weighting = "student_wrong"
     terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega=omega, weighting=weighting, mask_fraction=0.25))
     s_params, t_params = list(student.parameters()), list(teacher.parameters())
     for key in ("teacher", "omega", "ce_teacher"):
@@ -206,11 +205,11 @@ def test_weightings_follow_their_normalisation() -> None:
 
 
 def test_reweight_is_the_teachers_ce_weighted_by_the_students_mistakes() -> None:
-    """``reweight``: Ω = mean_i w_i · CE(T(x_i), y_i) on the unchanged inputs; with ``student_wrong`` only the
-    examples S gets wrong count, each 1/(share wrong) times."""
+    """``reweight`` (``mistake_reweight``'s Ω): mean_i w_i · CE(T(x_i), y_i) on the unchanged inputs; with
+    ``student_wrong`` only the examples S gets wrong count, each 1/(share wrong) times."""
     student, teacher = pair()
     x, y = batch()
-    terms = ule_loss_terms(student, teacher, x, y, ULEHparams(omega="reweight", weighting="student_wrong"))
+    terms = ule_loss_terms(student, teacher, x, y, MistakeReweightHparams())
     with torch.no_grad():
         wrong = (student(x).argmax(1) != y).float()
         ce = F.cross_entropy(teacher(x), y, reduction="none")
@@ -320,13 +319,8 @@ def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
     selected = result.history[result.selected["epoch"] - 1]
     assert method.evaluate(val).metrics["worst_group"] == pytest.approx(selected["val"]["worst_group"])
     extras = result.extras
-    assert (extras["omega"], extras["omega_weight"], extras["weighting"], extras["student_lr"]) == (
-        "reweight",
-        5.0,
-        "student_wrong",
-        5e-3,
-    )
-    assert "mask_fraction" not in extras  # only the settings of the chosen Ω are recorded
+    assert (extras["omega"], extras["weighting"], extras["student_lr"]) == (ULEHparams.omega, "uniform", 5e-3)
+    assert "perturb_eps" not in extras or extras["omega"] == "perturb"  # only the chosen Ω's settings are recorded
     assert extras["student_val_final"] == last["val_student"]
     assert extras["student_val_selected_epoch"] == selected["val_student"]
 
@@ -372,18 +366,22 @@ def test_resume_after_interruption_reproduces_the_run(toy, tmp_path, variant) ->
 
 
 def test_hparam_table_and_validation() -> None:
+    """The default reading, chosen on validation (benchmarks/results/ule-search), and the paper's plain-ERM student
+    (ULE abstract: the student is trained with no constraints)."""
     m = ULE(dataset="colored_mnist")
     hp = m.hparams
-    assert (hp.omega, hp.omega_weight, hp.weighting, hp.student_weight_decay, hp.weight_decay) == (
-        "reweight",
-        5.0,
-        "student_wrong",
-        0.01,
-        0.0,
+    assert (hp.omega, hp.saliency, hp.weighting, hp.omega_weight, hp.mask_fraction, hp.mask_unit) == (
+        "mask",
+        "true_logit",
+        "uniform",
+        1.0,
+        0.25,
+        "entry",
     )
-    assert m.hparam_sources["omega"].startswith("[open] reconstruction; chosen by our Colored MNIST")
-    assert m.hparam_sources["student_weight_decay"].startswith("OURS")
-    assert ULE().hparams.student_weight_decay is None  # elsewhere the student shares the teacher's setting
+    assert "chosen on validation" in m.hparam_sources["omega"] and "ule-search" in m.hparam_sources["omega"]
+    assert (hp.student_loss, hp.student_weight_decay, hp.student_lr, hp.weight_decay) == ("ce", 0.0, None, 0.0)
+    assert m.hparam_sources["student_weight_decay"].startswith("ULE paper")
+    assert ULE(dataset="biased_mnist").hparams.student_weight_decay == 0.0  # unconstrained student on every dataset
     assert m.hparam_sources["lr"].startswith("LfF paper") and hp.selection == "val_unbiased"
     assert ULE(omega_weight="30").hparams.omega_weight == 30  # CLI strings are coerced
     for bad in (

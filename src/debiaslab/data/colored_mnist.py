@@ -125,7 +125,7 @@ def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator)
     return mask
 
 
-def _rng(data_seed: int, stream: int) -> np.random.Generator:
+def seeded_rng(data_seed: int, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([data_seed, stream])))
 
 
@@ -163,17 +163,17 @@ def colorize_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.n
     train_x, train_y = mnist.train_x, mnist.train_y
     out: dict[str, np.ndarray] = {}
     if recipe["protocol"] == "default":
-        held = stratified_holdout(train_y, recipe["val_fraction"], _rng(seed, _STREAM_VAL_SPLIT))
+        held = stratified_holdout(train_y, recipe["val_fraction"], seeded_rng(seed, _STREAM_VAL_SPLIT))
         val_y = train_y[held]
         val_attr = bias_attributes(val_y, recipe["eval_aligned_ratio"])
-        out |= {"val_x": colorize(train_x[held], val_attr, _rng(seed, _STREAM_VAL), sigma)}
+        out |= {"val_x": colorize(train_x[held], val_attr, seeded_rng(seed, _STREAM_VAL), sigma)}
         out |= {"val_y": val_y, "val_attr": val_attr}
         train_x, train_y = train_x[~held], train_y[~held]
     train_attr = bias_attributes(train_y, recipe["train_aligned_ratio"])
-    out |= {"train_x": colorize(train_x, train_attr, _rng(seed, _STREAM_TRAIN), sigma)}
+    out |= {"train_x": colorize(train_x, train_attr, seeded_rng(seed, _STREAM_TRAIN), sigma)}
     out |= {"train_y": train_y, "train_attr": train_attr}
     test_attr = bias_attributes(mnist.test_y, recipe["eval_aligned_ratio"])
-    out |= {"test_x": colorize(mnist.test_x, test_attr, _rng(seed, _STREAM_TEST), sigma)}
+    out |= {"test_x": colorize(mnist.test_x, test_attr, seeded_rng(seed, _STREAM_TEST), sigma)}
     out |= {"test_y": mnist.test_y, "test_attr": test_attr}
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
@@ -215,7 +215,7 @@ def _check_options(
     return r, str(protocol), vf, int(data_seed), s
 
 
-def _check_holdout_sizes(y: np.ndarray, val_fraction: float) -> None:
+def check_holdout_sizes(y: np.ndarray, val_fraction: float) -> None:
     counts = np.bincount(y, minlength=N_CLASSES)
     k = holdout_sizes(counts, val_fraction)
     if (k < 1).any() or (counts - k < 1).any():
@@ -269,7 +269,7 @@ def build_colored_mnist(
         log.debug("building Colored MNIST (ratio=%g, protocol=%s) into %s", ratio, protocol, path)
         mnist = load_mnist(data_root, download=download)
         if protocol == "default":
-            _check_holdout_sizes(mnist.train_y, val_fraction)
+            check_holdout_sizes(mnist.train_y, val_fraction)
         arrays = colorize_mnist(mnist, recipe)
         save_array_cache(path, arrays, recipe_json, "Colored MNIST")
     splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}

@@ -73,6 +73,7 @@ def _import_builtin_datasets() -> None:
     """Import the modules whose decorators fill the registry."""
     from debiaslab.data import (  # noqa: F401
         arrays,
+        biased_mnist,
         celeba,
         civilcomments,
         colored_mnist,

@@ -146,3 +146,21 @@ def cnn4(
         downsample=downsample,
         name="cnn4",
     )
+
+
+@register_model("cnn_rebias")
+def cnn_rebias(
+    input_shape: tuple[int, ...], n_classes: int, *, channels: Sequence[int] = (16, 32, 64, 128), kernel_size: int = 7
+) -> ConvNet:
+    """ReBias's Biased MNIST model (SimpleConvNet): four 7x7 stride-1 convolutions (16/32/64/128), BN+ReLU, no
+    downsampling, global average pooling, fc."""
+    return ConvNet(
+        image_shape(input_shape, "cnn_rebias"),
+        n_classes,
+        channels,
+        kernel_size=kernel_size,
+        stride=1,
+        padding=kernel_size // 2,
+        downsample="none",
+        name="cnn_rebias",
+    )

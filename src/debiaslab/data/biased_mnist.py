@@ -1,0 +1,226 @@
+"""Biased MNIST under the ReBias protocol (Bahng et al., ICML 2020): the *background* colour is the bias.
+
+Each digit class c has its own colour (``BACKGROUND_COLOURS[c]``). Every MNIST pixel that is not 0 becomes pure
+white and every pixel that is 0 takes the image's colour, so colour and shape occupy different pixels (unlike
+Colored MNIST, where the colour is multiplied into the digit's own strokes).
+
+Colours are assigned by fixed counts per class, as in the release (``datasets/colour_mnist.py`` of
+clovaai/rebias): the class's images are shuffled; the first ``int(n * rho)`` get the class's own colour; the rest
+are cut into chunks of ``ceil((n - int(n * rho)) / 9)`` images, each chunk given one of the other nine colours in
+a random order (so at ``rho = 0.999`` a class sees only 6-7 other colours). Evaluation splits use ``rho = 0.1``
+(the release's "unbiased" test set, colour independent of the digit).
+
+Protocols: ``paper`` colours all 60 000 training images (the release, which has no validation split and keeps
+the best epoch on the unbiased test set); ``default`` first holds out a validation split from MNIST-train
+(stratified by digit, seeded), coloured unbiased like the test set, and selects on it. The release seeds nothing;
+here every shuffle is drawn from ``data_seed``.
+
+Pixels are stored as uint8 ``(N, 3, 28, 28)`` and fed to the model as ``(x / 255 - 0.5) / 0.5``, the release's
+normalisation. Built arrays are cached under ``<cache_dir>/biased_mnist/<recipe hash>.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.colored_mnist import check_holdout_sizes, recipe_hash, seeded_rng, stratified_holdout
+from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
+from debiaslab.data.registry import register_dataset
+from debiaslab.data.transforms import Compose, Normalize, ToFloat
+from debiaslab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NAME = "biased_mnist"
+FORMAT_VERSION = 1
+PROTOCOLS: tuple[str, ...] = ("default", "paper")
+N_CLASSES = 10
+N_CONFUSING = 9  # the release's n_confusing_labels: every other colour can appear
+EVAL_RHO = 0.1  # the release's unbiased evaluation setting
+#: ReBias's background colour (RGB, 0-255) of each digit class; entries 3 and 4 really are 225, as released.
+BACKGROUND_COLOURS = np.array(
+    [
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [225, 225, 0],
+        [225, 0, 225],
+        [0, 255, 255],
+        [255, 128, 0],
+        [255, 0, 128],
+        [128, 0, 255],
+        [128, 128, 128],
+    ],
+    dtype=np.uint8,
+)
+#: The training correlations of the ReBias paper's Table 1.
+PAPER_RHOS: tuple[float, ...] = (0.999, 0.997, 0.995, 0.99)
+
+_STREAM_VAL_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+def background_attributes(y: np.ndarray, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """Colour index per example by the release's fixed-count rule (see the module docstring)."""
+    y = np.asarray(y)
+    attr = np.empty(y.shape, dtype=np.int64)
+    for c in range(N_CLASSES):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_own = int(len(idx) * rho)
+        attr[idx[:n_own]] = c
+        rest = idx[n_own:]
+        if len(rest) == 0:
+            continue
+        chunk = math.ceil(len(rest) / N_CONFUSING)
+        others = rng.permutation([(c + j) % N_CLASSES for j in range(1, N_CONFUSING + 1)])
+        for j, start in enumerate(range(0, len(rest), chunk)):
+            attr[rest[start : start + chunk]] = others[j]
+    return attr
+
+
+def colour_background(grey: np.ndarray, attr: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, 3, H, W)``: pixels ≠ 0 of the grey digits become white, pixels = 0 their image's colour."""
+    digit = (grey != 0)[:, None, :, :]
+    colour = BACKGROUND_COLOURS[attr][:, :, None, None]
+    return np.where(digit, np.uint8(255), colour).astype(np.uint8)
+
+
+def make_recipe(*, rho: float, protocol: str, val_fraction: float, data_seed: int) -> dict[str, Any]:
+    """Everything that determines the arrays (and so the cache key). Options must already be validated."""
+    return {
+        "dataset": NAME,
+        "format_version": FORMAT_VERSION,
+        "protocol": protocol,
+        "rho": rho,
+        "eval_rho": EVAL_RHO,
+        "n_confusing": N_CONFUSING,
+        "val_fraction": val_fraction if protocol == "default" else None,
+        "data_seed": data_seed,
+        "colours": BACKGROUND_COLOURS.tolist(),
+        "mnist_sha256": dict(sorted(MNIST_SHA256.items())),
+    }
+
+
+def colour_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The split arrays ``{split}_x`` (uint8 N,3,28,28), ``{split}_y``, ``{split}_attr`` for a recipe.
+
+    ``val_*`` exists only under the default protocol. The same recipe gives byte-identical arrays.
+    """
+    seed = recipe["data_seed"]
+    train_x, train_y = mnist.train_x, mnist.train_y
+    out: dict[str, np.ndarray] = {}
+    if recipe["protocol"] == "default":
+        held = stratified_holdout(train_y, recipe["val_fraction"], seeded_rng(seed, _STREAM_VAL_SPLIT))
+        val_y = train_y[held]
+        val_attr = background_attributes(val_y, recipe["eval_rho"], seeded_rng(seed, _STREAM_VAL))
+        out |= {"val_x": colour_background(train_x[held], val_attr), "val_y": val_y, "val_attr": val_attr}
+        train_x, train_y = train_x[~held], train_y[~held]
+    train_attr = background_attributes(train_y, recipe["rho"], seeded_rng(seed, _STREAM_TRAIN))
+    out |= {"train_x": colour_background(train_x, train_attr), "train_y": train_y, "train_attr": train_attr}
+    test_attr = background_attributes(mnist.test_y, recipe["eval_rho"], seeded_rng(seed, _STREAM_TEST))
+    out |= {"test_x": colour_background(mnist.test_x, test_attr), "test_y": mnist.test_y, "test_attr": test_attr}
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _check_options(rho: Any, protocol: Any, val_fraction: Any, data_seed: Any) -> tuple[float, str, float, int]:
+    rho_what = "the share of training images with their class's own background colour, e.g. 0.99 (ReBias: 0.99-0.999)"
+    if isinstance(rho, str):
+        try:
+            rho = float(rho)
+        except ValueError:
+            raise ConfigError(f"rho {rho!r} is not a number; {rho_what}") from None
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0.0 < float(rho) <= 1.0:
+        raise ConfigError(f"rho {rho!r} is outside (0, 1]; {rho_what}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown Biased MNIST protocol {protocol!r}; expected one of: {', '.join(PROTOCOLS)} "
+            "(default: select on a validation split held out from MNIST-train; paper: select on test, as ReBias)"
+        )
+    vf_what = "the fraction of MNIST-train held out (stratified by digit) for validation, e.g. 0.1"
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
+        raise ConfigError(f"val_fraction {val_fraction!r} is outside (0, 1); {vf_what}")
+    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
+        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer (it seeds the colour assignment)")
+    return float(rho), str(protocol), float(val_fraction), int(data_seed)
+
+
+# ---------------------------------------------------------------------------------------------- the builder
+@register_dataset(NAME)
+def build_biased_mnist(
+    data_root: Path,
+    cache_dir: Path,
+    *,
+    rho: float = 0.99,
+    protocol: str = "default",
+    val_fraction: float = 0.1,
+    data_seed: int = 0,
+    download: bool = True,
+) -> DatasetBundle:
+    """Biased MNIST (ReBias protocol): digit = class, background colour = bias, rho = colour-label correlation.
+
+    ``protocol="default"`` holds out ``val_fraction`` of MNIST-train (stratified, seeded) as an unbiased
+    validation split; ``protocol="paper"`` colours all 60 000 training images and selects on the unbiased test
+    split, as the ReBias release does.
+    """
+    rho, protocol, val_fraction, data_seed = _check_options(rho, protocol, val_fraction, data_seed)
+    if not isinstance(download, bool):
+        raise ConfigError(f"download {download!r} is not true or false")
+    recipe = make_recipe(rho=rho, protocol=protocol, val_fraction=val_fraction, data_seed=data_seed)
+    recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    key = recipe_hash(recipe)
+    path = Path(cache_dir) / NAME / f"{key}.npz"
+    arrays = None
+    if path.exists():
+        arrays = load_array_cache(
+            path, recipe_json, split_names(protocol), "Biased MNIST", lambda chw: chw == (3, 28, 28)
+        )
+    if arrays is None:
+        log.debug("building Biased MNIST (rho=%g, protocol=%s) into %s", rho, protocol, path)
+        mnist = load_mnist(data_root, download=download)
+        if protocol == "default":
+            check_holdout_sizes(mnist.train_y, val_fraction)
+        arrays = colour_mnist(mnist, recipe)
+        save_array_cache(path, arrays, recipe_json, "Biased MNIST")
+    splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
+    notes: list[str] = []
+    if protocol == "paper":
+        notes.append(
+            "Biased MNIST protocol='paper': there is no validation split; checkpoints are selected on the unbiased "
+            "test split, which is also the reported split (as in the ReBias release), so the test numbers are "
+            "optimistic. Use protocol='default' to select on a held-out validation split."
+        )
+    return DatasetBundle(
+        name=NAME,
+        train=splits["train"],
+        val=splits.get("val", splits["test"]),
+        test=splits["test"],
+        protocol=protocol,
+        selection="val" if protocol == "default" else "test",
+        recipe={**recipe, "recipe_sha256": key},
+        default_model="mlp",
+        notes=notes,
+    )
+
+
+def _group_dataset(arrays: dict[str, np.ndarray], split: str) -> GroupDataset:
+    return GroupDataset(
+        x=torch.from_numpy(arrays[f"{split}_x"]),
+        y=torch.from_numpy(arrays[f"{split}_y"]),
+        attr=torch.from_numpy(arrays[f"{split}_attr"]),
+        n_classes=N_CLASSES,
+        n_attrs=N_CLASSES,
+        transform=Compose([ToFloat(255.0), Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]),
+        name=NAME,
+        split=split,
+    )
