@@ -375,7 +375,7 @@ def test_hparam_table_and_validation() -> None:
         "true_logit",
         "uniform",
         1.0,
-        0.25,
+        0.1,
         "entry",
     )
     assert "chosen on validation" in m.hparam_sources["omega"] and "ule-search" in m.hparam_sources["omega"]

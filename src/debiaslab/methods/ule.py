@@ -406,7 +406,7 @@ class ULE(Method):
             "omega": Default("mask", ULE_CHOICE),
             "omega_weight": Default(1.0, ULE_CHOICE),
             "weighting": Default("uniform", ULE_CHOICE),
-            "mask_fraction": Default(0.25, ULE_CHOICE),
+            "mask_fraction": Default(0.1, ULE_CHOICE),
             "mask_unit": Default("entry", ULE_CHOICE),
             "saliency": Default("true_logit", ULE_CHOICE),
             "perturb_eps": Default(5.0, SPEC_PROBE_EPS),
