@@ -302,3 +302,23 @@ def test_aggregation_mean_std_by_rule_against_hand_values(tmp_path: Path) -> Non
     alt = next(r for r in rows if r["selection"] == "val_unbiased")
     assert alt["seeds"] == [0, 1, 2] and alt["deployed"]
     assert alt["unbiased"].mean == pytest.approx((0.99 + 0.72 + 0.80) / 3)
+
+
+def test_shortened_budget_suite_puts_no_paper_number_beside_ours(tmp_path: Path) -> None:
+    """A smoke-budget number beside the paper's full-budget one is no comparison: ``paper_budget: false`` (the
+    shipped quick suite) drops the paper columns from the table, the CSV and the by-ratio pivot."""
+    from debiaslab.bench.results import ratio_pivot_markdown
+    from debiaslab.bench.suite import parse_suite
+
+    assert load_suite("quick").paper_budget is False and load_suite("cmnist").paper_budget is True
+    rows = summarise([read_run(_final(tmp_path, s, 0.7, 0.3), label="erm") for s in range(2)])
+    full, smoke = results_markdown(rows), results_markdown(rows, compare_paper=False)
+    assert "| paper % | ours − paper |" in full and "unbiased 50.3" in full
+    assert "paper" not in smoke and "50.3" not in smoke and "| 70.0 ± 0.0 |" in smoke
+    assert "[paper 50.3" in ratio_pivot_markdown(rows, "colored_mnist")
+    assert "paper" not in ratio_pivot_markdown(rows, "colored_mnist", compare_paper=False)
+    line = next(csv.DictReader(io.StringIO(results_csv(rows, compare_paper=False))))
+    assert line["paper_unbiased"] == "" and line["diff_unbiased"] == "" and line["unbiased_mean"] == "70.00"
+    doc = {"datasets": [{"name": "colored_mnist"}], "methods": ["erm"], "paper_budget": "no"}
+    with pytest.raises(ConfigError, match="key 'paper_budget' = 'no'; expected true or false"):
+        parse_suite(doc, "s.yaml")

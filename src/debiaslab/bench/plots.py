@@ -62,10 +62,16 @@ def dataset_title(dataset: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- across methods
 def plot_metric_vs_ratio(
-    rows: Sequence[dict[str, Any]], dataset: str, path: Path, metric: str | None = None, subtitle: str = ""
+    rows: Sequence[dict[str, Any]],
+    dataset: str,
+    path: Path,
+    metric: str | None = None,
+    subtitle: str = "",
+    compare_paper: bool = True,
 ) -> Path:
     """One panel per method: our test ``metric`` (mean ± std over seeds) against the conflicting ratio, the
-    paper's numbers as hollow squares and our ERM (when in the suite) as a grey reference line.
+    paper's numbers as hollow squares (unless ``compare_paper`` is false: a shortened budget) and our ERM (when in
+    the suite) as a grey reference line.
 
     With a single ratio, a bar chart of all methods at that ratio instead.
     """
@@ -74,7 +80,7 @@ def plot_metric_vs_ratio(
     ratios = sorted({r["options"]["ratio"] for r in rows})
     labels = list(dict.fromkeys(r["method"] for r in rows))
     if len(ratios) == 1:
-        return _bars_at_ratio(rows, labels, dataset, metric, ratios[0], path, subtitle)
+        return _bars_at_ratio(rows, labels, dataset, metric, ratios[0], path, subtitle, compare_paper)
     ncols = min(4, len(labels))
     nrows = math.ceil(len(labels) / ncols)
     fig = _figure(3.3 * ncols, 2.8 * nrows + 0.6)
@@ -95,7 +101,10 @@ def plot_metric_vs_ratio(
         )
         name = next(r["method_name"] for r in rows if r["method"] == label)
         paper = [
-            (v, ref.value) for v in ratios for ref in references(name, dataset, {"ratio": v}) if ref.metric == metric
+            (v, ref.value)
+            for v in ratios
+            for ref in (references(name, dataset, {"ratio": v}) if compare_paper else [])
+            if ref.metric == metric
         ]
         if paper:
             ax.plot(
@@ -146,6 +155,7 @@ def _bars_at_ratio(
     ratio: float,
     path: Path,
     subtitle: str,
+    compare_paper: bool,
 ) -> Path:
     fig = _figure(max(6.0, 0.75 * len(labels) + 2.5), 4.2)
     ax = fig.add_subplot()
@@ -155,7 +165,8 @@ def _bars_at_ratio(
         row = next(r for r in rows if r["method"] == label)
         means.append(100 * row[metric].mean)
         stds.append(100 * row[metric].std)
-        ref = [x.value for x in references(row["method_name"], dataset, {"ratio": ratio}) if x.metric == metric]
+        refs = references(row["method_name"], dataset, {"ratio": ratio}) if compare_paper else []
+        ref = [x.value for x in refs if x.metric == metric]
         paper.append(ref[0] if ref else math.nan)
     several = any(len(r["seeds"]) > 1 for r in rows)
     ax.bar(xs, means, yerr=stds if several else None, capsize=3, color="tab:blue", alpha=0.85, label="ours")

@@ -43,28 +43,32 @@ def write_report(result: BenchResult) -> tuple[dict[str, Path], dict[str, str]]:
             s.status, s.detail = "failed", f"its final.json cannot be read: {exc}"
     done = [s for s in done if s.status in ("finished", "skipped")]
     rows = order_rows(summarise(records), [m.label for m in result.suite.methods])
-    table = results_markdown(rows)
+    compare = result.suite.paper_budget
+    table = results_markdown(rows, compare_paper=compare)
     files = {
         "results.md": atomic_write_text(out / "results.md", table + "\n"),
-        "results.csv": atomic_write_text(out / "results.csv", results_csv(rows)),
+        "results.csv": atomic_write_text(out / "results.csv", results_csv(rows, compare_paper=compare)),
     }
-    plots, plot_note = _plots(rows, done, out)
+    plots, plot_note = _plots(rows, done, out, compare)
     files.update(plots)
-    pivots = ratio_pivots(rows)
+    pivots = ratio_pivots(rows, compare_paper=compare)
     text = report_markdown(result, rows, table, plots, plot_note, done, pivots)
     files["report.md"] = atomic_write_text(out / "report.md", text)
     return files, {"results": table, **pivots}
 
 
-def ratio_pivots(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+def ratio_pivots(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> dict[str, str]:
     """Methods x conflicting ratios, one table per dataset (and fixed options) with more than one ratio, for the
-    dataset's headline metric and for worst-group accuracy; keyed ``"<dataset><options>: test <metric>"``."""
+    dataset's headline metric and for worst-group accuracy; keyed ``"<dataset><options>: test <metric>"``; the
+    published numbers beside ours when ``compare_paper``."""
     pivots: dict[str, str] = {}
     for (dataset, opts), group in _groups(rows).items():
         if len({r["options"].get("ratio") for r in group if r["deployed"]}) > 1:
             options = "" if opts == "{}" else f" {opts}"
             for metric in dict.fromkeys((headline_metric(dataset), "worst_group")):
-                pivots[f"{dataset}{options}: test {metric}"] = ratio_pivot_markdown(group, dataset, metric)
+                pivots[f"{dataset}{options}: test {metric}"] = ratio_pivot_markdown(
+                    group, dataset, metric, compare_paper=compare_paper
+                )
     return pivots
 
 
@@ -77,7 +81,9 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[s
     return groups
 
 
-def _plots(rows: list[dict[str, Any]], done: list[RunState], out: Path) -> tuple[dict[str, Path], str]:
+def _plots(
+    rows: list[dict[str, Any]], done: list[RunState], out: Path, compare_paper: bool
+) -> tuple[dict[str, Path], str]:
     from debiaslab.bench import plots
 
     if not plots.matplotlib_available():
@@ -95,7 +101,9 @@ def _plots(rows: list[dict[str, Any]], done: list[RunState], out: Path) -> tuple
         subtitle = f"{', '.join(f'{k}={v}' for k, v in options.items()) + '; ' if options else ''}"
         subtitle += f"selected by {rules}; {'/'.join(map(str, seeds))} seed(s) per point"
         name = f"{dataset}{''.join(f'-{k}{v}' for k, v in options.items())}-{headline_metric(dataset)}-vs-ratio.png"
-        files[f"plots/{name}"] = plots.plot_metric_vs_ratio(deployed, dataset, folder / name, subtitle=subtitle)
+        files[f"plots/{name}"] = plots.plot_metric_vs_ratio(
+            deployed, dataset, folder / name, subtitle=subtitle, compare_paper=compare_paper
+        )
     for label in dict.fromkeys(s.run.label for s in done):
         mine = [s for s in done if s.run.label == label]
         run = min(mine, key=lambda s: (s.run.dataset_dir, s.run.ratio or 0.0, s.run.config.seed)).run
@@ -138,6 +146,17 @@ def report_markdown(
     machine = _machine(done)
     if machine:
         lines.append(f"- machine: {machine}")
+    if suite.paper_budget:
+        paper_note = (
+            "Paper numbers: the published results recorded in `debiaslab.bench.paper`, each with its source; the "
+            "Colored MNIST ones were selected on the reported (test) split, ours on validation unless the protocol "
+            "is `paper`."
+        )
+    else:
+        paper_note = (
+            "This suite trains at a shortened budget (`paper_budget: false`), so the published full-budget "
+            "numbers are not shown beside these."
+        )
     lines += [
         "",
         "## Results (test split, % — mean ± std over seeds)",
@@ -145,8 +164,7 @@ def report_markdown(
         table if rows else "No finished runs yet.",
         "",
         f"`rule` is the selection rule; {REPORTED_MARK} marks a rule reported from the same training as another "
-        "(the run deployed a different rule). Paper numbers: ../shared/specs/reference-results.md; the Colored "
-        "MNIST ones were selected on the reported (test) split, ours on validation unless the protocol is `paper`. "
+        f"(the run deployed a different rule). {paper_note} "
         "Time is training wall time per run; memory is the run's peak resident memory (CPU) or peak CUDA memory.",
         "",
     ]

@@ -1,7 +1,9 @@
 """A suite's results table (Markdown and CSV): mean ± std over seeds, each rule a row, the papers' numbers beside.
 
 Rows come from :func:`debiaslab.bench.aggregate.summarise`; values are percentages. A row of a rule that a run
-reported from the same training, not the rule it deployed, is marked with ``*``.
+reported from the same training, not the rule it deployed, is marked with ``*``. ``compare_paper=False`` (a suite
+trained at a shortened budget) leaves the published numbers out: a smoke-budget number beside a full-budget one
+is no comparison.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ def _diff(cell: Cell, ref: Reference) -> float:
     return 100 * cell.mean - ref.value if not math.isnan(cell.mean) else math.nan
 
 
-def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The results table: one line per (method, dataset, options, ratio, rule)."""
+def results_markdown(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> str:
+    """The results table: one line per (method, dataset, options, ratio, rule); the published numbers and ours
+    minus them as two columns when ``compare_paper``."""
+    paper_columns = ["paper %", "ours − paper"] if compare_paper else []
     header = [
         "method",
         "dataset",
@@ -71,8 +75,7 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
         "rule",
         "seeds",
         *[f"{TITLES[c]} %" for c in COLUMNS],
-        "paper %",
-        "ours − paper",
+        *paper_columns,
         "train s",
         "peak MB",
     ]
@@ -90,8 +93,7 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
             _rule_text(row),
             str(len(row["seeds"])),
             *[row[c].format() for c in COLUMNS],
-            paper,
-            diffs,
+            *([paper, diffs] if compare_paper else []),
             row["train_time_s"].format(scale=1.0, digits=0),
             row["peak_memory_mb"].format(scale=1.0, digits=0),
         ]
@@ -103,8 +105,9 @@ def _signed(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:+.1f}"
 
 
-def results_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The same rows as CSV, mean and std in separate columns (percent), one paper/diff column pair per metric."""
+def results_csv(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> str:
+    """The same rows as CSV, mean and std in separate columns (percent), one paper/diff column pair per metric
+    (left empty unless ``compare_paper``)."""
     fields = ["method", "method_name", "dataset", "options", "ratio", "protocol", "rule", "deployed", "n_seeds"]
     fields += ["seeds"] + [f"{c}_{s}" for c in COLUMNS for s in ("mean", "std")]
     fields += [f"paper_{c}" for c in COLUMNS] + [f"diff_{c}" for c in COLUMNS]
@@ -113,7 +116,7 @@ def results_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        refs = {r.metric: r for r in row_references(row)}
+        refs = {r.metric: r for r in row_references(row)} if compare_paper else {}
         line: dict[str, Any] = {
             "method": row["method"],
             "method_name": row["method_name"],
@@ -148,8 +151,11 @@ def _val(value: float, digits: int = 1) -> str:
     return "" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def ratio_pivot_markdown(rows: Sequence[dict[str, Any]], dataset: str, metric: str | None = None) -> str:
-    """Methods x ratios of the headline metric (deployed rules), ours (n) [paper, ours − paper]."""
+def ratio_pivot_markdown(
+    rows: Sequence[dict[str, Any]], dataset: str, metric: str | None = None, compare_paper: bool = True
+) -> str:
+    """Methods x ratios of the headline metric (deployed rules), ours (n) [paper, ours − paper] (the bracket only
+    when ``compare_paper``)."""
     metric = metric or headline_metric(dataset)
     rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
     ratios = sorted({r["options"]["ratio"] for r in rows})
@@ -165,7 +171,8 @@ def ratio_pivot_markdown(rows: Sequence[dict[str, Any]], dataset: str, metric: s
                 continue
             row = match[0]
             text = f"{row[metric].format()} (n={len(row['seeds'])})"
-            ref = next((x for x in row_references(row) if x.metric == metric), None)
+            refs = row_references(row) if compare_paper else []
+            ref = next((x for x in refs if x.metric == metric), None)
             if ref is not None and not math.isnan(row[metric].mean):
                 text += f" [paper {ref.value:.1f}, {_signed(_diff(row[metric], ref))}]"
             cells.append(text)
