@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 DATA ?= $(if $(DEBIASLAB_DATA),$(DEBIASLAB_DATA),$(abspath ../shared/data))
 export DEBIASLAB_DATA := $(DATA)
 
-.PHONY: venv test lint demo bench-speed bench-cost clean
+.PHONY: venv test lint demo docs bench-speed bench-cost clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ DEMO_WORKERS ?= 2
 # runs). Set DEMO_WORKERS to use more cores.
 demo: venv
 	$(PY) -m debiaslab bench quick --workers $(DEMO_WORKERS)
+
+# docs/results/*.md and the README's results blocks, regenerated from the run records under benchmarks/results/
+docs: venv
+	$(PY) benchmarks/make_docs.py
 
 bench-speed: venv
 	$(PY) benchmarks/engine_overhead.py --epochs 5

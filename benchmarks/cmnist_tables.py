@@ -12,9 +12,10 @@ and plain KD at another α / τ: ``runs/kd-a0.1-t1 --table kd``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -22,13 +23,30 @@ import yaml
 RATIOS = ("0.005", "0.01", "0.02", "0.05")
 
 
-def load(root: Path, method: str) -> dict[str, list[dict]]:
-    """Finished runs of ``method`` per ratio."""
+def load(root: Path | Sequence[Path], method: str | None, protocol: str = "default") -> dict[str, list[dict]]:
+    """Finished runs of ``method`` per ratio: every ``final.json`` under ``root`` (one folder or several) whose
+    recorded method is ``method``, whatever folder it sits in, so renaming a method is a change of its records'
+    ``method`` field, not of this code (``None``: every method). Only runs of ``protocol``."""
+    roots = [root] if isinstance(root, Path) else list(root)
     out: dict[str, list[dict]] = {r: [] for r in RATIOS}
-    for ratio in RATIOS:
-        for final in sorted((root / method / f"r{ratio}").glob("seed*/final.json")):
-            out[ratio].append(json.loads(final.read_text()))
+    for base in roots:
+        for final in sorted(base.rglob("final.json")):
+            run = dict(read_final(final))
+            ratio = f"{run.get('dataset_options', {}).get('ratio', '')}"
+            if method in (None, run["method"]) and run.get("protocol", "default") == protocol and ratio in out:
+                run["_dir"] = str(final.parent)
+                out[ratio].append(run)
     return out
+
+
+@functools.cache
+def _read_final(path: Path) -> str:
+    return path.read_text()
+
+
+def read_final(path: Path) -> dict:
+    """A run's ``final.json`` (the text is read once per process: several tables read the same runs)."""
+    return json.loads(_read_final(path))
 
 
 def cell(values: list[float]) -> str:
@@ -138,35 +156,45 @@ def dett_table(root: Path) -> str:
     return "\n".join(lines) + "\n\n" + "; ".join(params)
 
 
-def kd_table(root: Path) -> str:
-    """Plain KD runs alone (e.g. another α / τ than the suite's): the student against its own teacher."""
+def kd_table(root: Path, split: str = "test") -> str:
+    """Plain KD runs alone (e.g. another α / τ than the suite's): the student against its own teacher, on
+    ``split`` (``val`` for a setting that is compared, not deployed)."""
     runs = load(root, "kd")
-    lines = [header("plain KD, test %")]
-    teacher = readout("teacher", "unbiased")
+    lines = [header(f"plain KD, {split} %")]
+
+    def teacher(run: dict) -> float:
+        return run["readouts"]["teacher"][split]["unbiased"]
+
+    def student(name: str) -> Callable[[dict], float]:
+        return lambda run: run["metrics"][split][name]
+
     lines.append(row("teacher unbiased", runs, teacher))
-    lines.append(row("KD student unbiased", runs, test_metric("unbiased")))
-    lines.append(row("student − teacher (points)", runs, lambda r: r["metrics"]["test"]["unbiased"] - teacher(r)))
-    lines.append(row("KD student conflicting", runs, test_metric("conflicting")))
-    lines.append(row("KD student aligned", runs, test_metric("aligned")))
+    lines.append(row("KD student unbiased", runs, student("unbiased")))
+    lines.append(row("student − teacher (points)", runs, lambda r: r["metrics"][split]["unbiased"] - teacher(r)))
+    lines.append(row("KD student conflicting", runs, student("conflicting")))
+    lines.append(row("KD student aligned", runs, student("aligned")))
     return "\n".join(lines)
 
 
-def ule_table(root: Path) -> str:
-    runs = load(root, "ule")
-    lines = [header("ULE, test %")]
+def ule_table(root: Path | Sequence[Path], method: str = "ule") -> str:
+    """The deployed teacher of ``method`` (``ule`` or ``mistake_reweight``), test metrics over seeds."""
+    runs = load(root, method)
+    lines = [header(f"{method}, test %")]
     for metric in ("unbiased", "worst_group", "conflicting", "aligned"):
         lines.append(row(f"teacher (deployed): {metric}", runs, test_metric(metric)))
     return "\n".join(lines)
 
 
 def rest_table(root: Path) -> str:
+    """The density sweep (``r<ratio>/d<density>/seed*/final.json``): validation scores (the densities are
+    compared) and the measured cost of each sparse model."""
     lines = [
         table_head(
             "ratio",
             "density",
-            "unbiased %",
-            "conflicting %",
-            "worst-group %",
+            "val unbiased %",
+            "val conflicting %",
+            "val worst-group %",
             "non-zero params",
             "inference MACs",
             "training MACs (rel. dense)",
@@ -175,7 +203,7 @@ def rest_table(root: Path) -> str:
     ]
     for final in sorted(root.glob("r*/d*/seed*/final.json"), key=lambda p: (p.parts[-4], float(p.parts[-3][1:]))):
         run = json.loads(final.read_text())
-        m, cost = run["metrics"]["test"], run["extras"].get("cost", {})
+        m, cost = run["metrics"]["val"], run["extras"].get("cost", {})
         if cost:
             params, macs = f"{cost['params_nonzero']:,}", f"{cost['inference_macs_sparse']:,}"
             train = f"{cost['train_macs_ratio']:.3f}"
@@ -189,7 +217,8 @@ def rest_table(root: Path) -> str:
 
 
 def bam_tune_table(root: Path) -> str:
-    """The BAM tuning runs (any ``*/final.json`` under ``root``), best validation score first."""
+    """The BAM tuning runs (any ``*/final.json`` under ``root``), best validation score first; validation
+    scores only (the configurations were compared on them)."""
     runs = [json.loads(f.read_text()) for f in sorted(root.glob("**/final.json"))]
     runs.sort(key=lambda r: -r["selected"]["score"])
     lines = [
@@ -200,9 +229,9 @@ def bam_tune_table(root: Path) -> str:
             "stage-2 wd",
             "stage-2 lr",
             "val unbiased",
+            "val worst-group",
             "error-set precision / recall",
-            "test unbiased",
-            "time s",
+            "epoch",
         )
     ]
     for run in runs:
@@ -210,22 +239,22 @@ def bam_tune_table(root: Path) -> str:
         lines.append(
             f"| {hp['aux_lambda']:g} | {hp['amplify_epochs']} | {hp['mu']} | {hp.get('upweight_weight_decay', 0):g} "
             f"| {hp.get('upweight_lr', 0.05):g} | {100 * run['selected']['score']:.1f} "
-            f"| {ex['error_set_precision']:.2f} / {ex['error_set_recall']:.2f} "
-            f"| {100 * run['metrics']['test']['unbiased']:.1f} | {run['train_time_s']:.0f} |"
+            f"| {100 * run['metrics']['val']['worst_group']:.1f} "
+            f"| {ex['error_set_precision']:.2f} / {ex['error_set_recall']:.2f} | {run['selected']['epoch']} |"
         )
     return "\n".join(lines)
 
 
 def ule_tune_table(root: Path) -> str:
-    """The ULE variant runs (``<variant>/final.json``), teacher and student validation score at the kept epoch."""
+    """The ULE variant runs (``<variant>/final.json``), teacher and student validation scores at the kept epoch
+    (validation only: the variants were compared on it)."""
     lines = [
         table_head(
             "Ω variant",
             "val unbiased, teacher",
             "val unbiased, student (same epoch)",
-            "test unbiased",
-            "test conflicting",
-            "test worst-group",
+            "val conflicting",
+            "val worst-group",
             "epoch",
         )
     ]
@@ -234,11 +263,11 @@ def ule_tune_table(root: Path) -> str:
         run = json.loads(final.read_text())
         epoch = run["selected"]["epoch"]
         student = next(h for h in history(final.parent) if h["epoch"] == epoch)["val_student"]["unbiased"]
-        m = run["metrics"]["test"]
+        m = run["metrics"]["val"]
         rows.append((run["selected"]["score"], final.parent.name, student, m, epoch))
     for score, name, student, m, epoch in sorted(rows, key=lambda r: -r[0]):
         lines.append(
-            f"| {name} | {100 * score:.1f} | {100 * student:.1f} | {100 * m['unbiased']:.1f} "
+            f"| {name} | {100 * score:.1f} | {100 * student:.1f} "
             f"| {100 * m['conflicting']:.1f} | {100 * m['worst_group']:.1f} | {epoch} |"
         )
     return "\n".join(lines)
@@ -246,18 +275,18 @@ def ule_tune_table(root: Path) -> str:
 
 def ule_cand_table(root: Path) -> str:
     """ULE variants across ratios (``<variant>/r<ratio>/seed*/final.json``): the teacher's validation unbiased
-    accuracy at its kept epoch / its test unbiased accuracy (means over the seeds found), rows in name order."""
-    lines = [header("Ω variant: val / test unbiased (kept epoch)")]
+    and worst-group accuracy at its kept epoch (means over the seeds found), rows in name order."""
+    lines = [header("variant: val unbiased / val worst-group (kept epoch)")]
     for variant in sorted(p for p in root.iterdir() if p.is_dir()):
         cells = []
-        for runs in load(root, variant.name).values():
+        for runs in load(variant, None).values():
             if not runs:
                 cells.append("–")
                 continue
-            val = statistics.fmean(run["selected"]["score"] for run in runs)
-            test = statistics.fmean(run["metrics"]["test"]["unbiased"] for run in runs)
+            val = statistics.fmean(run["metrics"]["val"]["unbiased"] for run in runs)
+            worst = statistics.fmean(run["metrics"]["val"]["worst_group"] for run in runs)
             epochs = ", ".join(str(run["selected"]["epoch"]) for run in runs)
-            cells.append(f"{100 * val:.1f} / {100 * test:.1f} ({epochs})")
+            cells.append(f"{100 * val:.1f} / {100 * worst:.1f} ({epochs})")
         lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -268,16 +297,17 @@ def resolved(final: Path) -> dict:
 
 
 def kd_sweep_table(root: Path) -> str:
-    """Distillation settings (``r<ratio>/<setting>/final.json``): plain KD and DeTT students of the same teacher."""
+    """Distillation settings (``r<ratio>/<setting>/final.json``): plain KD and DeTT students of the same teacher,
+    validation scores only (the settings were compared on them)."""
     lines = [
         table_head(
-            "ratio", "student", "method", "KD weight α / τ", "params", "teacher unbiased", "student unbiased",
-            "student − teacher", "conflicting", "aligned",
+            "ratio", "student", "method", "KD weight α / τ", "params", "teacher val unbiased",
+            "student val unbiased", "student − teacher", "val conflicting", "val aligned",
         )
     ]  # fmt: skip
     for final in sorted(root.glob("r*/*/final.json"), key=lambda p: (float(p.parts[-3][1:]), p.parts[-2])):
         run, hp = json.loads(final.read_text()), resolved(final)
-        m, teacher = run["metrics"]["test"], run["readouts"]["teacher"]["test"]["unbiased"]
+        m, teacher = run["metrics"]["val"], run["readouts"]["teacher"]["val"]["unbiased"]
         width, depth = hp["model_kwargs"].get("width", 100), hp["model_kwargs"].get("depth", 3)
         kd = f"{hp['kd_weight']:g} / {hp['temperature']:g}" if run["method"] == "kd" else "–"
         lines.append(
@@ -289,11 +319,12 @@ def kd_sweep_table(root: Path) -> str:
 
 
 def jtt_tune_table(root: Path) -> str:
-    """JTT runs (any ``*/final.json`` under ``root``): error-set quality and validation score per setting."""
+    """JTT runs (any ``*/final.json`` under ``root``): error-set quality and validation scores per setting (no
+    test number: the settings were compared on validation)."""
     lines = [
         table_head(
-            "ratio", "identify lr", "λ_up", "stage-2 wd", "error set", "precision / recall", "val unbiased",
-            "test unbiased", "epoch",
+            "ratio", "identify lr", "T", "λ_up", "stage-2 wd", "stage-2 epochs", "error set", "precision / recall",
+            "val unbiased", "val worst-group", "epoch",
         )
     ]  # fmt: skip
     runs = []
@@ -303,11 +334,12 @@ def jtt_tune_table(root: Path) -> str:
             runs.append((float(run["dataset_options"]["ratio"]), -run["selected"]["score"], run, hp))
     for ratio, _, run, hp in sorted(runs, key=lambda r: r[:2]):
         ex, lr = run["extras"], hp["identify_lr"] if hp["identify_lr"] is not None else hp["lr"]
+        val = run["metrics"]["val"]
         lines.append(
-            f"| {ratio:g} | {lr:g} | {hp['lambda_up']} | {hp['weight_decay']:g} | {ex['error_set_size']:,} "
+            f"| {ratio:g} | {lr:g} | {hp['identify_epochs']} | {hp['lambda_up']} | {hp['weight_decay']:g} "
+            f"| {hp['epochs']} | {ex['error_set_size']:,} "
             f"| {ex['error_set_precision']:.2f} / {ex['error_set_recall']:.2f} "
-            f"| {100 * run['metrics']['val']['unbiased']:.1f} | {100 * run['metrics']['test']['unbiased']:.1f} "
-            f"| {run['selected']['epoch']} |"
+            f"| {100 * val['unbiased']:.1f} | {100 * val['worst_group']:.1f} | {run['selected']['epoch']} |"
         )
     return "\n".join(lines)
 
