@@ -23,17 +23,24 @@ import yaml
 RATIOS = ("0.005", "0.01", "0.02", "0.05")
 
 
-def load(root: Path | Sequence[Path], method: str | None, protocol: str = "default") -> dict[str, list[dict]]:
+def load(
+    root: Path | Sequence[Path],
+    method: str | None,
+    protocol: str = "default",
+    keep: Callable[[dict], bool] | None = None,
+) -> dict[str, list[dict]]:
     """Finished runs of ``method`` per ratio: every ``final.json`` under ``root`` (one folder or several) whose
     recorded method is ``method``, whatever folder it sits in, so renaming a method is a change of its records'
-    ``method`` field, not of this code (``None``: every method). Only runs of ``protocol``."""
+    ``method`` field, not of this code (``None``: every method). Only runs of ``protocol`` (and for which
+    ``keep(final)`` holds, when given)."""
     roots = [root] if isinstance(root, Path) else list(root)
     out: dict[str, list[dict]] = {r: [] for r in RATIOS}
     for base in roots:
         for final in sorted(base.rglob("final.json")):
             run = dict(read_final(final))
             ratio = f"{run.get('dataset_options', {}).get('ratio', '')}"
-            if method in (None, run["method"]) and run.get("protocol", "default") == protocol and ratio in out:
+            wanted = method in (None, run["method"]) and (keep is None or keep(run))
+            if wanted and run.get("protocol", "default") == protocol and ratio in out:
                 run["_dir"] = str(final.parent)
                 out[ratio].append(run)
     return out
@@ -176,10 +183,13 @@ def kd_table(root: Path, split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def ule_table(root: Path | Sequence[Path], method: str = "ule") -> str:
-    """The deployed teacher of ``method`` (``ule`` or ``mistake_reweight``), test metrics over seeds."""
-    runs = load(root, method)
-    lines = [header(f"{method}, test %")]
+def ule_table(
+    root: Path | Sequence[Path], method: str | None = "ule", keep: Callable[[dict], bool] | None = None, name: str = ""
+) -> str:
+    """The deployed teacher of ``method`` (``ule`` or ``mistake_reweight``; or the runs ``keep`` picks), test
+    metrics over seeds."""
+    runs = load(root, method, keep=keep)
+    lines = [header(f"{name or method}, test %")]
     for metric in ("unbiased", "worst_group", "conflicting", "aligned"):
         lines.append(row(f"teacher (deployed): {metric}", runs, test_metric(metric)))
     return "\n".join(lines)

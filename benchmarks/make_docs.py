@@ -151,13 +151,13 @@ def erm_protocol_table(rec: Records) -> str:
     return "\n".join(lines)
 
 
-def val_compare_table(rec: Records, first: str, entries: Sequence[tuple[str, str, str]]) -> str:
+def val_compare_table(rec: Records, first: str, entries: Sequence[tuple[str, str, Callable[[dict], bool]]]) -> str:
     """Configurations compared over seeds on VALIDATION (unbiased / worst-group, mean ± std by ratio).
 
-    ``entries``: (row label, folder under the results, recorded method)."""
+    ``entries``: (row label, folder under the results, which of its records belong to the row)."""
     lines = [ct.header(first)]
-    for label, rel, method in entries:
-        runs = ct.load([rec.path(rel)], method)
+    for label, rel, keep in entries:
+        runs = ct.load([rec.path(rel)], None, keep=keep)
         cells = []
         for ratio in ct.RATIOS:
             rs = runs[ratio]
@@ -246,10 +246,15 @@ def if_method(rec: Records, method: str, make: Callable[[], str]) -> str | None:
     return make() if method in rec.methods(rec.headline()) else None
 
 
+def if_any(rec: Records, keep: Callable[[dict], bool], make: Callable[[], str]) -> str | None:
+    """``make()`` when some headline record satisfies ``keep``; else None (the section is dropped)."""
+    return make() if any(keep(f) for _, f in rec.finals(rec.headline())) else None
+
+
 # ---------------------------------------------------------------------------------------------- pages
 def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
     """``{placeholder: function}``; a function returning None drops its placeholder's section."""
-    p = rec.path
+    p, jtt = rec.path, _method("jtt")
     return {
         "machine": lambda: machine_line(rec),
         "headline": lambda: headline_tables(rec),
@@ -264,21 +269,25 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
             rec,
             "JTT setting: val unbiased / val worst-group",
             [
-                ("identify lr 1e-3, λ_up 50, no stage-2 weight decay", "cmnist-2026-11-23/jtt-first-default", "jtt"),
-                ("identify lr 1e-3, λ_up 200, stage-2 weight decay 0.01", "cmnist-2026-11-24/jtt-wd-default", "jtt"),
+                ("identify lr 1e-3, λ_up 50, no stage-2 weight decay", "cmnist-2026-11-23/jtt-first-default", jtt),
+                ("identify lr 1e-3, λ_up 200, stage-2 weight decay 0.01", "cmnist-2026-11-24/jtt-wd-default", jtt),
                 (
                     "identify lr 3e-4, λ_up 200, stage-2 weight decay 0.01 (default)",
                     "cmnist-2026-11-24/jtt-idlr",
-                    "jtt",
+                    jtt,
                 ),
             ],
         ),
         "bam_tune": lambda: ct.bam_tune_table(p("cmnist-2026-11-24/bam-tune")),
         "bam": lambda: ct.bam_table(rec.headline()),
         "ule_search": lambda: ule_search(rec),
-        "ule_final": lambda: if_method(rec, "ule", lambda: ct.ule_table(rec.headline(), "ule")),
-        "mistake_reweight_final": lambda: if_method(
-            rec, "mistake_reweight", lambda: ct.ule_table(rec.headline(), "mistake_reweight")
+        "ule_final": lambda: if_any(
+            rec, _gradient_ule, lambda: ct.ule_table(rec.headline(), None, _gradient_ule, "ule")
+        ),
+        "mistake_reweight_final": lambda: if_any(
+            rec,
+            _mistake_reweighting,
+            lambda: ct.ule_table(rec.headline(), None, _mistake_reweighting, "mistake_reweight"),
         ),
         "ule_tune": lambda: ct.ule_tune_table(p("cmnist-2026-11-24/ule-tune")),
         "ule_cand": lambda: ct.ule_cand_table(p("cmnist-2026-11-24/ule-cand")),
@@ -288,9 +297,9 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
             rec,
             "teacher: val unbiased / val worst-group",
             [
-                ("gradient mask 25 %, λ 1, unregularised student", "cmnist-2026-11-24/ule-mask-default", "ule"),
-                ("mistake reweighting, λ 5, student L2 0.01", "cmnist-2026-11-24/cmnist", _mistake_method(rec)),
-                ("mistake reweighting, λ 5, student L2 0.03", "cmnist-2026-11-24/ule-l2-0.03", _mistake_method(rec)),
+                ("gradient mask 25 %, λ 1, unregularised student", "cmnist-2026-11-24/ule-mask-default", _gradient_ule),
+                ("mistake reweighting, λ 5, student L2 0.01", "cmnist-2026-11-24/cmnist", _mistake_reweighting),
+                ("mistake reweighting, λ 5, student L2 0.03", "cmnist-2026-11-24/ule-l2-0.03", _mistake_reweighting),
             ],
         ),
         "denetdm": lambda: ct.denetdm_table(rec.headline()),
@@ -309,10 +318,19 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
     }
 
 
-def _mistake_method(rec: Records) -> str:
-    """The recorded method of the mistake-reweighting runs (``mistake_reweight`` once the records say so)."""
-    methods = {f["method"] for _, f in rec.finals([rec.path("cmnist-2026-11-24/ule-l2-0.03")])}
-    return "mistake_reweight" if "mistake_reweight" in methods else "ule"
+def _method(name: str) -> Callable[[dict], bool]:
+    return lambda final: final["method"] == name
+
+
+def _mistake_reweighting(final: dict) -> bool:
+    """Runs of the mistake-reweighting scheme: recorded as ``mistake_reweight``, or as ``ule`` with Ω ``reweight``
+    (how ULE's configuration recorded it before it became its own method)."""
+    hparams = final.get("hparams") or {}
+    return final["method"] == "mistake_reweight" or (final["method"] == "ule" and hparams.get("omega") == "reweight")
+
+
+def _gradient_ule(final: dict) -> bool:
+    return final["method"] == "ule" and not _mistake_reweighting(final)
 
 
 def _all_methods() -> list[str]:
