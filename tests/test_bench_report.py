@@ -227,6 +227,12 @@ def test_report_tables_and_png_figures(suite_runs, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="debiaslab\\[plots\\]"):
         plots.plot_group_heatmap(suite.plan(out)[0].run_dir, out / "x.png", "erm")
 
+    assert "| paper % | ours − paper |" in (out / "results.md").read_text()
+    suite.paper_budget = False  # a shortened budget: the report's table and note carry no published numbers
+    run_suite(suite, out, report_only=True, progress=False)
+    assert "paper" not in (out / "results.md").read_text()
+    assert "shortened budget (`paper_budget: false`)" in (out / "report.md").read_text()
+
 
 # ---------------------------------------------------------------------------------------------- aggregation
 def _final(root: Path, seed: int, unbiased: float, worst: float, alt: dict | None = None, **over) -> Path:
