@@ -1,6 +1,7 @@
-"""Print the README's Colored MNIST tables for BAM, DeNetDM, DeTT/KD, ULE and the REST sweep from run directories.
+"""Print the Colored MNIST tables of ``docs/results/`` (BAM, DeNetDM, DeTT/KD, ULE, the REST sweep...) from run
+directories; ``benchmarks/make_docs.py`` assembles the pages from them.
 
-Reads ``final.json`` files under ROOT laid out as ``<method>/r<ratio>/seed<seed>`` (``runs/cmnist`` or the
+Reads every ``final.json`` under ROOT (rows by each run's recorded method and ratio; ``runs/cmnist`` or the
 committed copy under ``benchmarks/results/``). Cells are mean ± std over the seeds found, with ``n`` when fewer
 than three. Run: ``python benchmarks/cmnist_tables.py ROOT --table bam|denetdm|dett|ule`` or
 ``runs/rest-sweep --table rest``; tuning tables: ``runs/tune/ule --table ule-tune``, ``runs/tune --table bam-tune``,

@@ -1,4 +1,7 @@
-"""Write a benchmark suite's results into the README, between ``<!-- bench:SUITE:start -->`` and ``... :end -->``.
+"""Write a suite's results into a Markdown file, between ``<!-- bench:SUITE:start -->`` and ``... :end -->``.
+
+For a suite run of your own (the project's README and ``docs/results/`` are generated from the committed run
+records by ``benchmarks/make_docs.py`` instead).
 
 Re-aggregates the suite's finished runs under OUT (``debiaslab bench SUITE --out OUT --report-only``: nothing
 trains), then replaces the marked block with the by-ratio tables of the report (headline metric and worst-group
