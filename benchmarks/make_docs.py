@@ -44,6 +44,9 @@ HEADLINE = (
     "cmnist-2026-11-24/cmnist",
     "cmnist-2026-11-24/jtt-idlr",
 )
+#: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
+#: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
+BMNIST = "bmnist-*"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
 TITLE = {"unbiased": "unbiased", "worst_group": "worst-group", "conflicting": "conflicting", "aligned": "aligned"}
 
@@ -175,7 +178,7 @@ def bmnist_table(rec: Records) -> str | None:
     """Biased MNIST (by training correlation rho), test unbiased and worst-group, when records exist."""
     records = [
         read_run(d, label=f["method"])
-        for d, f in rec.finals([rec.root])
+        for d, f in rec.finals(sorted(rec.root.glob(BMNIST)))
         if f["dataset"] == "biased_mnist" and f.get("protocol", "default") == "default"
     ]
     if not records:

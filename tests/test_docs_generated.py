@@ -49,7 +49,7 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
     records = make_docs.Records(tmp_path)
     assert make_docs.bmnist_table(records) is None  # no Biased MNIST records: no section, no invented numbers
     for seed, unbiased in enumerate((0.60, 0.70)):
-        run = tmp_path / "bmnist" / "anything" / f"seed{seed}"
+        run = tmp_path / "bmnist-2026-12-04" / "bmnist-rho0.99" / "anything" / f"seed{seed}"
         run.mkdir(parents=True)
         metrics = {"unbiased": unbiased, "worst_group": 0.2, "conflicting": 0.5, "aligned": 0.9, "accuracy": 0.6}
         final = {
