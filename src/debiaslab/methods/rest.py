@@ -49,7 +49,7 @@ REST_LOADER = (
 )
 #: the ``lambda_up`` value that selects the README's per-ratio table
 BY_RATIO = "by_ratio"
-OURS_DENSITY = "ours: one point of the release's density sweep (0.0005 ... 0.9); the lead's sweep varies it"
+OURS_DENSITY = "ours: one point of the release's density sweep (0.0005 ... 0.9)"
 
 #: the values the release README passes to its (unread) --lambda_upweight flag, per conflicting ratio of Colored
 #: MNIST and Corrupted CIFAR-10; used with ``lambda_up=by_ratio``
