@@ -37,7 +37,8 @@ def toy() -> tuple[GroupDataset, GroupDataset]:
 
 
 def bam(**kw) -> BAM:
-    base = {**tiny_mlp(lr=0.05), "epochs": 2, "amplify_epochs": 2, "aux_lambda": 5.0, "mu": 5}
+    # stage-1 lr 0.025 with the class-summed loss (K = 2) takes the steps lr 0.05 took with the class mean
+    base = {**tiny_mlp(lr=0.025), "upweight_lr": 0.05, "epochs": 2, "amplify_epochs": 2, "aux_lambda": 5.0, "mu": 5}
     return BAM(**{**base, **kw})
 
 
@@ -119,11 +120,15 @@ def test_aux_gradient_only_on_batch_rows_and_no_weight_decay() -> None:
     assert isinstance(opt, torch.optim.SGD) and aux_group["momentum"] == 0.9
 
 
-def test_squared_loss_on_a_hand_example() -> None:
+def test_squared_loss_sums_classes_and_averages_batch_as_bam_official_utils_squared_loss() -> None:
+    """BAM official code (github.com/motivationss/BAM): utils.squared_loss is MSELoss(reduction="none") summed
+    over dim 1 (the classes); loss.py's LossComputer takes the batch mean."""
     z = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
     y = torch.tensor([1, 0])
-    # residuals (1, 1) and (-0.5, -1): squares 1 + 1 + 0.25 + 1 = 3.25 over B·K = 4 entries
-    assert float(squared_loss(z, y)) == pytest.approx(0.8125)
+    # residuals (1, 1) and (-0.5, -1): per-example sums 2 and 1.25, mean over B = 2 examples
+    assert float(squared_loss(z, y)) == pytest.approx(1.625)
+    official = F.mse_loss(z, F.one_hot(y, 2).float(), reduction="none").sum(dim=1).mean()
+    assert float(squared_loss(z, y)) == pytest.approx(float(official))
     # through the stage: logits = model(x) + λ·b[index]
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
@@ -136,8 +141,8 @@ def test_squared_loss_on_a_hand_example() -> None:
     ctx = StepContext("amplify", 0, 0, 1, 1)
     with torch.no_grad():
         mse = amplify_stage(model, aux, aux_lambda=2.0, loss="mse", epochs=1, batch_size=2, optim=OptimConfig())
-        # example 0: (1, 2) vs (0, 1) -> 1 + 1; example 2: (0.5, -1) vs (0, 1) -> 0.25 + 4; mean over 4 entries
-        assert float(mse.loss_fn(batch, ctx)) == pytest.approx(6.25 / 4)
+        # example 0: (1, 2) vs (0, 1) -> 1 + 1; example 2: (0.5, -1) vs (0, 1) -> 0.25 + 4; mean over 2 examples
+        assert float(mse.loss_fn(batch, ctx)) == pytest.approx(6.25 / 2)
         ce = amplify_stage(model, aux, aux_lambda=2.0, loss="ce", epochs=1, batch_size=2, optim=OptimConfig())
         expected = F.cross_entropy(torch.tensor([[1.0, 2.0], [0.5, -1.0]]), torch.tensor([1, 1]))
         assert float(ce.loss_fn(batch, ctx)) == pytest.approx(float(expected))
@@ -228,10 +233,18 @@ def test_hparam_table_and_validation() -> None:
     assert (hp.aux_lambda, hp.amplify_epochs, hp.mu) == (50.0, 21, 140)
     assert (hp.upweight_lr, hp.upweight_weight_decay, hp.batch_size, hp.optimizer) == (1e-5, 1.0, 64, "sgd")
     assert wb.hparam_sources["amplify_epochs"].startswith("BAM official code")
+    # stage 1 on Waterbirds: BAM official run_metaScript.py, CUB branch (not the ERM preset's 1e-3 / 1e-4)
+    assert (hp.lr, hp.weight_decay) == (1e-5, 0.0)
+    assert "run_metaScript.py" in wb.hparam_sources["lr"] and "run_metaScript.py" in wb.hparam_sources["weight_decay"]
+    celeba = BAM(dataset="celeba").hparams  # run_metaScript.py, CelebA branch
+    assert (celeba.lr, celeba.weight_decay, celeba.upweight_lr, celeba.upweight_weight_decay) == (1e-5, 0.0, 1e-5, 0.1)
+    assert celeba.batch_size == 128
     cm = BAM(dataset="colored_mnist")
     assert (cm.hparams.optimizer, cm.hparams.momentum) == ("sgd", 0.9)
     assert (cm.hparams.aux_lambda, cm.hparams.amplify_epochs, cm.hparams.mu) == (5.0, 10, 300)
     assert cm.hparam_sources["mu"].startswith("ours: best validation")
+    # the tuned lr 0.05 was for the class-averaged loss: / K = 10 under the summed loss, stage 2 unchanged
+    assert (cm.hparams.lr, cm.hparams.upweight_lr) == (0.005, 0.05)
     assert BAM(mu="3", aux_lambda="0.5").hparams.mu == 3
     for bad in (
         {"amplify_epochs": 0},

@@ -138,7 +138,9 @@ def test_class_diff_forms():
     assert class_diff([0.9, 0.6], "binary") == pytest.approx(0.3)
     assert class_diff([0.9, 0.6], "mean_pairwise") == pytest.approx(0.3)
     assert class_diff([0.9, 0.6, 0.3], "mean_pairwise") == pytest.approx((0.3 + 0.6 + 0.3) / 3)
-    assert class_diff([0.9, 0.6, 0.3], "official3") == pytest.approx((0.3 + 0.6 + 0.3) / 3)
+    # BAM official code (github.com/motivationss/BAM, loss.py, LossComputer.helper): |a0 + a0 - a1 - a2|
+    assert class_diff([0.9, 0.6, 0.3], "official3") == pytest.approx(abs(2 * 0.9 - 0.6 - 0.3))
+    assert class_diff([0.6, 0.9, 0.3], "official3") == pytest.approx(0.0)  # not the mean pairwise gap (0.4)
     assert class_diff([0.9, float("nan"), 0.3]) == pytest.approx(0.6)  # empty class skipped
     assert math.isnan(class_diff([0.9, None]))
     with pytest.raises(ConfigError):
@@ -149,10 +151,11 @@ def test_class_diff_forms():
         class_diff([0.9, 0.6], "nope")
 
 
-def test_classdiff_form_in_evaluation():
+def test_classdiff_official3_is_bam_official_loss_py_form_in_evaluation():
     logits, y, attr = make([(0, 0, 2, 2), (1, 0, 2, 1), (2, 0, 4, 1)], n_classes=3)
     rep = evaluate_predictions(logits, y, attr, n_classes=3, n_attrs=1, classdiff_form="official3")
-    assert rep.metrics["class_diff"] == pytest.approx((0.5 + 0.75 + 0.25) / 3)
+    # class accuracies 1, 0.5, 0.25 -> |2 * 1 - 0.5 - 0.25| (BAM official loss.py)
+    assert rep.metrics["class_diff"] == pytest.approx(1.25)
     with pytest.raises(ConfigError):
         evaluate_predictions(logits, y, attr, n_classes=3, n_attrs=1, classdiff_form="binary")
 

@@ -1,5 +1,6 @@
-"""REST: the upweighting sampler, λ_up from the Colored MNIST ratio, label requirements, the label-free variant,
-sparse training with cost in the result, resume, hyperparameter table, and one CLI run on Colored MNIST."""
+"""REST: the upweighting sampler, the release's hard-coded λ_up and the README's per-ratio option, label
+requirements, the label-free variant, sparse training with cost in the result, resume, hyperparameter table, and one CLI
+run on Colored MNIST."""
 
 from __future__ import annotations
 
@@ -52,20 +53,34 @@ def test_sampler_draws_conflicting_examples_lambda_times_as_often() -> None:
     assert share == pytest.approx(20 / 23, abs=0.01)
 
 
-def test_lambda_up_follows_the_release_table_by_measured_ratio() -> None:
+def test_lambda_up_default_80_is_hard_coded_in_rest_release_data_dro_dataset_get_loader() -> None:
+    """REST release (github.com/zhao1402072392/REST), data/dro_dataset.py get_loader: group 0 (conflicting) weighs
+    80, the rest 1, whatever --lambda_upweight says (run_expt.py parses that flag and never reads it)."""
+    for dataset in (None, "colored_mnist", "corrupted_cifar10", "bffhq"):
+        method = REST(dataset=dataset)
+        assert method.hparams.lambda_up == 80.0 and "dro_dataset.py" in method.hparam_sources["lambda_up"]
+        assert method.resolve_lambda(exact_ratio_split(1000, 5))[0] == 80.0  # also at 0.5 %
+
+
+def test_lambda_up_by_ratio_follows_the_release_readme_table() -> None:
     assert [lambda_for_ratio(r) for r in (0.005, 0.0102, 0.02, 0.0495)] == [10.0, 30.0, 50.0, 80.0]
     assert lambda_for_ratio(0.03) is None and lambda_for_ratio(0.1) is None
-    method = REST(dataset="colored_mnist")
-    assert method.resolve_lambda(exact_ratio_split(2000, 40))[0] == 50.0  # 2 %
+    method = REST(dataset="colored_mnist", lambda_up="by_ratio")
+    lam, source = method.resolve_lambda(exact_ratio_split(2000, 40))  # 2 %
+    assert lam == 50.0 and "README" in source
+    assert REST(dataset="corrupted_cifar10", lambda_up="by_ratio").resolve_lambda(exact_ratio_split(1000, 5))[0] == 10
     assert REST(dataset="colored_mnist", lambda_up=7).resolve_lambda(exact_ratio_split(2000, 40)) == (7.0, "user")
+    for bad in (0, -1.0, "ratio", True):
+        with pytest.raises(ConfigError, match="lambda_up"):
+            REST(lambda_up=bad)
 
 
 def test_missing_lambda_up_fails_before_training(toy) -> None:
     train, val = toy
-    with pytest.raises(ConfigError, match="no default lambda_up for toyset"):
-        REST(dataset="toyset", **tiny_mlp()).fit(train, val, trainer=NoTrainingTrainer())
+    with pytest.raises(ConfigError, match="lambda_up=by_ratio has no value for toyset"):
+        REST(dataset="toyset", lambda_up="by_ratio", **tiny_mlp()).fit(train, val, trainer=NoTrainingTrainer())
     with pytest.raises(ConfigError, match=r"conflicting ratio 0\.0300"):
-        REST(dataset="colored_mnist").resolve_lambda(exact_ratio_split(1000, 30))
+        REST(dataset="colored_mnist", lambda_up="by_ratio").resolve_lambda(exact_ratio_split(1000, 30))
 
 
 def test_rest_needs_training_attributes(toy) -> None:
@@ -144,8 +159,8 @@ def test_colored_mnist_defaults_follow_the_release() -> None:
     )
     assert (hp.scheduler, hp.lr_patience, hp.lr_gamma, hp.weight_decay) == ("plateau", 5, 0.1, 0.0)
     assert (hp.sparse_init, hp.sparse_update_every, hp.sparse_drop_fraction) == ("erk", 1000, 0.5)
-    assert hp.lambda_up is None and 0 < hp.density < 1
-    assert "REST release" in method.hparam_sources["model"] and method.hparam_sources["lambda_up"] == "default"
+    assert hp.lambda_up == 80.0 and 0 < hp.density < 1
+    assert "REST release" in method.hparam_sources["model"] and "dro_dataset.py" in method.hparam_sources["lambda_up"]
 
 
 def test_cli_run_on_colored_mnist_writes_cost_to_final_json(tmp_path, cache_dir) -> None:
@@ -159,7 +174,7 @@ def test_cli_run_on_colored_mnist_writes_cost_to_final_json(tmp_path, cache_dir)
     assert code == 0
     final = json.loads((out / "final.json").read_text())
     extras = final["extras"]
-    assert extras["lambda_up"] == 80.0 and "measured conflicting ratio 0.05" in extras["lambda_up_source"]
+    assert extras["lambda_up"] == 80.0 and "dro_dataset.py" in extras["lambda_up_source"]
     cost = extras["cost"]
     assert cost["weights_nonzero"] == round(0.1 * cost["weights_maskable"])
     assert cost["train_stages"][0]["updates"] == cost["train_stages"][0]["steps"] // 20

@@ -68,6 +68,32 @@ def toy_splits(
     return make_split(n_train, seed, "train", conflict, **kw), make_split(n_val, seed + 1, "val", 0.5, **kw)
 
 
+def shortcut_split(
+    n: int,
+    seed: int,
+    split: str,
+    aligned: float,
+    *,
+    class_prior: float = 0.5,
+    core: float = 1.0,
+    spurious: float = 2.0,
+    spurious_noise: float = 0.2,
+    n_noise: int = 4,
+) -> GroupDataset:
+    """Two classes where a shortcut is easier than the core feature: ``x[0] = ±core + N(0, 1)`` (noisy core,
+    about 84 % accurate alone at ``core=1``) and ``x[1] = ±spurious + N(0, spurious_noise²)`` (a nearly noiseless
+    spurious feature), the attribute agreeing with the label on an ``aligned`` share; ``n_noise`` pure-noise
+    features. ``class_prior`` is P(y = 1). On a 97 % aligned training split the training-distribution optimum
+    follows the shortcut and gets most conflicting examples wrong; the group-balanced optimum uses the core."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < class_prior).long()
+    attr = torch.where(torch.rand(n, generator=g) < aligned, y, 1 - y)
+    x = torch.randn(n, 2 + n_noise, generator=g)
+    x[:, 0] += core * (2.0 * y - 1.0)
+    x[:, 1] = spurious * (2.0 * attr - 1.0) + spurious_noise * x[:, 1]
+    return GroupDataset(x=x, y=y, attr=attr, n_classes=2, n_attrs=2, name="shortcut", split=split)
+
+
 def tiny_mlp(width: int = 16, lr: float = 1e-2) -> dict[str, Any]:
     """Hyperparameters of a small run: an MLP with one hidden layer, batch size 64."""
     return {"model": "mlp", "model_kwargs": {"width": width, "depth": 1}, "batch_size": 64, "lr": lr}

@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(bench)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
-    sub.add_parser("methods", help="list registered methods and the labels they need")
+    methods = sub.add_parser("methods", help="list registered methods and the labels they need")
+    methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
+    methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     return parser
 
 
@@ -214,13 +216,40 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from debiaslab.methods.registry import list_methods
+    import json
 
+    from debiaslab.methods.catalog import label_needs, method_card
+    from debiaslab.methods.registry import get_method, list_methods
+
+    if args.name is not None:
+        card = method_card(get_method(args.name))
+        if args.format == "json":
+            console.print_json(json.dumps(card, default=str))
+            return 0
+        console.print(f"[bold]{card['name']}[/]: {escape(card['summary'])}\nlabels: {escape(card['labels'])}")
+        for dataset, values in card["presets"].items():
+            table = Table(title=f"{card['name']} on {dataset}", title_justify="left")
+            for col in ("hyperparameter", "value", "source"):
+                table.add_column(col)
+            defaults = []
+            for name, entry in values.items():
+                if entry["source"] == "default":
+                    defaults.append(f"{name}={entry['value']!r}")
+                else:
+                    table.add_row(name, escape(repr(entry["value"])), escape(entry["source"]))
+            console.print(table)
+            console.print(f"  class defaults (no table sets them): {escape(', '.join(defaults))}", highlight=False)
+        return 0
+    methods = list_methods()
+    if args.format == "json":
+        rows = [{"name": m.name, "summary": m.summary, "labels": label_needs(m)} for m in methods]
+        console.print_json(json.dumps(rows))
+        return 0
     table = Table(title="methods")
-    for col in ("name", "what it does", "needs"):
+    for col in ("name", "what it does", "labels it needs (training; epoch selection by default)"):
         table.add_column(col)
-    for method in list_methods():
-        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], method.requires.describe())
+    for method in methods:
+        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], label_needs(method))
     console.print(table)
     return 0
 

@@ -58,8 +58,11 @@ def build_optimizer(params: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int) -> Any | None:
-    """Per-epoch LR scheduler, or None. ``plateau`` maximises the selection score."""
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, plateau_mode: str = "max"
+) -> Any | None:
+    """Per-epoch LR scheduler, or None. ``plateau`` follows the selection score in ``plateau_mode``: ``"max"``
+    for accuracies, ``"min"`` for a score that is minimised (ClassDiff)."""
     if cfg.scheduler == "none":
         return None
     if cfg.scheduler == "cosine":
@@ -69,5 +72,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     if cfg.scheduler == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.gamma, patience=cfg.plateau_patience
+        optimizer, mode=plateau_mode, factor=cfg.gamma, patience=cfg.plateau_patience
     )

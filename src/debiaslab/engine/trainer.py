@@ -221,7 +221,8 @@ class Trainer:
     def _train(self, stage: Stage, rule: Any, train: GroupDataset, val: GroupDataset | None) -> StageResult:
         params = stage.parameters_to_optimize()
         optimizer = build_optimizer(params, stage.optim)
-        scheduler = build_scheduler(optimizer, stage.optim, stage.epochs)
+        plateau_mode = "min" if rule.mode == "min" else "max"
+        scheduler = build_scheduler(optimizer, stage.optim, stage.epochs, plateau_mode)
         flat_params = [p for group in optimizer.param_groups for p in group["params"]]
         sparse = self._start_sparse(stage, flat_params)
         history: list[dict[str, Any]] = []
@@ -288,7 +289,8 @@ class Trainer:
                 keeper.update(epoch + 1, _scored_metrics(stage, record), stage.modules)
                 if scheduler is not None:
                     if stage.optim.scheduler == "plateau":
-                        scheduler.step(score if score is not None and math.isfinite(score) else 0.0)
+                        worst = math.inf if plateau_mode == "min" else -math.inf
+                        scheduler.step(score if score is not None and math.isfinite(score) else worst)
                     else:
                         scheduler.step()
                 history.append(record)

@@ -385,8 +385,10 @@ def _class_diff_t(class_acc: Tensor, form: str) -> Tensor:
     k = class_acc.shape[-1]
     if k < 2:
         return torch.full(class_acc.shape[:-1], torch.nan, dtype=class_acc.dtype)
+    if form == "official3":  # BAM's official code (loss.py, LossComputer.helper): |2 a0 - a1 - a2|
+        return (2 * class_acc[..., 0] - class_acc[..., 1] - class_acc[..., 2]).abs()
     i, j = torch.triu_indices(k, k, offset=1)
-    # binary (K=2) is the single pair; official3 (K=3) is the sum of the three pairs / 3: both are the mean.
+    # binary (K=2) is the single pair, i.e. the mean over pairs
     return torch.nanmean((class_acc[..., i] - class_acc[..., j]).abs(), dim=-1)
 
 
@@ -429,8 +431,9 @@ def class_diff(class_accuracies: Sequence[float | None], form: str = "mean_pairw
     """BAM's ClassDiff: the gap between class accuracies (selection without group labels; lower is better).
 
     ``binary``: |acc0 - acc1| (K = 2 only); ``mean_pairwise``: mean |acc_i - acc_j| over pairs i < j;
-    ``official3``: (|a0-a1| + |a0-a2| + |a1-a2|) / 3 as in BAM's official code (K = 3 only). Classes with no
-    samples (NaN / None) are skipped; NaN if fewer than two classes remain.
+    ``official3``: |2·a0 - a1 - a2|, what BAM's official code computes for its 3-class dataset (MultiNLI;
+    K = 3 only; NaN when a class has no samples). Otherwise classes with no samples (NaN / None) are skipped;
+    NaN if fewer than two classes remain.
     """
     acc = torch.tensor([_NAN if a is None else float(a) for a in class_accuracies], dtype=torch.float64)
     return float(_class_diff_t(acc[None, :], form)[0])

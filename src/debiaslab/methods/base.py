@@ -37,7 +37,7 @@ class Requirements:
 
     def describe(self) -> str:
         needs = [s for s, flag in (("training", self.train_attrs), ("validation", self.val_attrs)) if flag]
-        return "attribute labels on " + " and ".join(needs) if needs else "no attribute labels"
+        return "attribute labels on " + " and ".join(needs) if needs else "no attribute labels for training"
 
 
 @dataclass

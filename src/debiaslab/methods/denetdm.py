@@ -43,6 +43,13 @@ PAPER = "DeNetDM paper / official code (kadarsh22/DeNetDM)"
 CMNIST_SPEC = "DeNetDM, Colored MNIST: deep MLP 2352-100-100-100-100 (5 layers with the head), shallow 3, target 5"
 CCIFAR_SPEC = "DeNetDM, Corrupted CIFAR-10: deep ResNet-20, shallow 3-conv CNN (width 64), target ResNet-18"
 BFFHQ_SPEC = "DeNetDM, BFFHQ: deep ResNet-18, shallow 4-conv CNN (width 512); distillation weight 0 in the release"
+RELEASE_CONFIG = "DeNetDM release (kadarsh22/DeNetDM, commit 790e363) config.py, named config {}"
+CCIFAR_CONFIG = RELEASE_CONFIG.format("corrupted_cifar10")
+BFFHQ_CONFIG = RELEASE_CONFIG.format("bffhq")
+BFFHQ_SHALLOW = (
+    "DeNetDM release module/model.py, BFFHQDeNetDModel stage 1: convs 3-64 (7x7), 64-128, 128-512, 512-512 (3x3), "
+    "no padding, 2x2 max pools after the first three (about 3 M conv weights)"
+)
 
 
 @dataclass
@@ -178,6 +185,8 @@ class DeNetDM(Method):
             "expert_lr": Default(1e-3, PAPER),
             "lr": Default(1e-4, PAPER),
             "batch_size": Default(256, PAPER),
+            "expert_weight_decay": Default(1e-3, CCIFAR_CONFIG + ": stage-1 main_weight_decay 1e-3"),
+            "weight_decay": Default(0.0, CCIFAR_CONFIG + ": stage2_main_weight_decay 0"),
             "expert_epochs": Default(100, PAPER),
             "epochs": Default(200, PAPER),
         },
@@ -186,9 +195,18 @@ class DeNetDM(Method):
             "deep_model": Default("resnet18", BFFHQ_SPEC),
             "deep_kwargs": Default({}, BFFHQ_SPEC),
             "shallow_model": Default("cnn4", BFFHQ_SPEC),
-            "shallow_kwargs": Default({"channels": [128, 256, 512, 512], "kernel_size": 7, "padding": 0}, BFFHQ_SPEC),
-            "optimizer": Default("adam", PAPER),
-            "distill_weight": Default(0.0, BFFHQ_SPEC),
+            "shallow_kwargs": Default(
+                {"channels": [64, 128, 512, 512], "kernel_size": [7, 3, 3, 3], "padding": 0}, BFFHQ_SHALLOW
+            ),
+            "optimizer": Default("adam", BFFHQ_CONFIG),
+            "expert_epochs": Default(10, BFFHQ_CONFIG + ": num_epochs 10"),
+            "expert_lr": Default(1e-3, BFFHQ_CONFIG + ": main_learning_rate 1e-3"),
+            "expert_weight_decay": Default(0.0, BFFHQ_CONFIG + ": main_weight_decay 0"),
+            "epochs": Default(100, BFFHQ_CONFIG + ": stage2_num_epochs 100"),
+            "lr": Default(1e-4, BFFHQ_CONFIG + ": stage2_main_learning_rate 1e-4"),
+            "weight_decay": Default(0.0, BFFHQ_CONFIG + ": stage2_main_weight_decay 0"),
+            "batch_size": Default(64, BFFHQ_CONFIG + ": batch size 64 in both stages"),
+            "distill_weight": Default(0.0, BFFHQ_CONFIG + ": stage2_dist_weight 0"),
         },
     }
 

@@ -7,9 +7,14 @@ distilled into a smaller student on the *biased* training set:
    re-implementation); the examples it misclassifies get weight λ_up, the others 1 (normalised to mean 1).
 2. Transplant: the student's classifier *is* the teacher's last linear layer, copied and frozen.
 3. A projector maps the student's features to the teacher's feature space; it trains with the student (the
-   public re-implementation forgot to put it in its optimiser; here it is, and a test checks it).
-4. Loss per example: ``w_i · mean_d (P(φ_S(x_i)) − sg(φ_T(x_i)))²`` plus an optional ``ce_weight · w_i · CE``.
-5. Student logits: ``h_T(P(φ_S(x)))``; the epoch is selected on validation like every method here.
+   public re-implementation forgot to put it in its optimiser; here it is, and a test checks it). When both
+   networks are convolutional the projector is a 1×1 -> 3×3 -> 1×1 conv bottleneck with BN/ReLU that maps the
+   student's final feature *map* onto the teacher's map before pooling, as the method describes; for vector
+   features (MLPs), or with ``projector=vector``, it is a linear map (or Linear-BN-ReLU-Linear) after pooling.
+4. Loss per example: ``w_i · mean (P(φ_S(x_i)) − sg(φ_T(x_i)))²`` over the feature vector or over the map's
+   channels and positions (the student's map is resized to the teacher's when their sizes differ), plus an
+   optional ``ce_weight · w_i · CE``.
+5. Student logits: ``h_T(pool(P(φ_S(x))))``; the epoch is selected on validation like every method here.
 
 The paper's exact weighting formula and hyperparameters were not available ([open] in the spec); the defaults are
 the re-implementation's (λ_up = 50, detector at epoch 2) and ours (linear projector, no CE term).
@@ -39,12 +44,18 @@ from debiaslab.methods.registry import register_method
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, method_stage
 from debiaslab.methods.teachers import frozen, load_teacher, train_teacher
 from debiaslab.models import build_model, count_parameters
-from debiaslab.models.base import Backbone
+from debiaslab.models.base import Backbone, has_feature_map
 
 log = logging.getLogger(__name__)
 
 REIMPL = "[3rd] DeTT re-implementation: bias detector = student ERM predictions at epoch 2, error weight 50"
 OURS_STUDENT = "ours: a student with about a third of the LfF MLP's parameters (2352-32-32)"
+METHOD_PROJECTOR = (
+    "DeTT (Lee & Lee 2023): convolutional students match the teacher's feature map through a 1x1-3x3-1x1 "
+    "bottleneck projector; vector features through a linear map"
+)
+
+PROJECTORS = ("auto", "map", "vector")
 
 
 @dataclass
@@ -78,13 +89,17 @@ class DeTTHparams(TeacherHparams):
         lambda_up: weight of a detected (likely bias-conflicting) example; the others weigh 1.
         feature_weight: weight of the feature-matching MSE.
         ce_weight: weight of the optional cross-entropy term on the student's logits (0: off).
-        projector_hidden: None for a linear projector, or the hidden width of Linear-BN-ReLU-Linear.
+        projector: ``auto`` (the conv bottleneck on feature maps when teacher and student both have one, else
+            the vector projector), ``map`` or ``vector``.
+        projector_hidden: vector projector: None for a linear map, or the hidden width of Linear-BN-ReLU-Linear;
+            map projector: the bottleneck width (None: a quarter of the teacher's channels).
     """
 
     detector_epochs: int = 2
     lambda_up: float = 50.0
     feature_weight: float = 1.0
     ce_weight: float = 0.0
+    projector: str = "auto"
     projector_hidden: int | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +117,8 @@ class DeTTHparams(TeacherHparams):
             raise ConfigError(f"lambda_up {self.lambda_up} must be >= 1 (detected examples weigh more, not less)")
         if self.feature_weight == 0 and self.ce_weight == 0:
             raise ConfigError("feature_weight and ce_weight are both 0: the student would have no loss")
+        if self.projector not in PROJECTORS:
+            raise ConfigError(f"projector {self.projector!r} unknown; expected one of {', '.join(PROJECTORS)}")
         if self.projector_hidden is not None and int(self.projector_hidden) < 1:
             raise ConfigError(f"projector_hidden {self.projector_hidden!r} must be >= 1 (or None)")
 
@@ -160,6 +177,15 @@ def student_stage(
     )
 
 
+def map_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
+    """Per-example mean squared error between two (B, C, H, W) maps, over channels and positions; the student's
+    map is resized (bilinear) to the teacher's spatial size when they differ. Computed in float32."""
+    student_map = student_map.float()
+    if student_map.shape[-2:] != teacher_map.shape[-2:]:
+        student_map = F.interpolate(student_map, size=teacher_map.shape[-2:], mode="bilinear", align_corners=False)
+    return (student_map - teacher_map.float()).pow(2).mean(dim=(1, 2, 3))
+
+
 @register_method("dett")
 class DeTT(Method):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
@@ -167,7 +193,11 @@ class DeTT(Method):
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
     hparam_table: ClassVar[HparamTable] = {
-        "*": {"detector_epochs": Default(2, REIMPL), "lambda_up": Default(50.0, REIMPL)},
+        "*": {
+            "detector_epochs": Default(2, REIMPL),
+            "lambda_up": Default(50.0, REIMPL),
+            "projector": Default("auto", METHOD_PROJECTOR),
+        },
         "colored_mnist": {
             **CMNIST_MLP,
             "model_kwargs": Default({"width": 32, "depth": 2}, OURS_STUDENT),
@@ -180,10 +210,24 @@ class DeTT(Method):
         super().__init__(dataset, **hparams)
         self.error_set_: Tensor | None = None
 
-    def student_spec(self, train: GroupDataset, teacher_dim: int) -> dict[str, Any]:
+    def uses_map_projector(self, train: GroupDataset, teacher: Backbone) -> bool:
+        """Whether the student matches the teacher's feature map (``projector`` ``map``, or ``auto`` with two
+        convolutional networks)."""
+        hp: DeTTHparams = self.hparams  # type: ignore[assignment]
+        if hp.projector == "vector":
+            return False
+        both = has_feature_map(teacher) and has_feature_map(self.build_model(train))
+        if hp.projector == "map" and not both:
+            raise ConfigError(
+                f"dett: projector=map needs a convolutional teacher and student (feature maps before pooling); "
+                f"teacher {type(teacher).__name__}, student {self.hparams.model!r}: use projector=vector"
+            )
+        return both
+
+    def student_spec(self, train: GroupDataset, teacher_dim: int, conv_map: bool = False) -> dict[str, Any]:
         hp: DeTTHparams = self.hparams  # type: ignore[assignment]
         return {
-            "name": "projected",
+            "name": "projected_map" if conv_map else "projected",
             "kwargs": {
                 "base": hp.model,
                 "base_kwargs": dict(hp.model_kwargs),
@@ -212,7 +256,8 @@ class DeTT(Method):
         weights = torch.ones(len(train))
         weights[errors] = hp.lambda_up
         weights = normalise_mean_one(weights)
-        spec = self.student_spec(train, teacher.feature_dim)
+        conv_map = self.uses_map_projector(train, teacher)
+        spec = self.student_spec(train, teacher.feature_dim, conv_map)
 
         def build_student() -> Stage:
             student = build_model(spec["name"], train.input_shape, train.n_classes, **spec["kwargs"])
@@ -220,10 +265,17 @@ class DeTT(Method):
             student.head.requires_grad_(False)
 
             def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-                feats = student.features(batch.x)
-                with torch.no_grad():
-                    target = teacher.features(batch.x)
-                mse = (feats.float() - target.float()).pow(2).mean(dim=1)
+                if conv_map:
+                    fmap = student.feature_map(batch.x)  # type: ignore[operator]
+                    with torch.no_grad():
+                        target = teacher.feature_map(batch.x)  # type: ignore[operator]
+                    mse = map_mse(fmap, target)
+                    feats = fmap.mean(dim=(2, 3))
+                else:
+                    feats = student.features(batch.x)
+                    with torch.no_grad():
+                        target = teacher.features(batch.x)
+                    mse = (feats.float() - target.float()).pow(2).mean(dim=1)
                 per_example = hp.feature_weight * mse
                 logs = {"feature_mse": mse.mean().detach()}
                 if hp.ce_weight > 0:
@@ -242,6 +294,7 @@ class DeTT(Method):
             "student_params": count_parameters(student),
             "student_trainable_params": count_parameters(student, trainable_only=True),
             "error_set_size": int(errors.numel()),
+            "projector": "map" if conv_map else "vector",
             **quality,
         }
         fit = self.fit_result(train, student, [detector, result], rule, extras)

@@ -277,6 +277,11 @@ class DFR(Method):
         super().check_labels(train, val)
         if val is None:
             raise ConfigError(f"method {self.name!r} fits its head on the validation split, but none was given")
+        if val.split == "test":
+            raise ConfigError(
+                f"method {self.name!r} fits its last layer on the selection split, which is {val.name}/test here "
+                "(--protocol paper): it would train on the test set; use --protocol default"
+            )
         if self.resolved_variant(val) == "group" and not val.has_attrs:
             raise MissingLabelsError(
                 f"method {self.name!r} with variant='group' balances validation by group, but "

@@ -32,6 +32,14 @@ from debiaslab.utils import dist
 log = logging.getLogger(__name__)
 
 JTT_PAPER = "JTT paper (Liu et al. 2021), published hyperparameters"
+JTT_README_CUB = (
+    "JTT paper / official README (anniesch/jtt), Waterbirds: ERM and JTT at lr 1e-5, weight decay 1.0, "
+    "batch 64 (generate_downstream.py), 300 epochs, both stages"
+)
+JTT_README_CELEBA = (
+    "JTT paper / official README (anniesch/jtt), CelebA: ERM and JTT at lr 1e-5, weight decay 0.1, "
+    "batch 64 (generate_downstream.py default), 50 epochs, both stages"
+)
 OURS_TUNED = (
     "ours: Colored MNIST 1 %, seed 0, validation unbiased accuracy (benchmarks/results/cmnist-2026-11-24/jtt-wd): "
     "lambda_up 200 + stage-2 weight decay 0.01 gave 71.5 against 66.1-68.1 for lambda_up 50 or weight decay 0.001; "
@@ -127,10 +135,18 @@ class JTT(Method):
         "waterbirds": {
             "identify_epochs": Default(60, JTT_PAPER),
             "lambda_up": Default(100, JTT_PAPER),
+            "lr": Default(1e-5, JTT_README_CUB),
+            "weight_decay": Default(1.0, JTT_README_CUB),
+            "batch_size": Default(64, JTT_README_CUB),
+            "epochs": Default(300, JTT_README_CUB),
         },
         "celeba": {
             "identify_epochs": Default(1, JTT_PAPER),
             "lambda_up": Default(50, JTT_PAPER),
+            "lr": Default(1e-5, JTT_README_CELEBA),
+            "weight_decay": Default(0.1, JTT_README_CELEBA),
+            "batch_size": Default(64, JTT_README_CELEBA),
+            "epochs": Default(50, JTT_README_CELEBA),
         },
         "colored_mnist": {
             **CMNIST_MLP,

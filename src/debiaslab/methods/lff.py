@@ -4,7 +4,7 @@ Two models of the same architecture are trained together from scratch. The biase
 generalised cross-entropy, which amplifies its reliance on the easy (spurious) cue. The debiased model f_D
 minimises CE weighted per example by the relative difficulty W = L̃_B / (L̃_B + L̃_D), where L̃ are per-example
 moving averages of each model's CE, normalised by the class-wise maximum. Examples f_B fails on (mostly
-bias-conflicting) get large weights. No attribute labels are used; f_D is deployed.
+bias-conflicting) get large weights. No attribute labels are used in training; f_D is deployed.
 """
 
 from __future__ import annotations

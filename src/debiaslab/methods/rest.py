@@ -9,9 +9,13 @@ release's ``WeightedRandomSampler`` does.
 - ``rest_free``: label-free; "conflicting" is the error set of an ERM model trained ``identify_epochs`` epochs
   (as JTT finds it), then the sparse reweighted stage.
 
-``lambda_up`` on Colored MNIST defaults from the training split's conflicting ratio, measured (release README:
-10/30/50/80 for 0.5/1/2/5 %); elsewhere, or at another ratio, give it. The fitted result reports the measured cost
-(non-zero parameters, inference and training multiply-adds against dense, checkpoint sizes) in ``extras["cost"]``.
+``lambda_up`` defaults to 80, the weight the release hard-codes in its training loader (its
+``--lambda_upweight`` flag, and the README's per-ratio values 10/30/50/80 for 0.5/1/2/5 % passed to it, are never
+read). ``lambda_up=by_ratio`` takes those README values for the training split's measured conflicting ratio
+instead (Colored MNIST and Corrupted CIFAR-10). The README's commands as printed also omit ``--reweight_groups``,
+the flag that turns that loader's weighting on; here the upweighting always runs. The fitted result reports the
+measured cost (non-zero parameters, inference and training multiply-adds against dense, checkpoint sizes) in
+``extras["cost"]``.
 """
 
 from __future__ import annotations
@@ -39,10 +43,19 @@ log = logging.getLogger(__name__)
 
 REST_README = "REST release (zhao1402072392/REST) README commands"
 REST_CODE = "REST release (zhao1402072392/REST): train.py / sparselearning/core.py"
-OURS_DENSITY = "ours: one point of the release's density sweep (0.0005 ... 0.9); the lead's sweep varies it"
+REST_LOADER = (
+    "REST release (zhao1402072392/REST, commit a60e6c7): data/dro_dataset.py get_loader gives conflicting examples "
+    "(group 0) weight 80, hard-coded; run_expt.py parses --lambda_upweight but never reads it"
+)
+#: the ``lambda_up`` value that selects the README's per-ratio table
+BY_RATIO = "by_ratio"
+OURS_DENSITY = "ours: one point of the release's density sweep (0.0005 ... 0.9)"
 
-#: λ_up of the release README per bias-conflicting ratio of Colored MNIST
+#: the values the release README passes to its (unread) --lambda_upweight flag, per conflicting ratio of Colored
+#: MNIST and Corrupted CIFAR-10; used with ``lambda_up=by_ratio``
 CMNIST_LAMBDA_UP: dict[float, float] = {0.005: 10.0, 0.01: 30.0, 0.02: 50.0, 0.05: 80.0}
+#: datasets whose README commands give the per-ratio values
+BY_RATIO_DATASETS = ("colored_mnist", "corrupted_cifar10")
 #: a measured ratio matches a known one when within this relative distance
 RATIO_TOLERANCE = 0.1
 
@@ -52,17 +65,24 @@ class RESTHparams(TrainHparams):
     """REST's hyperparameters on top of the usual ones (``density`` and ``sparse_*`` are every method's).
 
     Attributes:
-        lambda_up: sampling weight of a bias-conflicting example (others: 1). None: from the Colored MNIST ratio.
+        lambda_up: sampling weight of a bias-conflicting example (others: 1); ``by_ratio``: the release README's
+            value for the measured conflicting ratio (Colored MNIST, Corrupted CIFAR-10).
         identify_epochs: ``rest_free`` only: epochs of the ERM whose errors are taken as "conflicting".
     """
 
-    lambda_up: float | None = None
+    lambda_up: float | str = 80.0
     identify_epochs: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.lambda_up is not None and not (float(self.lambda_up) > 0):
-            raise ConfigError(f"lambda_up {self.lambda_up!r} must be > 0 (sampling weight of conflicting examples)")
+        if self.lambda_up != BY_RATIO:
+            ok = isinstance(self.lambda_up, int | float) and not isinstance(self.lambda_up, bool)
+            if not ok or not float(self.lambda_up) > 0:
+                raise ConfigError(
+                    f"lambda_up {self.lambda_up!r} must be > 0 (sampling weight of conflicting examples) "
+                    f"or {BY_RATIO!r}"
+                )
+            self.lambda_up = float(self.lambda_up)
         if int(self.identify_epochs) != self.identify_epochs or self.identify_epochs < 1:
             raise ConfigError(f"identify_epochs {self.identify_epochs!r} must be an integer >= 1")
         self.identify_epochs = int(self.identify_epochs)
@@ -88,6 +108,7 @@ def rest_sampler(conflicting: Tensor, lambda_up: float) -> WeightedSampler:
 
 
 _STAR: dict[str, Default] = {
+    "lambda_up": Default(80.0, REST_LOADER),
     "optimizer": Default("sgd", REST_CODE),
     "momentum": Default(0.9, REST_CODE),
     "lr": Default(1e-3, REST_README + " (CIFAR-10-C, BFFHQ)"),
@@ -121,22 +142,23 @@ class _RESTBase(Method):
         raise NotImplementedError
 
     def resolve_lambda(self, train: GroupDataset) -> tuple[float, str]:
-        """``lambda_up`` and where it comes from: the hyperparameter, or the measured Colored MNIST ratio."""
+        """``lambda_up`` and where it comes from: the hyperparameter, or (``by_ratio``) the README's value for the
+        measured conflicting ratio."""
         hp: RESTHparams = self.hparams  # type: ignore[assignment]
-        if hp.lambda_up is not None:
+        if hp.lambda_up != BY_RATIO:
             return float(hp.lambda_up), self.hparam_sources.get("lambda_up", "user")
         ratio = float((~train.is_aligned).float().mean()) if train.has_attrs and train.aligned_groups else None
-        lam = lambda_for_ratio(ratio) if self.dataset == "colored_mnist" and ratio is not None else None
+        lam = lambda_for_ratio(ratio) if self.dataset in BY_RATIO_DATASETS and ratio is not None else None
         if lam is None:
             known = ", ".join(f"{r:g}: {v:g}" for r, v in CMNIST_LAMBDA_UP.items())
             where = f"{self.dataset or 'this dataset'}" + (
                 f" at conflicting ratio {ratio:.4f}" if ratio is not None else ""
             )
             raise ConfigError(
-                f"{self.name}: no default lambda_up for {where}; pass one, e.g. --hp lambda_up=50 "
-                f"(the release's Colored MNIST values by ratio: {known})"
+                f"{self.name}: lambda_up={BY_RATIO} has no value for {where}; pass a number, e.g. --hp lambda_up=80 "
+                f"(the README's Colored MNIST / Corrupted CIFAR-10 values by ratio: {known})"
             )
-        return lam, f"{REST_README}, for the measured conflicting ratio {ratio:.4f}"
+        return lam, f"REST release README (lambda_up={BY_RATIO}), for the measured conflicting ratio {ratio:.4f}"
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         rule = self.selection_rule(val)

@@ -43,6 +43,12 @@ class Backbone(nn.Module):
         return self.head
 
 
+def has_feature_map(model: nn.Module) -> bool:
+    """Whether ``model`` exposes ``feature_map(x)``: its features as a (B, C, H, W) map before global pooling
+    (the convolutional backbones), so that ``features(x)`` is that map averaged over H and W."""
+    return callable(getattr(model, "feature_map", None))
+
+
 def check_n_classes(n_classes: int) -> int:
     if int(n_classes) < 1:
         raise ConfigError(f"n_classes must be at least 1; got {n_classes}")

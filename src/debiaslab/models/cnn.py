@@ -32,7 +32,8 @@ class ConvNet(Backbone):
     """A stack of :class:`ConvBlock` s, global average pooling, linear head. ``feature_dim = channels[-1]``.
 
     Every block but the last downsamples by 2: with a 2x2 max pool (``"maxpool"``), a stride-2 convolution
-    (``"stride"``), or not at all (``"none"``; use ``stride`` for conv strides then).
+    (``"stride"``), or not at all (``"none"``; use ``stride`` for conv strides then). ``kernel_size`` is one size
+    for every block or one per block.
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class ConvNet(Backbone):
         n_classes: int,
         channels: Sequence[int],
         *,
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] = 3,
         stride: int = 1,
         padding: int | None = None,
         downsample: Downsample = "maxpool",
@@ -53,10 +54,11 @@ class ConvNet(Backbone):
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1:
             raise ConfigError(f"{name}: channels must be a non-empty list of positive widths; got {channels}")
-        pad = kernel_size // 2 if padding is None else int(padding)
+        kernels = _per_block(kernel_size, len(channels), name)
         c_in, h, w = input_shape
         blocks = []
-        for i, c_out in enumerate(channels):
+        for i, (c_out, kernel_size) in enumerate(zip(channels, kernels, strict=True)):
+            pad = kernel_size // 2 if padding is None else int(padding)
             last = i == len(channels) - 1
             s = 2 if downsample == "stride" and not last else stride
             pool = downsample == "maxpool" and not last
@@ -77,6 +79,20 @@ class ConvNet(Backbone):
 
     def features(self, x: Tensor) -> Tensor:
         return global_avg_pool(self.blocks(x))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last block's output before global average pooling, (B, feature_dim, H, W)."""
+        return self.blocks(x)
+
+
+def _per_block(kernel_size: int | Sequence[int], n: int, name: str) -> list[int]:
+    """One kernel size per block: an int repeated, or a list of exactly ``n`` positive sizes."""
+    sizes = [kernel_size] * n if isinstance(kernel_size, int) else list(kernel_size)
+    if len(sizes) != n or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in sizes):
+        raise ConfigError(
+            f"{name}: kernel_size must be a positive int or a list of {n} (one per block); got {kernel_size}"
+        )
+    return sizes
 
 
 @register_model("cnn_rest")
@@ -100,7 +116,7 @@ def cnn3(
     n_classes: int,
     *,
     channels: Sequence[int] = (32, 64, 128),
-    kernel_size: int = 3,
+    kernel_size: int | Sequence[int] = 3,
     padding: int | None = None,
     downsample: Downsample = "maxpool",
 ) -> ConvNet:
@@ -127,13 +143,14 @@ def cnn4(
     n_classes: int,
     *,
     channels: Sequence[int] = (32, 64, 128, 256),
-    kernel_size: int = 3,
+    kernel_size: int | Sequence[int] = 3,
     padding: int | None = None,
     downsample: Downsample = "maxpool",
 ) -> ConvNet:
     """Four conv blocks (DeNetDM's shallow branch on BFFHQ).
 
-    The release used ``channels=(128, 256, 512, 512), kernel_size=7, padding=0`` (512 = ResNet-18's width).
+    The release used ``channels=(64, 128, 512, 512), kernel_size=(7, 3, 3, 3), padding=0`` (512 = ResNet-18's
+    width; about 3 M conv weights).
     """
     if len(channels) != 4:
         raise ConfigError(f"cnn4 needs exactly 4 channel widths; got {list(channels)}")

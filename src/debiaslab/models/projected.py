@@ -2,7 +2,8 @@
 
 DeTT maps a (smaller) student's features into its teacher's feature space so the teacher's head can be
 transplanted; DeNetDM needs a target branch whose width matches the frozen deep branch. Both are this model:
-any registered backbone ``base`` (its own head is dropped) followed by a linear map or a small MLP to ``dim``.
+any registered backbone ``base`` (its own head is dropped) followed by a linear map or a small MLP to ``dim``
+(``projected``), or a convolutional backbone whose feature map passes a conv bottleneck (``projected_map``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from debiaslab.errors import ConfigError
-from debiaslab.models.base import Backbone
+from debiaslab.models.base import Backbone, global_avg_pool, has_feature_map
 from debiaslab.models.registry import build_model, register_model
 
 
@@ -57,3 +58,62 @@ def projected(
         raise ConfigError("projected: base cannot itself be 'projected'")
     inner = build_model(base, input_shape, n_classes, **dict(base_kwargs or {}))
     return ProjectedBackbone(inner, int(dim), n_classes, None if hidden is None else int(hidden))
+
+
+class ConvProjectedBackbone(Backbone):
+    """``base.feature_map`` -> convolutional bottleneck projector -> a ``dim``-channel map -> global average pool
+    -> head (``Linear(dim, K)``).
+
+    The projector is 1×1 conv -> BN -> ReLU -> 3×3 conv -> BN -> ReLU -> 1×1 conv (``hidden`` channels inside):
+    DeTT's projector for convolutional students, which matches the teacher's feature *map* before pooling.
+    """
+
+    def __init__(self, base: Backbone, dim: int, n_classes: int, hidden: int) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ConfigError(f"projected_map needs dim >= 1 and hidden >= 1; got dim={dim}, hidden={hidden}")
+        if not has_feature_map(base):
+            raise ConfigError(
+                f"projected_map: base {type(base).__name__} has no feature map before pooling; use a convolutional "
+                "backbone (cnn*, resnet*) or the vector projector 'projected'"
+            )
+        del base.head
+        self.base = base
+        c = base.feature_dim
+        self.projector = nn.Sequential(
+            nn.Conv2d(c, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, dim, 1),
+        )
+        self.feature_dim = int(dim)
+        self.head = nn.Linear(self.feature_dim, n_classes)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The projected map, (B, dim, H, W) at the base's spatial size."""
+        return self.projector(self.base.feature_map(x))  # type: ignore[operator]
+
+    def features(self, x: Tensor) -> Tensor:
+        return global_avg_pool(self.feature_map(x))
+
+
+@register_model("projected_map")
+def projected_map(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    *,
+    base: str = "cnn4",
+    base_kwargs: dict[str, Any] | None = None,
+    dim: int = 512,
+    hidden: int | None = None,
+) -> ConvProjectedBackbone:
+    """Convolutional backbone ``base`` whose feature map is projected to ``dim`` channels by a 1×1 -> 3×3 -> 1×1
+    bottleneck (``hidden`` channels inside; default ``max(dim // 4, 1)``) before pooling and the head."""
+    if base in ("projected", "projected_map"):
+        raise ConfigError(f"projected_map: base cannot itself be {base!r}")
+    inner = build_model(base, input_shape, n_classes, **dict(base_kwargs or {}))
+    width = max(int(dim) // 4, 1) if hidden is None else int(hidden)
+    return ConvProjectedBackbone(inner, int(dim), n_classes, width)

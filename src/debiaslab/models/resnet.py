@@ -156,10 +156,14 @@ class ResNet(Backbone):
                     nn.init.zeros_(m.last_bn().weight)
 
     def features(self, x: Tensor) -> Tensor:
+        return global_avg_pool(self.feature_map(x))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output before global average pooling, (B, feature_dim, H, W)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.stages:
             x = getattr(self, name)(x)
-        return global_avg_pool(x)
+        return x
 
 
 def _resnet(
