@@ -116,6 +116,43 @@ def _no_duplicates(records: Sequence[RunRecord]) -> None:
         seen[key] = r.path
 
 
+def changed_defaults(rec: Records, roots: Sequence[Path]) -> dict[str, list[str]]:
+    """``{method: ["name: then X, now Y", ...]}`` for records trained with resolved hyperparameters that today's
+    defaults no longer give (a method's table changed since); the values the run asked for are not compared."""
+    import dataclasses
+
+    import yaml
+
+    from debiaslab.methods import get_method
+
+    out: dict[str, list[str]] = {}
+    for run_dir, final in rec.finals(roots):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        run, recorded = config["run"], config.get("resolved_hparams") or {}
+        method = get_method(run["method"])(dataset=run["dataset"], **(run.get("hparams") or {}))
+        now = json.loads(json.dumps(dataclasses.asdict(method.hparams), default=list))
+        for name, value in now.items():
+            if name in recorded and name not in (run.get("hparams") or {}) and recorded[name] != value:
+                note = f"{name}: then {recorded[name]!r}, now {value!r}"
+                out.setdefault(final["method"], [])
+                if note not in out[final["method"]]:
+                    out[final["method"]].append(note)
+    return out
+
+
+def changed_defaults_note(rec: Records) -> str | None:
+    """One line naming the headline rows whose records predate a change of their method's defaults."""
+    changed = changed_defaults(rec, rec.headline())
+    if not changed:
+        return None
+    parts = [f"`{m}` ({'; '.join(notes)})" for m, notes in sorted(changed.items())]
+    return (
+        "Rows trained with settings that differ from today's defaults (the method's page says whether that matters): "
+        + ", ".join(parts)
+        + "."
+    )
+
+
 def machine_line(rec: Records) -> str:
     machines = sorted({str(f.get("machine", "")) for _, f in rec.finals(rec.headline()) if f.get("machine")})
     dates = sorted(str(f.get("finished_at", ""))[:10] for _, f in rec.finals(rec.headline()))
@@ -261,6 +298,7 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
     return {
         "machine": lambda: machine_line(rec),
         "headline": lambda: headline_tables(rec),
+        "changed_defaults": lambda: changed_defaults_note(rec),
         "conflicting_aligned": lambda: headline_tables(rec, ("conflicting", "aligned")),
         "erm_protocol": lambda: erm_protocol_table(rec),
         **{f"method:{m}": (lambda m=m: if_method(rec, m, lambda: method_table(rec, m))) for m in _all_methods()},

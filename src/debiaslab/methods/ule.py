@@ -3,7 +3,7 @@
 What is verified (the paper's abstract; its full text was not available to us): a student S and a teacher T are
 trained in parallel on the same minibatches; S is trained with no constraints (plain ERM) and picks up the
 spurious correlation; T solves the same task while "using the gradient of the student's output with respect to
-its input to unlearn mistakes made by the student"; no group labels are used; T is deployed.
+its input to unlearn mistakes made by the student"; training uses no group labels; T is deployed.
 
 **The exact published teacher loss was not available**, so the teacher's loss is a reconstruction with a
 pluggable regulariser Ω that always depends on the student's input gradient g (the paper's mechanism)::
@@ -27,8 +27,10 @@ logit, uniform weights, λ = 1 (highest mean validation unbiased accuracy over C
 ρ 0.99, seed 0, 20 epochs, LfF MLP; run records ``benchmarks/results/ule-search``, docs/ule.md). The evidence is
 thin: it scored 64.4 / 62.5 against ERM's 58.1 / 59.9 on the two validation splits, with worst-group accuracy near
 0. No reading won on both: predicted-class saliency on the student's mistakes (λ 5) led on Colored MNIST (70.4) but
-fell to 46.6 on Biased MNIST, and ``perturb`` and ``align`` (λ 10) scored below ERM on Biased MNIST. The teacher's CE up-weighted on the student's mistakes *without* the gradient is a different method,
-registered as ``mistake_reweight`` (:mod:`debiaslab.methods.mistake_reweight`).
+fell to 46.6 on Biased MNIST, and ``perturb`` and ``align`` (λ 10) scored below ERM on Biased MNIST.
+
+The teacher's CE up-weighted on the student's mistakes *without* the gradient is a different method, registered
+as ``mistake_reweight`` (:mod:`debiaslab.methods.mistake_reweight`).
 
 The student's gradient g and the weights w_i are constants for the teacher: the teacher's terms have no path to
 the student's parameters, so S receives exactly the ERM gradient (tests check this bit for bit). The student is
