@@ -16,9 +16,11 @@ from debiaslab.errors import ConfigError
 from toys import tiny_mlp, toy_splits
 
 #: methods compared: ERM (DDP), LfF (two models and per-example loss averages under DDP), BAM (a per-example
-#: parameter table under DDP), ULE (input gradients: the coalesced all-reduce)
+#: parameter table under DDP), GroupDRO (group means of the global batch), ULE (input gradients: the coalesced
+#: all-reduce)
 METHODS = {
     "erm": {},
+    "groupdro": {},
     "lff": {},
     "bam": {"amplify_epochs": 1},
     "ule": {},
@@ -73,7 +75,7 @@ def _assert_history_close(a: list[dict], b: list[dict]) -> None:
 
 
 def test_two_processes_take_the_steps_of_one(tmp_path) -> None:
-    """ERM, LfF, BAM and ULE on two gloo processes end with the single process's weights and logged losses, and
+    """ERM, GroupDRO, LfF, BAM and ULE on two gloo processes end with the single process's weights and logged losses, and
     both processes hold the same weights."""
     import torch.multiprocessing as mp
 
