@@ -75,8 +75,8 @@ def _assert_history_close(a: list[dict], b: list[dict]) -> None:
 
 
 def test_two_processes_take_the_steps_of_one(tmp_path) -> None:
-    """ERM, GroupDRO, LfF, BAM and ULE on two gloo processes end with the single process's weights and logged losses, and
-    both processes hold the same weights."""
+    """ERM, GroupDRO, LfF, BAM and ULE on two gloo processes end with the single process's weights and logged
+    losses, and both processes hold the same weights."""
     import torch.multiprocessing as mp
 
     _fit_all(str(tmp_path))  # single process
