@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 DATA ?= $(if $(DEBIASLAB_DATA),$(DEBIASLAB_DATA),$(abspath ../shared/data))
 export DEBIASLAB_DATA := $(DATA)
 
-.PHONY: venv test lint demo docs bench-speed bench-cost clean
+.PHONY: venv test lint demo docs bench-speed bench-cost bench-ddp clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ bench-speed: venv
 # seconds per training epoch of ULE, LfF, BAM and DeNetDM relative to ERM, and BAM's auxiliary-table memory
 bench-cost: venv
 	$(PY) benchmarks/method_cost.py --epochs 3
+
+# gradient synchronisation of a ResNet-18 step on two gloo CPU processes: per-tensor all-reduce vs DDP's
+# bucketed one vs one coalesced buffer (writes benchmarks/results-ddp-sync.json)
+bench-ddp: venv
+	$(PY) benchmarks/ddp_sync.py --rounds 9
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

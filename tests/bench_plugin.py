@@ -50,3 +50,18 @@ if "bench_raise" not in METHODS:
 
         def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
             os._exit(3)
+
+
+if "bench_flaky" not in METHODS:
+    from debiaslab.methods.erm import ERM
+
+    @register_method("bench_flaky")
+    class FlakyMethod(ERM):
+        """ERM whose first attempt in a run directory fails (a run that a resubmitted suite trains after all)."""
+
+        def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+            marker = trainer.run_dir / "first-attempt" if trainer.run_dir is not None else None
+            if marker is not None and not marker.exists():
+                marker.write_text("failed once")
+                raise RuntimeError("deliberate failure on the first attempt")
+            return super()._fit(train, val, trainer)

@@ -57,3 +57,23 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "r" / "final.json").write_text("{broken")
     with pytest.raises(DataError, match="not valid JSON"):
         find_runs([tmp_path])
+
+
+def test_runs_of_other_world_size_or_global_batch_are_never_pooled(tmp_path: Path) -> None:
+    """A two-process run (or one with another global batch) gets its own row, never counted as another seed."""
+    for seed, (world, batch) in enumerate([(1, 256), (1, 256), (2, 256), (2, 512), (1, 512)]):
+        write_run(tmp_path / f"w{world}b{batch}", "erm", 0.01, seed, 0.5)
+        final = next((tmp_path / f"w{world}b{batch}").rglob("final.json"))
+        doc = json.loads(final.read_text())
+        final.write_text(json.dumps({**doc, "world_size": world, "global_batch_size": batch}))
+    rows = summarise(find_runs([tmp_path]))
+    assert sorted((r["world_size"], r["global_batch_size"], tuple(r["seeds"])) for r in rows) == [
+        (1, 256, (0, 1)),
+        (1, 512, (4,)),
+        (2, 256, (2,)),
+        (2, 512, (3,)),
+    ]
+    assert {r["method"] for r in rows if r["world_size"] == 2} == {
+        "erm [2 processes, batch 256]",
+        "erm [2 processes, batch 512]",
+    }

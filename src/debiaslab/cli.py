@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, help="shortcut for --hp epochs=N")
-    train.add_argument("--batch-size", type=int, help="shortcut for --hp batch_size=N")
+    train.add_argument(
+        "--batch-size", type=int, help="shortcut for --hp batch_size=N (the global batch under torchrun)"
+    )
     train.add_argument("--lr", type=float, help="shortcut for --hp lr=X")
     train.add_argument("--selection", help="selection rule: val_worst_group, val_unbiased, val_worst_class, ...")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyperparameter")
@@ -65,7 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", help="a shipped suite (quick, cmnist, selection) or a path to a suite YAML file")
     bench.add_argument("--out", help="output folder (default runs/bench/<suite>)")
     bench.add_argument("--workers", type=int, help="runs at a time (default min(2, cpu count))")
-    bench.add_argument("--executor", default="process", choices=["process", "ray"], help="default: process pool")
+    bench.add_argument(
+        "--executor",
+        default="process",
+        choices=["process", "ray", "slurm"],
+        help="process pool (default), Ray ($RAY_ADDRESS or a local Ray), or Slurm through submitit",
+    )
+    bench.add_argument("--gpus-per-run", type=int, default=0, help="GPUs of each run (ray, slurm; default 0)")
+    bench.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's)")
+    bench.add_argument("--slurm-time", type=int, default=240, metavar="MIN", help="time limit per job (default 240)")
+    bench.add_argument(
+        "--slurm-array-parallelism", type=int, default=64, metavar="N", help="jobs of the array running at once"
+    )
+    bench.add_argument("--slurm-mem-gb", type=int, help="memory per job (default: the partition's)")
+    bench.add_argument("--slurm-folder", help="submitit's job files and logs (default <out>/slurm)")
     bench.add_argument("--only", nargs="+", metavar="METHOD", help="only these methods (labels or names)")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
     bench.add_argument("--report-only", action="store_true", help="aggregate finished runs; train nothing")
@@ -120,6 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from debiaslab.utils import dist
 
     dist.init_from_env()  # launched by torchrun: one process per device, gradients averaged across them
+    if not dist.is_main_process():  # rank 0 logs, writes and reports; the others only say what went wrong
+        logging.getLogger().setLevel(logging.ERROR)
     final = train_run(cfg)
     if not final:  # not rank 0
         return 0
@@ -165,10 +182,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from debiaslab.bench.executors import SlurmOptions
     from debiaslab.bench.runner import STATUSES, run_suite
     from debiaslab.bench.suite import load_suite
 
     suite = load_suite(args.suite)
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus_per_job=args.gpus_per_run,
+        array_parallelism=args.slurm_array_parallelism,
+        mem_gb=args.slurm_mem_gb,
+        folder=args.slurm_folder,
+    )
     result = run_suite(
         suite,
         args.out,
@@ -180,6 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
+        slurm=slurm,
+        gpus_per_run=args.gpus_per_run,
     )
     if args.dry_run:
         table = Table(title=f"suite {suite.name}: {len(result.states)} runs under {result.out}")

@@ -176,6 +176,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
     }
     config_doc["world_size"] = dist.world_size()
+    config_doc["global_batch_size"] = getattr(method.hparams, "batch_size", None)
     if main:
         atomic_write_yaml(run_dir / CONFIG, config_doc)
     for note in bundle.notes:
@@ -210,6 +211,8 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "dataset_options": _plain(cfg.dataset_options),
         "hparams": _plain(cfg.hparams),
         "seed": cfg.seed,
+        "world_size": dist.world_size(),
+        "global_batch_size": getattr(method.hparams, "batch_size", None),
         "protocol": bundle.protocol,
         "selection_split": bundle.selection,
         "selection": result.selection,

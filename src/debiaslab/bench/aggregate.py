@@ -46,10 +46,16 @@ class RunRecord:
     #: False for the record of a report rule (not the rule the run deployed)
     deployed: bool = True
     total_time_s: float = math.nan
+    #: processes the run trained on, and its global batch (None: not recorded): runs differing in them never pool
+    world_size: int = 1
+    global_batch_size: int | None = None
 
     @property
     def row_label(self) -> str:
-        return self.label or method_label(self.method, self.hparams)
+        label = self.label or method_label(self.method, self.hparams)
+        if self.world_size > 1:
+            label += f" [{self.world_size} processes, batch {self.global_batch_size}]"
+        return label
 
 
 @dataclass
@@ -111,7 +117,22 @@ def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
         selections=d.get("selections") or {},
         label=label,
         total_time_s=_number(d.get("total_time_s")),
+        **_scale(d, final.parent),
     )
+
+
+def _scale(final: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``world_size`` and ``global_batch_size`` from ``final.json``, else from ``config.yaml`` (older runs)."""
+    if "world_size" in final:
+        return {"world_size": int(final["world_size"]), "global_batch_size": final.get("global_batch_size")}
+    import yaml
+
+    config = run_dir / "config.yaml"
+    doc = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
+    world = int(doc.get("world_size") or 1)
+    batch = (doc.get("resolved_hparams") or {}).get("batch_size")
+    # before the global batch, --batch-size was per process
+    return {"world_size": world, "global_batch_size": batch * world if isinstance(batch, int) else None}
 
 
 def _number(value: Any) -> float:
@@ -175,10 +196,12 @@ def summarise(
             json.dumps(r.options, sort_keys=True),
             r.protocol,
             r.selection,
+            r.world_size,
+            r.global_batch_size or 0,
         )
         groups[key].append(r)
     rows = []
-    for (method, dataset, options, protocol, selection), runs in sorted(groups.items()):
+    for (method, dataset, options, protocol, selection, world, batch), runs in sorted(groups.items()):
         runs = _one_per_seed(runs)
         row: dict[str, Any] = {
             "method": method,
@@ -190,6 +213,8 @@ def summarise(
             "protocol": protocol,
             "selection": selection,
             "seeds": sorted(r.seed for r in runs),
+            "world_size": world,
+            "global_batch_size": batch or None,
         }
         for col in columns:
             row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])

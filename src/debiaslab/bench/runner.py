@@ -1,10 +1,10 @@
 """Run a suite: decide what is done, train the rest through an existing executor, then aggregate and report.
 
-Executors: ``concurrent.futures.ProcessPoolExecutor`` (spawn; one fresh process per run) by default, Ray when it
-is installed and asked for. Each run is isolated: an exception, a non-finite loss or a crash of its worker
-process marks that run failed (``<run_dir>/error.txt``) and the others go on. A run whose directory holds a
-finished result for the same run identity is skipped; one whose ``config.yaml`` describes another run is
-reported as a mismatch and left alone; an interrupted or failed run resumes from its checkpoints.
+Executors (:mod:`debiaslab.bench.executors`): ``concurrent.futures.ProcessPoolExecutor`` (spawn; one fresh process
+per run) by default, Ray, or Slurm through submitit. Each run is isolated: an exception, a non-finite loss or a
+crash of its worker process marks that run failed (``<run_dir>/error.txt``) and the others go on. A run whose
+directory holds a finished result for the same run identity is skipped; one whose ``config.yaml`` describes
+another run is reported as a mismatch and left alone; an interrupted or failed run resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -13,21 +13,26 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import multiprocessing
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from debiaslab.bench.executors import (
+    EXECUTORS,
+    SlurmOptions,
+    check_ray,
+    check_submitit,
+    run_with_processes,
+    run_with_ray,
+    run_with_slurm,
+)
 from debiaslab.bench.suite import PlannedRun, Suite
-from debiaslab.bench.worker import ERROR, RUNNING, RunTask, execute_run, write_error
+from debiaslab.bench.worker import ERROR, RUNNING, RunTask, write_error
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import CONFIG, FINAL, comparable_identity, is_finished
@@ -35,15 +40,10 @@ from debiaslab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("process", "ray")
 SUMMARY = "summary.json"
 TO_RUN = ("todo", "resume", "failed")
 #: every status a planned run can have, in the order summaries count them
 STATUSES = ("finished", "skipped", "failed", "blocked", "mismatch", "todo", "resume")
-CRASHED = (
-    "the worker process died without a Python exception (killed, out of memory, or a crash in native code); "
-    "the run was retried alone and died again"
-)
 
 
 @dataclass
@@ -56,6 +56,7 @@ class RunState:
     status: str
     detail: str = ""
     time_s: float | None = None
+    log: str | None = None  # the file to read about a failed run (its bench.log, error.txt or the job's log)
 
     def to_dict(self) -> dict[str, Any]:
         cfg = self.run.config
@@ -69,6 +70,7 @@ class RunState:
             "status": self.status,
             "detail": self.detail,
             "time_s": self.time_s,
+            "log": self.log,
         }
 
 
@@ -171,8 +173,13 @@ def run_suite(
     data_root: str | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    slurm: SlurmOptions | None = None,
+    gpus_per_run: float = 0,
 ) -> BenchResult:
-    """Plan, run (unless ``dry_run`` / ``report_only``), aggregate and report ``suite`` under ``out``."""
+    """Plan, run (unless ``dry_run`` / ``report_only``), aggregate and report ``suite`` under ``out``.
+
+    ``executor``: ``process`` (``workers`` runs at a time), ``ray`` (``gpus_per_run`` GPUs per Ray task) or
+    ``slurm`` (one submitit job per run, as ``slurm`` says)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} unknown; expected one of {', '.join(EXECUTORS)}")
     workers = default_workers() if workers is None else workers
@@ -194,7 +201,9 @@ def run_suite(
     todo = [s for s in states if s.status in TO_RUN]
     if todo and not report_only:
         if executor == "ray":
-            _check_ray()
+            check_ray()
+        if executor == "slurm":
+            check_submitit()
         log.info(
             "%s: %d runs to train (%d finished before, %d mismatched) with %d %s worker(s), %d thread(s) each",
             suite.name,
@@ -206,7 +215,15 @@ def run_suite(
             suite.threads,
         )
         started = time.perf_counter()
-        _execute(result, todo, executor=executor, workers=workers, progress=progress)
+        _execute(
+            result,
+            todo,
+            executor=executor,
+            workers=workers,
+            progress=progress,
+            slurm=slurm or SlurmOptions(gpus_per_job=int(gpus_per_run)),
+            gpus_per_run=gpus_per_run,
+        )
         result.wall_s = time.perf_counter() - started
     from debiaslab.bench.report import write_report
 
@@ -267,7 +284,16 @@ def dependency_waves(states: list[RunState]) -> list[list[RunState]]:
 
 
 # ---------------------------------------------------------------------------------------------- execution
-def _execute(result: BenchResult, todo: list[RunState], *, executor: str, workers: int, progress: bool) -> None:
+def _execute(
+    result: BenchResult,
+    todo: list[RunState],
+    *,
+    executor: str,
+    workers: int,
+    progress: bool,
+    slurm: SlurmOptions,
+    gpus_per_run: float,
+) -> None:
     suite = result.suite
     for s in todo:  # a marker left by a killed earlier attempt means nothing now
         (s.run.run_dir / RUNNING).unlink(missing_ok=True)
@@ -280,12 +306,13 @@ def _execute(result: BenchResult, todo: list[RunState], *, executor: str, worker
         state.status = outcome["status"]
         state.detail = outcome.get("error", "")
         state.time_s = outcome.get("time_s")
+        state.log = outcome.get("log")
         if state.status == "finished":
             test = outcome.get("test") or {}
             shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in test.items() if isinstance(v, int | float))
             log.info("finished %s in %.0f s (test %%: %s)", state.run.describe(), state.time_s or 0, shown)
         else:
-            log.error("FAILED %s: %s (see %s)", state.run.describe(), state.detail, task.run_dir / ERROR)
+            log.error("FAILED %s: %s (log: %s)", state.run.describe(), state.detail, state.log or task.run_dir / ERROR)
         bar.advance(state.run.describe())
         write_summary(result, executor, workers)
 
@@ -301,7 +328,9 @@ def _execute(result: BenchResult, todo: list[RunState], *, executor: str, worker
             if not tasks:
                 continue
             if executor == "ray":
-                run_with_ray(tasks, workers, suite.threads, on_result)
+                run_with_ray(tasks, workers, suite.threads, on_result, gpus=gpus_per_run)
+            elif executor == "slurm":
+                run_with_slurm(tasks, suite.threads, on_result, slurm, result.out, suite.name)
             else:
                 run_with_processes(tasks, workers, on_result)
 
@@ -328,106 +357,6 @@ def _prepare_datasets(todo: list[RunState]) -> list[RunState]:
             write_error(s.run.run_dir, s.detail, "(raised while the runner prepared the dataset)\n")
             log.error("FAILED %s: %s", s.run.describe(), s.detail)
     return todo
-
-
-Callback = Callable[[RunTask, dict[str, Any]], None]
-
-
-def run_with_processes(tasks: list[RunTask], workers: int, on_result: Callback) -> None:
-    """Run ``tasks`` on a spawn-context ``ProcessPoolExecutor``, one fresh process per run.
-
-    A worker that dies breaks the whole pool; the runs that were in flight (their ``.bench-running`` marker is
-    left behind) are then retried one at a time in a pool of their own, so only the run that dies again is
-    recorded as crashed, and the runs not yet started go on in a new pool.
-    """
-    pending, suspects = list(tasks), []
-    while pending or suspects:
-        for task in suspects:
-            for left in _pool_round([task], 1, on_result):
-                (left.run_dir / RUNNING).unlink(missing_ok=True)
-                write_error(left.run_dir, f"WorkerCrashed: {CRASHED}", "(no Python traceback: the process died)\n")
-                on_result(left, {"status": "failed", "error": f"worker process crashed: {CRASHED}"})
-        suspects = []
-        if not pending:
-            break
-        left = _pool_round(pending, workers, on_result)
-        started = [t for t in left if (t.run_dir / RUNNING).exists()]
-        suspects = started or left  # nothing started yet: isolate all, so the loop always progresses
-        pending = [t for t in left if not any(t is s for s in suspects)]
-        if left:
-            log.warning(
-                "a worker process died; retrying %s alone, then %d more run(s) in a new pool",
-                ", ".join(str(t.run_dir) for t in suspects),
-                len(pending),
-            )
-
-
-def _pool_round(tasks: list[RunTask], workers: int, on_result: Callback) -> list[RunTask]:
-    """Run ``tasks`` in one pool; returns the tasks a broken pool left without a result."""
-    context = multiprocessing.get_context("spawn")
-    # one process per run: isolated state and a true per-run peak memory. (With max_tasks_per_child=1 no idle
-    # token is ever released, so the 3.11 replacement-deadlock of gh-115634, which needs > 1, cannot occur.)
-    extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    left: list[RunTask] = []
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, **extra)
-    try:
-        futures: dict[Future[dict[str, Any]], RunTask] = {pool.submit(execute_run, t): t for t in tasks}
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                outcome = future.result()
-            except BrokenProcessPool:
-                left.append(task)
-                continue
-            except Exception as exc:  # e.g. the task could not be sent to the worker
-                write_error(task.run_dir, f"{type(exc).__name__}: {exc}", "(raised by the executor)\n")
-                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            on_result(task, outcome)
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return left
-
-
-def _check_ray() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError(
-            "--executor ray needs the `ray` package, which is not installed; "
-            "install it (pip install 'ray[default]') or use --executor process"
-        )
-
-
-def run_with_ray(tasks: list[RunTask], workers: int, threads: int, on_result: Callback) -> None:
-    """Run ``tasks`` as Ray tasks (``num_cpus=threads`` each, no retries, a fresh worker per run).
-
-    Connects to the cluster in ``$RAY_ADDRESS`` when set, else starts a local Ray with ``workers x threads``
-    CPUs. A crashed Ray worker fails only its own task.
-    """
-    _check_ray()
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(execute_run).options(num_cpus=threads, max_retries=0, max_calls=1)
-    refs = {remote.remote(task): task for task in tasks}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for ref in done:
-            task = refs.pop(ref)
-            try:
-                outcome = ray.get(ref)
-            except Exception as exc:  # a crashed worker (WorkerCrashedError) or a task error
-                message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                write_error(task.run_dir, message, f"{exc}\n")
-                (task.run_dir / RUNNING).unlink(missing_ok=True)
-                outcome = {"status": "failed", "error": message}
-            on_result(task, outcome)
 
 
 class _Progress:

@@ -57,13 +57,15 @@ def execute_run(task: RunTask) -> dict[str, Any]:
             "status": "finished",
             "time_s": round(time.perf_counter() - started, 2),
             "test": {k: test.get(k) for k in SUMMARY_KEYS},
+            "log": str(run_dir / LOG),
         }
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         tb = traceback.format_exc()
         write_error(run_dir, message, tb)
         logging.getLogger(__name__).error("run %s failed: %s", run_dir, message)
-        return {"status": "failed", "time_s": round(time.perf_counter() - started, 2), "error": message}
+        elapsed = round(time.perf_counter() - started, 2)
+        return {"status": "failed", "time_s": elapsed, "error": message, "log": str(run_dir / LOG)}
     finally:
         root.removeHandler(handler)
         root.setLevel(level)

@@ -55,6 +55,10 @@ class Stage:
         on_epoch_end: called after each epoch's training steps; may return values to log.
         report_rules: further selection rules under which the trainer also keeps the best epoch's weights
             (:class:`~debiaslab.engine.rule_keeper.RuleKeeper`), beside the deployed ``selection``.
+        grad_sync: how gradients are averaged when the run has several processes: ``"ddp"``
+            (DistributedDataParallel around the whole loss) or ``"allreduce"`` (one coalesced all-reduce after
+            backward, for losses DDP cannot run, e.g. double backprop); see
+            :mod:`debiaslab.engine.data_parallel`.
     """
 
     name: str
@@ -75,6 +79,7 @@ class Stage:
     on_epoch_end: Callable[[StepContext], dict[str, float] | None] | None = None
     drop_last: bool = False
     report_rules: tuple[str, ...] = ()
+    grad_sync: str = "ddp"
 
     def parameters_to_optimize(self) -> list[Any]:
         if self.param_groups is not None:

@@ -18,10 +18,18 @@ from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from debiaslab.engine.data_parallel import (
+    GradSync,
+    all_finite,
+    check_global_batch,
+    local_batches,
+    reduce_sums,
+    steps_per_epoch,
+)
 from debiaslab.engine.optim import build_optimizer, build_scheduler
 from debiaslab.engine.progress import ProgressReporter
 from debiaslab.engine.rule_keeper import RuleKeeper
-from debiaslab.engine.sampling import iterate_batches, num_batches
+from debiaslab.engine.sampling import iterate_batches
 from debiaslab.engine.sparse import SparseTraining
 from debiaslab.engine.stage import Stage, StageResult, StepContext
 from debiaslab.errors import ConfigError, TrainingError
@@ -107,6 +115,7 @@ class Trainer:
         self.sparse: dict[str, SparseTraining] = {}  # stage name -> masks of the stages that trained sparse
         self.report_rules = tuple(get_rule(r).name for r in report_rules)
         self.last_stage: Stage | None = None  # the stage run last (its modules hold the weights it selected)
+        self._sync: GradSync | None = None  # the training stage's loss and gradient averaging
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
 
@@ -219,6 +228,7 @@ class Trainer:
         return result
 
     def _train(self, stage: Stage, rule: Any, train: GroupDataset, val: GroupDataset | None) -> StageResult:
+        check_global_batch(stage)
         params = stage.parameters_to_optimize()
         optimizer = build_optimizer(params, stage.optim)
         plateau_mode = "min" if rule.mode == "min" else "max"
@@ -258,10 +268,10 @@ class Trainer:
                 best_state = load_checkpoint(best_path)["modules"]
             log.info("stage %s resumed after epoch %d from %s", stage.name, start_epoch, last_path)
 
-        n_per_epoch = len(dist.shard(torch.arange(len(stage.sampler))))
-        steps_per_epoch = num_batches(n_per_epoch, stage.batch_size, stage.drop_last)
-        ctx = StepContext(stage.name, start_epoch, start_epoch * steps_per_epoch, stage.epochs, steps_per_epoch)
-        self.progress.start(stage.name, total=stage.epochs * steps_per_epoch, completed=ctx.step)
+        n_steps = steps_per_epoch(len(stage.sampler), stage.batch_size, stage.drop_last)
+        ctx = StepContext(stage.name, start_epoch, start_epoch * n_steps, stage.epochs, n_steps)
+        self._sync = GradSync(stage, flat_params)  # after loading: every process starts from the same weights
+        self.progress.start(stage.name, total=stage.epochs * n_steps, completed=ctx.step)
         try:
             for epoch in range(start_epoch, stage.epochs):
                 ctx.epoch = epoch
@@ -350,44 +360,45 @@ class Trainer:
         else:
             stage.modules.train()
         generator = torch.Generator().manual_seed(derive_seed(self.seed, stage.name, "epoch", ctx.epoch))
-        indices = dist.shard(stage.sampler.epoch_indices(ctx.epoch, generator))
+        indices = stage.sampler.epoch_indices(ctx.epoch, generator)
         sums: dict[str, Tensor] = {}
         n_steps = 0
         clip = stage.optim.grad_clip
         sparse, total_steps = self.sparse.get(stage.name), ctx.epochs * ctx.steps_per_epoch
-        for idx in _batches(indices, stage.batch_size, stage.drop_last):
+        world, sync = dist.world_size(), self._sync
+        assert sync is not None, "_train_epoch runs inside _train"
+        for idx, global_size, scale in local_batches(indices, stage.batch_size, stage.drop_last):
             batch = train.batch(idx)
             batch = batch._replace(x=self.prepare_inputs(batch.x))
             if self.device.type != "cpu":
                 batch = batch._replace(**{f: getattr(batch, f).to(self.device) for f in ("y", "attr", "group")})
             with self.autocast():
-                out = stage.loss_fn(batch, ctx)
+                out = sync.loss(batch, ctx)
             loss = out["loss"] if isinstance(out, dict) else out
-            if not bool(torch.isfinite(loss.detach())):
+            if not all_finite(loss):
                 where = f"stage {stage.name!r}, epoch {ctx.epoch + 1}, step {ctx.step + 1}"
                 kept = self._ckpt_path(stage.name, "last")
                 keep = f"; last good checkpoint kept at {kept}" if kept is not None and kept.exists() else ""
                 raise TrainingError(f"non-finite loss ({float(loss.detach()):.4g}) at {where}{keep}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_gradients(flat_params)
+            sync.backward(loss, scale)  # the gradient of the global batch's mean loss, on every process
             if sparse is not None:  # keeps the dense gradient for a mask update, then masks the gradients
                 sparse.before_step(ctx.step + 1, total_steps)
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(flat_params, clip)
             optimizer.step()
             if sparse is not None:  # inactive weights to 0; drop/regrow every update_every steps
-                sparse.after_step(ctx.step + 1, total_steps, optimizer, idx.numel() * dist.world_size())
+                sparse.after_step(ctx.step + 1, total_steps, optimizer, global_size)
             ctx.step += 1
             if stage.after_step is not None:
                 stage.after_step(ctx)
-            if isinstance(out, dict):
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
-            else:
-                sums["loss"] = sums.get("loss", 0.0) + loss.detach().float()
+            share = scale / world  # this process's share of the global batch: the logged means add up over them
+            for k, v in out.items() if isinstance(out, dict) else [("loss", loss)]:
+                term = v.detach().float()
+                sums[k] = sums.get(k, 0.0) + (term * share if share != 1.0 else term)
             n_steps += 1
             self.progress.advance(stage.name)
+        sums = reduce_sums(sums)
         return {("train_" + k): float(v) / max(n_steps, 1) for k, v in sums.items()}
 
     def _validate(self, stage: Stage, rule: Any, val: GroupDataset, record: dict[str, Any]) -> float | None:
@@ -415,10 +426,6 @@ def _scored_metrics(stage: Stage, record: dict[str, Any]) -> dict[str, Any] | No
     if stage.selection_predictor is not None and stage.selection_predictor in stage.extra_predictors:
         return record.get(f"val_{stage.selection_predictor}")
     return record.get("val")
-
-
-def _batches(indices: Tensor, batch_size: int, drop_last: bool) -> Iterator[Tensor]:
-    return iterate_batches(indices, batch_size, drop_last)
 
 
 def _jsonable(obj: Any) -> Any:

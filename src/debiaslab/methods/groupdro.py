@@ -106,9 +106,16 @@ class GroupDROWeights(nn.Module):
             observed = group_losses
             if dist.is_distributed():
                 # Every rank must hold the same q: the adversary sees the losses of the whole global batch.
-                stats = torch.cat([group_losses.detach() * counts, counts])
+                stats = torch.cat([group_losses.detach() * counts, counts]).to(dist.collective_device())
                 torch.distributed.all_reduce(stats)
-                observed = stats[: self.n_groups] / stats[self.n_groups :].clamp(min=1)
+                stats = stats.to(counts.device)
+                totals = stats[self.n_groups :]
+                observed = stats[: self.n_groups] / totals.clamp(min=1)
+                # this rank's part of the global batch's group means: its sums over the global counts. The
+                # trainer weighs each rank's loss by its share of the batch (n_r / m), undone by m / n_r here,
+                # so the averaged gradient is that of sum_g q_g L_g with L_g the global batch's group mean.
+                share = totals.sum() / counts.sum().clamp(min=1)
+                group_losses = group_losses * counts / totals.clamp(min=1) * share
             self.update(observed)
             return (self.q * group_losses).sum()
 

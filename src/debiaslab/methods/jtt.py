@@ -232,7 +232,7 @@ class JTT(Method):
         pred = built["log"].pred.cpu()
         missing = pred < 0
         if bool(missing.any()):
-            # only when data-parallel sharding dropped a few tail examples from epoch T
+            # only when a multi-process run skipped a last global batch smaller than its process count
             log.info("jtt: %d examples were not visited in epoch T; using a clean pass for them", int(missing.sum()))
             with eval_mode(model):
                 clean = trainer.predict(model, train).argmax(dim=1)

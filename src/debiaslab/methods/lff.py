@@ -165,6 +165,7 @@ class LfF(Method):
 
             def epoch_end(ctx: StepContext) -> dict[str, float]:
                 out = {}
+                dist.sum_values(w_sums)  # every process's examples (a no-op in one process)
                 for kind in ("conflicting", "aligned"):
                     n = float(w_sums.get(f"n_{kind}", 0.0))
                     if n:

@@ -167,8 +167,9 @@ def mask_top_saliency(x: Tensor, g: Tensor, fraction: float, unit: str = "entry"
 
 
 def normalise_to_batch_mean(raw: Tensor) -> Tensor:
-    """``raw / mean(raw)``: weights with mean 1 over the batch (all 0 when every raw weight is 0)."""
-    mean = raw.mean()
+    """``raw / mean(raw)``: weights with mean 1 over the batch (all 0 when every raw weight is 0). In a
+    multi-process run the mean is that of the global batch, as one process would compute it."""
+    mean = dist.global_mean(raw)
     return torch.where(mean > 0, raw / mean.clamp_min(torch.finfo(raw.dtype).tiny), torch.zeros_like(raw))
 
 
@@ -479,6 +480,9 @@ class ULE(Method):
                 param_groups=param_groups,
                 extra_predictors={"student": student} if hp.eval_student else {},
                 on_epoch_end=memory_report,
+                # the loss takes input gradients (autograd.grad; double backprop for align), which DDP's
+                # gradient hooks do not support: one coalesced all-reduce after backward instead
+                grad_sync="allreduce",
             )
 
         stage, result = trainer.run_stage(self.name, build, train, val)
