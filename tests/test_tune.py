@@ -189,6 +189,15 @@ def test_chosen_configuration_is_trained_on_seeds_and_only_those_runs_see_test(t
     assert "erm" in capsys.readouterr().out
 
 
+def test_journal_file_storage_holds_the_study(tmp_path: Path) -> None:
+    journal = tmp_path / "shared" / "study.journal"
+    journal.parent.mkdir()
+    spec = spec_for(tmp_path, trials=2, epochs=1, storage=f"journal:{journal}")
+    assert run_search(spec).counts["done"] == 2
+    assert journal.stat().st_size > 0 and not (Path(spec.out) / "study.db").exists()
+    assert len(counted_trials(open_study(spec))) == 2
+
+
 def test_pruned_trials_stop_early_and_are_marked_pruned(tmp_path: Path, monkeypatch) -> None:
     import debiaslab.tune.study as study_module
 
