@@ -6,6 +6,9 @@ gives each one's wall time, its trial counts, its best validation score and its 
 search. The target: with pruning, well under half the unpruned time.
 
     python benchmarks/tune_pruning.py --trials 20 --epochs 8 --threads 1 --out benchmarks/results-tune-pruning.json
+
+Settings measured by separate invocations (e.g. one per pruner, to use more cores) are combined with
+``--merge A.json B.json ... --out ALL.json`` (the same search settings are required).
 """
 
 from __future__ import annotations
@@ -71,7 +74,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results-tune-pruning.json")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="combine earlier results files; run nothing")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     results = []
@@ -79,9 +86,6 @@ def main() -> None:
         for pruner in args.pruners:
             results.append(measure(args, pruner, Path(tmp)))
             print(json.dumps(results[-1]))
-    base = next((r["wall_s"] for r in results if r["pruner"] == "none"), None)
-    for r in results:
-        r["time_vs_unpruned"] = None if not base else round(r["wall_s"] / base, 3)
     doc = {
         "command": "python benchmarks/tune_pruning.py "
         + " ".join(
@@ -91,13 +95,44 @@ def main() -> None:
         ),
         "setup": {k: v for k, v in vars(args).items() if k != "out"},
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
-        "results": results,
+        "results": with_ratios(results),
     }
     atomic_write_json(Path(args.out), doc)
+    show(doc)
+
+
+def with_ratios(results: list[dict]) -> list[dict]:
+    """Each result with its wall time and trained epochs relative to the unpruned search (when measured)."""
+    base = next((r for r in results if r["pruner"] == "none"), None)
     for r in results:
+        r["time_vs_unpruned"] = round(r["wall_s"] / base["wall_s"], 3) if base else None
+        r["epochs_vs_unpruned"] = round(r["validated_epochs"] / base["validated_epochs"], 3) if base else None
+    return results
+
+
+def merge(paths: list[str], out: Path) -> None:
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    setups = [{k: v for k, v in d["setup"].items() if k != "pruners"} for d in docs]
+    if any(s != setups[0] for s in setups):
+        raise SystemExit(f"cannot merge: the search settings differ ({setups})")
+    results = with_ratios([r for d in docs for r in d["results"]])
+    doc = {
+        "commands": [d.get("command") for d in docs],
+        "setup": setups[0],
+        "machine": docs[0]["machine"],
+        "note": "settings measured by separate invocations (" + ", ".join(paths) + ")",
+        "results": results,
+    }
+    atomic_write_json(out, doc)
+    show(doc)
+
+
+def show(doc: dict) -> None:
+    for r in doc["results"]:
         print(
-            f"{r['pruner']:>9}: {r['wall_s']:7.1f} s  ({r['time_vs_unpruned']}x unpruned), "
-            f"{r['trials']['pruned']}/{r['trials']['done']} pruned, best {args.rule} {r['best_score']}"
+            f"{r['pruner']:>9}: {r['wall_s']:7.1f} s ({r['time_vs_unpruned']}x unpruned), {r['validated_epochs']} "
+            f"epochs ({r['epochs_vs_unpruned']}x), {r['trials']['pruned']}/{r['trials']['done']} pruned, "
+            f"best {doc['setup']['rule']} {r['best_score']}"
         )
 
 
