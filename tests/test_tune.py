@@ -344,3 +344,30 @@ def test_tuning_suite_errors_name_the_key(change: dict, expected: str) -> None:
     doc = {"dataset": {"name": "toy_bench"}, "methods": ["erm"], **change}
     with pytest.raises(ConfigError, match=expected):
         parse_tune_suite(doc, "t.yaml")
+
+
+def test_pruning_benchmark_merges_separate_runs_relative_to_the_unpruned_one(tmp_path: Path) -> None:
+    from toys import load_benchmark_script
+
+    bench = load_benchmark_script("tune_pruning")
+    setup = {"method": "erm", "trials": 20, "epochs": 8, "rule": "val_unbiased"}
+    counts = {"done": 20, "pruned": 0}
+    for name, wall, epochs in (("none", 100.0, 160), ("median", 40.0, 60)):
+        doc = {
+            "command": name,
+            "setup": {**setup, "pruners": [name]},
+            "machine": "cpu",
+            "results": [
+                {"pruner": name, "wall_s": wall, "validated_epochs": epochs, "trials": counts, "best_score": 0.5}
+            ],
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    out = tmp_path / "all.json"
+    bench.merge([str(tmp_path / "none.json"), str(tmp_path / "median.json")], out)
+    results = {r["pruner"]: r for r in json.loads(out.read_text())["results"]}
+    assert results["median"]["time_vs_unpruned"] == 0.4 and results["median"]["epochs_vs_unpruned"] == 0.375
+    other = json.loads((tmp_path / "median.json").read_text())
+    other["setup"]["epochs"] = 4
+    (tmp_path / "median.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="settings differ"):
+        bench.merge([str(tmp_path / "none.json"), str(tmp_path / "median.json")], out)

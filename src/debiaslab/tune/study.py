@@ -26,7 +26,8 @@ PRUNERS = ("median", "hyperband", "none")
 #: rules a search can optimise and record (``last`` selects nothing)
 OBJECTIVE_RULES = ("val_worst_group", "val_unbiased", "val_worst_class", "val_classdiff", "val_accuracy")
 SEARCH_FILE = "search.yaml"
-#: the median pruner waits for this many finished trials and never prunes in the first epoch
+#: the median pruner waits for this many complete trials; steps count epochs from 1, so it may stop a trial after
+#: any epoch (Optuna prunes from step == n_warmup_steps on)
 MEDIAN_STARTUP_TRIALS = 5
 MEDIAN_WARMUP_STEPS = 1
 
