@@ -1,4 +1,4 @@
-"""Command line: ``debiaslab train | evaluate | bench | report | datasets | methods``.
+"""Command line: ``debiaslab train | evaluate | bench | tune | report | datasets | methods``.
 
 Problems with the input (unknown names, missing files, bad values, a finished run directory) are printed as one
 line starting with ``error:`` and exit with status 2; tracebacks are for bugs only.
@@ -87,11 +87,59 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true")
     _data_args(bench)
 
+    _tune_parser(sub)
+
     sub.add_parser("datasets", help="list registered datasets and their options")
     methods = sub.add_parser("methods", help="list registered methods and the labels they need")
     methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
     methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     return parser
+
+
+def _tune_parser(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="search hyperparameters on validation (Optuna), then train the chosen configuration on seeds",
+    )
+    what = tune.add_mutually_exclusive_group(required=True)
+    what.add_argument("--method", help="the method to tune (see `debiaslab methods`)")
+    what.add_argument("--suite", help="a tuning suite: shipped (cmnist-tune) or a YAML file; tunes every method")
+    tune.add_argument("--dataset", help="the dataset searched on (with --method)")
+    tune.add_argument("--ratio", type=float, help="bias-conflicting ratio searched on (Colored MNIST)")
+    tune.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
+    tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a fixed (not searched) hyperparameter")
+    tune.add_argument("--space", help="YAML file overriding the method's search space (name: distribution)")
+    tune.add_argument("--trials", type=int, default=20, help="finished trials in the budget (default 20)")
+    tune.add_argument("--epochs-cap", type=int, default=10, help="epochs of every trial (default 10)")
+    tune.add_argument(
+        "--rule",
+        help="validation rule optimised (default val_worst_group, or val_worst_class "
+        "when validation has no group labels)",
+    )
+    tune.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tune.add_argument(
+        "--storage", help="Optuna storage: a database URL or journal:PATH (default: sqlite file study.db in --out)"
+    )
+    tune.add_argument("--study", help="study name in the storage (default <method>-<dataset>-<options>)")
+    tune.add_argument("--out", help="search directory (default runs/tune/<study>; suites: runs/tune/<suite>)")
+    tune.add_argument("--workers", type=int, default=1, help="processes running trials (and final runs) at once")
+    tune.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the final runs")
+    tune.add_argument("--final-ratios", type=float, nargs="+", help="ratios of the final runs (default: --ratio)")
+    tune.add_argument("--no-final", action="store_true", help="search only; train no final runs")
+    tune.add_argument("--search-seed", type=int, default=0, help="seed of the sampler and of every trial")
+    tune.add_argument("--only", nargs="+", metavar="METHOD", help="with --suite: only these methods")
+    tune.add_argument(
+        "--imports",
+        nargs="+",
+        metavar="MODULE",
+        help="plugin modules (registering datasets or methods) imported here and in every worker",
+    )
+    tune.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial (default 1)")
+    tune.add_argument("--device", default="auto")
+    tune.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    tune.add_argument("--no-progress", action="store_true")
+    _data_args(tune)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -230,6 +278,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] or counts["mismatch"] or counts["blocked"] else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from debiaslab.tune.command import tune_from_args
+
+    for line in tune_from_args(args):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
@@ -286,6 +342,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "bench": cmd_bench,
+    "tune": cmd_tune,
     "report": cmd_report,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
@@ -308,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        if args.command == "bench":
+        if args.command in ("bench", "tune"):
             err_console.print("interrupted; run the same command again to resume (finished runs are kept)")
         else:
             err_console.print("interrupted; continue the run with the same command plus --resume")

@@ -85,6 +85,9 @@ class Trainer:
         report_rules: further selection rules under which every stage that selects on validation (rule other
             than ``last``) also keeps its best epoch's weights (``StageResult.alternatives``), beside the rule it
             deploys; one training then reports several rules.
+        epoch_hook: called after every validated epoch of a stage that selects on validation, with the stage
+            name, the 1-based epoch and the validation metrics its rule scores; it may stop the run by raising
+            (a tuning trial reports the score and is pruned this way, after the epoch's checkpoint is written).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class Trainer:
         channels_last: bool = False,
         num_threads: int | None = None,
         report_rules: Sequence[str] = (),
+        epoch_hook: Callable[[str, int, dict[str, Any]], None] | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
@@ -116,6 +120,7 @@ class Trainer:
         self.report_rules = tuple(get_rule(r).name for r in report_rules)
         self.last_stage: Stage | None = None  # the stage run last (its modules hold the weights it selected)
         self._sync: GradSync | None = None  # the training stage's loss and gradient averaging
+        self.epoch_hook = epoch_hook
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
 
@@ -322,6 +327,8 @@ class Trainer:
                         },
                     )
                     self._write_metrics(self.history + history)
+                if self.epoch_hook is not None and val is not None and rule.name != "last":
+                    self.epoch_hook(stage.name, epoch + 1, _scored_metrics(stage, record) or {})
         finally:
             self.progress.stop(stage.name)
 

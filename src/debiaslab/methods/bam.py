@@ -36,6 +36,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, optim_with
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,14 @@ class BAM(Method):
     """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
 
     summary = "auxiliary-logit bias amplification, then error upsampling; label-free ClassDiff selection (Li 2024)"
+    #: searched by `debiaslab tune`: λ (auxiliary scale), T (amplification epochs), μ (upsampling of errors)
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "aux_lambda": loguniform(0.5, 100.0),
+        "amplify_epochs": intrange(1, 20),
+        "mu": intrange(10, 300, log=True),
+        "upweight_weight_decay": loguniform(1e-6, 1e-1),
+    }
     Hparams: ClassVar[type[TrainHparams]] = BAMHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {"optimizer": Default("sgd", BAM_OPTIMIZER)},

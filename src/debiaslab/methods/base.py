@@ -23,6 +23,7 @@ from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.hparams import HparamTable, TrainHparams, hparam_names, resolve_hparams
 from debiaslab.methods.presets import DATASET_PRESETS
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace
 from debiaslab.models import build_model
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class Method:
     name: ClassVar[str] = ""
     Hparams: ClassVar[type[TrainHparams]] = TrainHparams
     hparam_table: ClassVar[HparamTable] = {}
+    #: what ``debiaslab tune`` searches (hyperparameter -> distribution); methods add their own knobs
+    search_space: ClassVar[SearchSpace] = COMMON_SPACE
     requires: ClassVar[Requirements] = Requirements()
     summary: ClassVar[str] = ""
     #: hyperparameters that change how fast a run goes, not what it computes (e.g. worker processes); they are

@@ -33,6 +33,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import OURS_CMNIST_SELECTION
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
 from debiaslab.methods.stages import method_stage, optim_with
 from debiaslab.methods.teachers import soft_cross_entropy
 from debiaslab.models.base import Backbone
@@ -153,6 +154,14 @@ class DeNetDM(Method):
     """Deep and shallow branches as a product of experts, then distillation of the shallow expert into a target."""
 
     summary = "depth-modulated product of experts, then distillation into a target branch (Sreelatha 2024)"
+    #: searched by `debiaslab tune`: the experts' training length, the PoE and distillation weights, τ
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "expert_epochs": intrange(1, 20),
+        "poe_weight": loguniform(0.1, 10.0),
+        "distill_weight": loguniform(0.1, 10.0),
+        "temperature": uniform(1.0, 5.0),
+    }
     Hparams: ClassVar[type[TrainHparams]] = DeNetDMHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {"selection": Default("auto", "ours: worst-group with validation groups, else worst-class")},

@@ -41,6 +41,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, method_stage
 from debiaslab.methods.teachers import frozen, load_teacher, train_teacher
 from debiaslab.models import build_model, count_parameters
@@ -191,6 +192,14 @@ class DeTT(Method):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
 
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
+    #: searched by `debiaslab tune`: the detector's epochs, λ_up, the feature-distillation and CE weights
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "detector_epochs": intrange(1, 5),
+        "lambda_up": loguniform(1.0, 200.0),
+        "feature_weight": loguniform(0.1, 10.0),
+        "ce_weight": uniform(0.0, 1.0),
+    }
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {

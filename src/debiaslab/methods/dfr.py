@@ -33,6 +33,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
 from debiaslab.methods.stages import erm_stage
 from debiaslab.methods.teachers import load_finished_model
 
@@ -257,6 +258,9 @@ class DFR(Method):
 
     summary = "re-fit the last layer of an ERM model on group-balanced validation (L1 logistic regression)"
     execution_hparams: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
+    #: searched by `debiaslab tune`: the base ERM's lr and weight decay and the head's inverse L1 strength C
+    #: (a searched value of the tuple ``c_grid`` is a one-element grid: that C alone)
+    search_space: ClassVar[SearchSpace] = {**COMMON_SPACE, "c_grid": loguniform(1e-2, 10.0)}
     Hparams: ClassVar[type[TrainHparams]] = DFRHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": dict(_DFR_ROW),

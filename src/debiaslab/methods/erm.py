@@ -10,6 +10,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import HparamTable
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace
 from debiaslab.methods.stages import erm_stage
 
 
@@ -18,6 +19,8 @@ class ERM(Method):
     """Empirical risk minimisation with the engine's selection rule."""
 
     summary = "plain cross-entropy training (baseline)"
+    #: searched by `debiaslab tune`: learning rate and weight decay only
+    search_space: ClassVar[SearchSpace] = dict(COMMON_SPACE)
     hparam_table: ClassVar[HparamTable] = {"colored_mnist": dict(CMNIST_MLP)}
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:

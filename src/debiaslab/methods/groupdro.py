@@ -37,6 +37,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
 from debiaslab.methods.stages import method_stage
 from debiaslab.utils import dist
 
@@ -143,6 +144,13 @@ class GroupDRO(Method):
     summary = "online worst-group loss minimisation (needs training groups)"
     Hparams = GroupDROHparams
     requires = Requirements(train_attrs=True)
+    #: searched by `debiaslab tune`: η over DomainBed's range 10^U(-3,-1); weight decay up to 1 (the paper's strong
+    #: L2 is what makes GroupDRO generalise to the worst group)
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "weight_decay": loguniform(1e-6, 1.0),
+        "eta": loguniform(1e-3, 1e-1),
+    }
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "eta": Default(0.01, f"{CODE}: --robust_step_size 0.01"),

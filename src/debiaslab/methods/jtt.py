@@ -26,6 +26,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage, optim_with
 from debiaslab.utils import dist
 
@@ -130,6 +131,13 @@ class JTT(Method):
     """Just Train Twice: ERM for T epochs, then a fresh model with its errors upweighted by λ_up + 1."""
 
     summary = "ERM error set, then a fresh model with errors upweighted (Liu et al. 2021)"
+    #: searched by `debiaslab tune`: T and λ_up over the ranges of the JTT paper's grids (T a few epochs,
+    #: λ_up 5..200 on a log scale)
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "identify_epochs": intrange(1, 5),
+        "lambda_up": intrange(5, 200, log=True),
+    }
     Hparams: ClassVar[type[TrainHparams]] = JTTHparams
     hparam_table: ClassVar[HparamTable] = {
         "waterbirds": {

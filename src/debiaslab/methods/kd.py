@@ -24,6 +24,7 @@ from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, obtain_teacher,
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
 from debiaslab.methods.teachers import soft_cross_entropy
 from debiaslab.models import count_parameters
 
@@ -50,6 +51,12 @@ class KnowledgeDistillation(Method):
     """Logit distillation of a (debiased) teacher into a student on the biased training set."""
 
     summary = "plain logit knowledge distillation from a teacher (baseline for DeTT)"
+    #: searched by `debiaslab tune`: the distillation weight and temperature
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "kd_weight": uniform(0.1, 1.0),
+        "temperature": uniform(1.0, 8.0),
+    }
     Hparams: ClassVar[type[TrainHparams]] = KDHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {"kd_weight": Default(0.9, KD_COMMON), "temperature": Default(4.0, KD_COMMON)},

@@ -25,6 +25,7 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
 from debiaslab.methods.stages import method_stage
 from debiaslab.utils import dist
 
@@ -124,6 +125,12 @@ class LfF(Method):
     """Learning from Failure: a GCE-trained biased model re-weights the debiased model's CE per example."""
 
     summary = "biased GCE model re-weights a debiased model by relative difficulty (Nam et al. 2020)"
+    #: searched by `debiaslab tune`: the GCE q of the biased model and the EMA factor of the losses
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "q": uniform(0.1, 0.9),
+        "ema_alpha": uniform(0.5, 0.99),
+    }
     Hparams: ClassVar[type[TrainHparams]] = LfFHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {"q": Default(0.7, LFF_PAPER), "ema_alpha": Default(0.7, LFF_PAPER)},

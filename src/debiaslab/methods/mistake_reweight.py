@@ -21,7 +21,8 @@ from typing import ClassVar
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.ule import ULE, ULEHparams
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, categorical, loguniform
+from debiaslab.methods.ule import STUDENT_LOSSES, ULE, WEIGHTINGS, ULEHparams
 
 OURS = (
     "ours: Colored MNIST probes (1 % and 5 %, seed 0, validation unbiased accuracy; run records "
@@ -50,6 +51,15 @@ class MistakeReweight(ULE):
 
     summary = "teacher CE up-weighted on a parallel ERM student's mistakes (no input gradient)"
     Hparams: ClassVar[type[TrainHparams]] = MistakeReweightHparams
+    #: searched by `debiaslab tune`: λ, the weighting of the student's mistakes (not ``uniform``: with
+    #: ``reweight`` it only rescales the CE), the student's loss and L2
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "omega_weight": loguniform(0.1, 100.0),
+        "weighting": categorical(*(w for w in WEIGHTINGS if w != "uniform")),
+        "student_loss": categorical(*STUDENT_LOSSES),
+        "student_weight_decay": loguniform(1e-6, 1e-1),
+    }
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "omega_weight": Default(5.0, OURS),

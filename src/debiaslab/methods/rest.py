@@ -37,6 +37,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import OURS_CMNIST_SELECTION
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
 from debiaslab.methods.stages import error_set, error_set_quality, log_error_set, method_ce_stage
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,14 @@ _CMNIST: dict[str, Default] = {
 class _RESTBase(Method):
     """Shared fit: find the conflicting examples, then one sparse stage with the upweighting sampler."""
 
+    #: searched by `debiaslab tune`: the density of the sparse network, λ_up, and (rest_free) the identification
+    #: epochs
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "density": uniform(0.05, 0.5),
+        "lambda_up": loguniform(1.0, 200.0),
+        "identify_epochs": intrange(1, 5),
+    }
     Hparams: ClassVar[type[TrainHparams]] = RESTHparams
     hparam_table: ClassVar[HparamTable] = {"*": dict(_STAR), "colored_mnist": dict(_CMNIST)}
 

@@ -38,6 +38,7 @@ from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
 from debiaslab.methods.stages import method_ce_stage
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class ReweightHparams(TrainHparams):
             raise ConfigError(f"power {self.power!r} must be >= 0 (1.0: 1/n, 0.5: 1/sqrt(n), 0: plain ERM)")
 
 
+#: the reweighting schemes search the exponent of their loss weights beside lr and weight decay
+REWEIGHT_SPACE: SearchSpace = {**COMMON_SPACE, "power": uniform(0.0, 1.0)}
+
+
 class Balancing(Method):
     """Balance groups or classes by loss weights, by resampling, or by subsampling, then train with CE.
 
@@ -74,6 +79,8 @@ class Balancing(Method):
     per (run seed, stage): the same seed gives the same subsample, also when a run is resumed.
     """
 
+    #: searched by `debiaslab tune`: lr and weight decay; the reweighting schemes also their exponent (1/n^power)
+    search_space: ClassVar[SearchSpace] = dict(COMMON_SPACE)
     by: ClassVar[By] = "group"
     scheme: ClassVar[Scheme] = "reweight"
 
@@ -136,6 +143,7 @@ class ReweightGroup(Balancing):
 
     summary = "loss weights ∝ 1/n_g^power (needs training groups)"
     Hparams = ReweightHparams
+    search_space: ClassVar[SearchSpace] = REWEIGHT_SPACE
     hparam_table: ClassVar[HparamTable] = _table(reweight=True)
     requires = _GROUP_ATTRS
     by, scheme = "group", "reweight"
@@ -147,6 +155,7 @@ class ReweightClass(Balancing):
 
     summary = "loss weights ∝ 1/n_y^power (labels only)"
     Hparams = ReweightHparams
+    search_space: ClassVar[SearchSpace] = REWEIGHT_SPACE
     hparam_table: ClassVar[HparamTable] = _table(reweight=True)
     by, scheme = "class", "reweight"
 

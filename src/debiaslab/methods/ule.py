@@ -66,6 +66,7 @@ from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, categorical, loguniform, uniform
 from debiaslab.methods.stages import method_stage
 from debiaslab.utils import dist
 
@@ -406,6 +407,18 @@ class ULE(Method):
     as ``student_``. Exact published loss unavailable (module docstring)."""
 
     summary = "teacher unlearns a parallel ERM student's input-gradient evidence (Mitchell et al. 2024, reconstructed)"
+    #: searched by `debiaslab tune`: λ, the regulariser Ω on the student's input gradient and its knobs, the
+    #: saliency, the per-example weighting, and the student's L2
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "omega": categorical(*GRADIENT_OMEGAS),
+        "omega_weight": loguniform(0.1, 100.0),
+        "saliency": categorical(*SALIENCIES),
+        "weighting": categorical(*WEIGHTINGS),
+        "mask_fraction": uniform(0.05, 0.5),
+        "perturb_eps": loguniform(0.5, 20.0),
+        "student_weight_decay": loguniform(1e-6, 1e-1),
+    }
     Hparams: ClassVar[type[TrainHparams]] = ULEHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": {

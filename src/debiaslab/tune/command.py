@@ -1,0 +1,140 @@
+"""``debiaslab tune``: one method (search, then the chosen configuration on seeds) or a tuning suite."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from debiaslab.errors import ConfigError
+from debiaslab.methods.registry import get_method
+from debiaslab.runs import parse_key_values
+from debiaslab.tune.final import Chosen, chosen_hparams, final_suite, train_chosen
+from debiaslab.tune.search import SearchResult, run_search
+from debiaslab.tune.space import load_space_file, resolve_space
+from debiaslab.tune.study import SearchSpec
+
+log = logging.getLogger(__name__)
+
+
+def default_rule(dataset: str, options: dict[str, Any], data_root: str | None, cache_dir: str | None) -> str:
+    """``val_worst_group`` when the dataset's validation split has group labels, else ``val_worst_class``."""
+    from debiaslab.data.registry import build_dataset
+
+    bundle = build_dataset(dataset, data_root, cache_dir, **options)
+    return "val_worst_group" if bundle.val.has_attrs else "val_worst_class"
+
+
+def tune_from_args(args: argparse.Namespace) -> list[str]:
+    """Run what the command line asks; returns the lines to print (tables and where the reports are)."""
+    _check_ints(args)
+    from debiaslab.bench.suite import import_plugins
+
+    import_plugins(args.imports or ())
+    if args.suite:
+        from debiaslab.tune.suite import load_tune_suite
+        from debiaslab.tune.suite_runner import run_tune_suite
+
+        suite = load_tune_suite(args.suite)
+        return run_tune_suite(
+            suite,
+            args.out,
+            workers=args.workers,
+            only=args.only,
+            no_final=args.no_final,
+            storage=args.storage,
+            data_root=args.data_root,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
+    if not args.dataset:
+        raise ConfigError("--dataset is required with --method")
+    options = parse_key_values(args.data_opt, "--data-opt")
+    if args.ratio is not None:
+        options["ratio"] = args.ratio
+    method_cls = get_method(args.method)
+    overrides = load_space_file(args.space) if args.space else None
+    space, fixed = resolve_space(
+        method_cls, overrides, parse_key_values(args.hp, "--hp"), source=f"space file {args.space}"
+    )
+    rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
+    spec = SearchSpec(
+        method=args.method,
+        dataset=args.dataset,
+        dataset_options=options,
+        space=space,
+        fixed=fixed,
+        rule=rule,
+        trials=args.trials,
+        epochs=args.epochs_cap,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.search_seed,
+        storage=args.storage,
+        study_name=args.study,
+        threads=args.threads,
+        device=args.device,
+        precision=args.precision,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        imports=tuple(args.imports or ()),
+    )
+    spec.out = args.out or str(Path("runs") / "tune" / spec.name)
+    result = run_search(spec, workers=args.workers)
+    lines = search_lines(result)
+    if args.no_final:
+        return lines
+    best = result.best.get(rule)
+    if best is None:
+        return [*lines, f"no complete trial under {rule}: no final runs"]
+    ratios = args.final_ratios or ([options["ratio"]] if "ratio" in options else None)
+    chosen = [Chosen(args.method, args.method, chosen_hparams(fixed, best, spec.epochs, rule))]
+    suite = final_suite(
+        spec.name,
+        rule,
+        chosen,
+        dataset=spec.dataset,
+        options=options,
+        ratios=ratios,
+        seeds=args.seeds,
+        threads=args.threads,
+        device=args.device,
+        precision=args.precision,
+        description=f"{args.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
+        imports=spec.imports,
+    )
+    bench = train_chosen(
+        suite,
+        Path(spec.out) / "final" / rule,
+        workers=args.workers,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    return [*lines, bench.tables.get("results", ""), f"final runs: {bench.out / 'report.md'}"]
+
+
+def search_lines(result: SearchResult) -> list[str]:
+    spec, counts = result.spec, result.counts
+    lines = [
+        f"search {spec.name}: {counts['done']}/{spec.trials} trials done ({counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['failed']} failed)"
+        + (f" in {result.wall_s:.0f} s" if result.wall_s is not None else "")
+    ]
+    for rule, best in result.best.items():
+        values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
+        lines.append(f"  {rule}: trial {best['trial']} (val {best['score']:.4f}): {values}")
+    lines.append(f"report: {Path(spec.out) / 'search.md'}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _check_ints(args: argparse.Namespace) -> None:
+    for name in ("trials", "epochs_cap", "workers", "threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1")

@@ -1,0 +1,254 @@
+"""Run a search: Optuna's ``study.optimize`` in one or several worker processes sharing the study's storage,
+then each rule's best trial, ``best.json``, the report and the search-history plot.
+
+The budget is counted in finished trials (complete, pruned, or failed by an error of their own such as a
+non-finite loss); a trial whose process was killed does not count, and a resumed search runs the trials left.
+Every trial records the validation score of every applicable rule (user attribute ``scores``), so each rule
+picks its own best among the same complete trials (DomainBed style); only the first ``trials`` finished trials
+are considered, whatever extra trials parallel workers started.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import socket
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debiaslab.errors import ConfigError, DebiasLabError
+from debiaslab.evaluation.selection import check_rule_applicable, get_rule
+from debiaslab.methods.registry import get_method
+from debiaslab.runs import RunConfig
+from debiaslab.tune.space import as_hparams, suggest
+from debiaslab.tune.study import SearchSpec, check_search_dir, open_study
+from debiaslab.tune.trial import PruningHook, search_bundle, train_trial, trial_dir
+from debiaslab.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+BEST = "best.json"
+
+
+@dataclass
+class SearchResult:
+    """Where a search stands: counts of its trials, and each rule's best complete trial."""
+
+    spec: SearchSpec
+    counts: dict[str, int]
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float | None = None
+
+
+def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 30) -> SearchResult:
+    """Check the search, run the trials the budget has left (``workers`` processes), summarise it."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be >= 1")
+    check_inputs(spec)
+    check_search_dir(spec)
+    study = open_study(spec, heartbeat_s=heartbeat_s)
+    left = spec.trials - len(counted_trials(study))
+    started = time.perf_counter()
+    if left > 0:
+        log.info("%s: %d of %d trials to run with %d worker(s)", spec.name, left, spec.trials, workers)
+        if workers == 1:
+            optimize(spec, 0, heartbeat_s)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [pool.submit(optimize, spec, i, heartbeat_s, True) for i in range(workers)]
+                for future in futures:
+                    future.result()
+    result = summarise(spec, open_study(spec, heartbeat_s=None))
+    result.wall_s = time.perf_counter() - started if left > 0 else None
+    atomic_write_json(Path(spec.out) / BEST, {"budget": spec.budget(), "rule": spec.rule, "best": result.best})
+    from debiaslab.tune.report import write_search_report
+
+    write_search_report(result)
+    return result
+
+
+def check_inputs(spec: SearchSpec) -> None:
+    """Fail before any trial: unknown method or hyperparameters, a dataset that cannot be built or has no
+    validation split of its own, a rule needing labels validation lacks, a space naming unknown fields."""
+    method_cls = get_method(spec.method)
+    names = set(method_cls.Hparams.__dataclass_fields__)
+    unknown = sorted(set(spec.space) - names)
+    if unknown:
+        raise ConfigError(f"method {spec.method!r} has no hyperparameter {unknown[0]!r} (in its search space)")
+    method_cls(dataset=spec.dataset, **spec.fixed, epochs=spec.epochs, selection=spec.rule)
+    bundle = search_bundle(_run_config(spec, {}, Path(spec.out) / "trials" / "check"))
+    check_rule_applicable(get_rule(spec.rule), bundle.val.has_attrs)
+
+
+def _run_config(spec: SearchSpec, hparams: dict[str, Any], out: Path) -> RunConfig:
+    return RunConfig(
+        method=spec.method,
+        dataset=spec.dataset,
+        dataset_options=dict(spec.dataset_options),
+        hparams={**spec.fixed, **hparams, "epochs": spec.epochs, "selection": spec.rule},
+        seed=spec.seed,
+        device=spec.device,
+        precision=spec.precision,
+        out=str(out),
+        data_root=spec.data_root,
+        cache_dir=spec.cache_dir,
+        overwrite=True,
+        progress=False,
+        num_threads=spec.threads,
+    )
+
+
+def counted_trials(study: Any) -> list[Any]:
+    """Finished trials that count against the budget, by number: complete, pruned, and failed by an error of
+    their own (``error`` user attribute); not trials whose process died (their heartbeat stopped)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return sorted((t for t in trials if t.state != TrialState.FAIL or "error" in t.user_attrs), key=lambda t: t.number)
+
+
+def optimize(spec: SearchSpec, worker: int, heartbeat_s: int | None = 30, own_logging: bool = False) -> None:
+    """One worker: run trials of the study until the budget is spent (all workers share the count)."""
+    if own_logging:  # a spawned process: progress lines to stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    from debiaslab.bench.suite import import_plugins
+
+    import_plugins(spec.imports)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    probe = open_study(spec, heartbeat_s=heartbeat_s)
+    seed = spec.seed * 1000 + worker * 100003 + len(probe.trials)  # a resumed search draws new configurations
+    study = open_study(spec, sampler_seed=seed, heartbeat_s=heartbeat_s)
+    left = spec.trials - len(counted_trials(study))
+    if left <= 0:
+        return
+    study.optimize(
+        lambda trial: objective(spec, trial),
+        n_trials=left,
+        callbacks=[_stop_at_budget(spec), _progress(spec, worker)],
+        catch=(DebiasLabError,),
+        gc_after_trial=False,
+    )
+
+
+def objective(spec: SearchSpec, trial: Any) -> float:
+    """Train one configuration; the value is the objective rule's validation score of its selected epoch."""
+    method_cls = get_method(spec.method)
+    params = {name: suggest(trial, name, dist) for name, dist in spec.space.items()}
+    run_dir = trial_dir(spec.out, trial.number)
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    cfg = _run_config(spec, as_hparams(method_cls, params), run_dir)
+    try:
+        final = train_trial(cfg, PruningHook(trial, spec.rule), {"study": spec.name, "number": trial.number})
+    except DebiasLabError as exc:  # a configuration that cannot train (e.g. a non-finite loss): failed, counted
+        trial.set_user_attr("error", str(exc))
+        raise
+    scores = final["scores"]
+    trial.set_user_attr("scores", scores)
+    trial.set_user_attr("train_time_s", final["train_time_s"])
+    value = scores.get(spec.rule)
+    if value is None or not math.isfinite(value):
+        trial.set_user_attr("error", f"no finite validation score under {spec.rule}")
+        raise ConfigError(f"trial {trial.number}: no finite validation score under {spec.rule}")
+    return float(value)
+
+
+def _stop_at_budget(spec: SearchSpec) -> Any:
+    def callback(study: Any, trial: Any) -> None:
+        if len(counted_trials(study)) >= spec.trials:
+            study.stop()
+
+    return callback
+
+
+def _progress(spec: SearchSpec, worker: int) -> Any:
+    def callback(study: Any, trial: Any) -> None:
+        counts = trial_counts(study)
+        state = trial.state.name.lower()
+        what = f"{spec.rule} {trial.value:.4f}" if trial.value is not None else state
+        if state == "pruned":
+            what = f"pruned at step {trial.last_step}"
+        elif state == "fail":
+            what = f"failed: {trial.user_attrs.get('error', 'see the log')}"
+        best = best_trials(spec, study).get(spec.rule)
+        best_text = f"best {best['score']:.4f} (trial {best['trial']})" if best else "no complete trial yet"
+        log.info(
+            "%s trial %d %s | %d/%d done, %d pruned, %d failed | %s",
+            spec.name,
+            trial.number,
+            what,
+            counts["done"],
+            spec.trials,
+            counts["pruned"],
+            counts["failed"],
+            best_text,
+        )
+
+    return callback
+
+
+def trial_counts(study: Any) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    counted = counted_trials(study)
+    return {
+        "done": len(counted),
+        "complete": sum(t.state == TrialState.COMPLETE for t in counted),
+        "pruned": sum(t.state == TrialState.PRUNED for t in counted),
+        "failed": sum(t.state == TrialState.FAIL for t in counted),
+        "running": len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
+    }
+
+
+def best_trials(spec: SearchSpec, study: Any) -> dict[str, dict[str, Any]]:
+    """``{rule: {trial, score, params, hparams}}``: for each rule recorded on the trials, its best complete trial
+    among the first ``spec.trials`` counted ones (ties: the earlier trial)."""
+    from optuna.trial import TrialState
+
+    method_cls = get_method(spec.method)
+    complete = [t for t in counted_trials(study)[: spec.trials] if t.state == TrialState.COMPLETE]
+    best: dict[str, dict[str, Any]] = {}
+    for t in complete:
+        for name, score in (t.user_attrs.get("scores") or {}).items():
+            rule = get_rule(name)
+            if score is None or not math.isfinite(score):
+                continue
+            if name not in best or rule.is_better(score, best[name]["score"]):
+                best[name] = {
+                    "trial": t.number,
+                    "score": score,
+                    "params": dict(t.params),
+                    "hparams": as_hparams(method_cls, dict(t.params)),
+                    "run_dir": t.user_attrs.get("run_dir"),
+                }
+    return best
+
+
+def summarise(spec: SearchSpec, study: Any) -> SearchResult:
+    """Counts, each rule's best trial, and one row per trial (number, state, value, last step, params, scores)."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "last_step": t.last_step,
+                "last_value": t.intermediate_values.get(t.last_step) if t.last_step is not None else None,
+                "params": dict(t.params),
+                "scores": t.user_attrs.get("scores") or {},
+                "error": t.user_attrs.get("error"),
+                "duration_s": t.duration.total_seconds() if t.duration is not None else None,
+            }
+        )
+    return SearchResult(spec, trial_counts(study), best_trials(spec, study), rows)

@@ -1,0 +1,163 @@
+"""One trial of a search: an ordinary training run on the training split, scored on validation only.
+
+The dataset bundle of a trial has no test split (``test`` is None), so nothing in a trial can evaluate it; the
+trial's ``final.json`` holds validation metrics and the score of every selection rule, never a test number.
+Per-epoch validation scores go to the pruner through the Trainer's ``epoch_hook``; a pruned trial stops after
+the epoch that was judged, its history kept in ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from debiaslab import __version__
+from debiaslab.data.core import DatasetBundle
+from debiaslab.data.registry import build_dataset
+from debiaslab.engine.trainer import Trainer
+from debiaslab.errors import ConfigError
+from debiaslab.evaluation.metrics import EvalReport
+from debiaslab.evaluation.selection import get_rule
+from debiaslab.methods.registry import get_method
+from debiaslab.runs import FINAL, RunConfig, _jsonable, _plain, prepare_run_dir, with_dataset_model
+from debiaslab.utils.io import atomic_write_json, atomic_write_yaml
+
+log = logging.getLogger(__name__)
+
+RULES = ("val_worst_group", "val_unbiased", "val_worst_class", "val_classdiff", "val_accuracy")
+
+
+def search_bundle(cfg: RunConfig) -> DatasetBundle:
+    """The dataset of ``cfg`` without its test split (a search must select on a validation split of its own).
+    Kept in memory for the next trial of the same process (trials never modify their splits)."""
+    key = json.dumps([cfg.dataset, cfg.dataset_options, cfg.data_root, cfg.cache_dir], sort_keys=True, default=str)
+    if key not in _BUNDLES:
+        _BUNDLES.clear()
+        _BUNDLES[key] = _without_test(cfg)
+    return _BUNDLES[key]
+
+
+_BUNDLES: dict[str, DatasetBundle] = {}
+
+
+def _without_test(cfg: RunConfig) -> DatasetBundle:
+    bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
+    if bundle.selection != "val":
+        raise ConfigError(
+            f"dataset {cfg.dataset} with options {cfg.dataset_options} selects on {bundle.selection}; a search "
+            "selects on validation only (drop protocol=paper)"
+        )
+    if bundle.val is bundle.test:
+        raise ConfigError(f"dataset {cfg.dataset} has no validation split apart from test; a search needs one")
+    return dataclasses.replace(bundle, test=None)  # type: ignore[arg-type]
+
+
+class PruningHook:
+    """The Trainer's ``epoch_hook`` for a trial: reports the rule's validation score of every selecting epoch
+    (steps 1, 2, ... across the run's selecting stages) and raises ``optuna.TrialPruned`` when the pruner says so."""
+
+    def __init__(self, trial: Any, rule: str) -> None:
+        self.trial, self.rule, self.step = trial, get_rule(rule), 0
+
+    def __call__(self, stage: str, epoch: int, metrics: dict[str, Any]) -> None:
+        import optuna
+
+        self.step += 1
+        score = self.rule.score(metrics) if metrics else math.nan
+        if math.isfinite(score):
+            self.trial.report(score, self.step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} of stage {stage} (step {self.step})")
+
+
+def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` in its run directory on train, selecting on validation, and write ``final.json`` with the
+    validation metrics and ``scores`` (every applicable rule's validation score); the test split is never built
+    into the trial. Checkpoints are removed when the trial ends (finished or pruned): trials are not resumed."""
+    started = time.perf_counter()
+    method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)
+    bundle = search_bundle(cfg)
+    method = with_dataset_model(method, cfg, bundle)
+    train, val = bundle.train, bundle.val
+    method.check_labels(train, val)
+    run_dir = cfg.run_dir()
+    prepare_run_dir(run_dir, cfg)
+    atomic_write_yaml(
+        run_dir / "config.yaml",
+        {
+            "run": _plain(cfg.identity()),
+            "trial": extra or {},
+            "dataset_recipe": _plain(bundle.recipe),
+            "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
+            "hparam_sources": method.hparam_sources,
+            "debiaslab_version": __version__,
+            "torch_version": str(torch.__version__),
+        },
+    )
+    trainer = Trainer(
+        device=cfg.device,
+        precision=cfg.precision,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        progress=False,
+        num_threads=cfg.num_threads,
+        epoch_hook=epoch_hook,
+    )
+    try:
+        method.fit(train, val, trainer=trainer)
+    finally:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    result = method.fit_result_
+    assert result is not None and method.model_ is not None
+    counts = train.group_counts if train.has_attrs else None
+    val_report = trainer.evaluate(method.model_, val, method.model_, train_group_counts=counts)
+    final = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "dataset_options": _plain(cfg.dataset_options),
+        "hparams": _plain(cfg.hparams),
+        "seed": cfg.seed,
+        "selection": result.selection,
+        "selected": _plain(result.selected),
+        "metrics": {"val": val_report.metrics},
+        "scores": rule_scores(result, val_report, val.has_attrs),
+        "train_time_s": round(sum(s.wall_time_s for s in result.stages), 2),
+        "total_time_s": round(time.perf_counter() - started, 2),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(run_dir / FINAL, _jsonable(final))
+    return final
+
+
+def rule_scores(result: Any, val_report: EvalReport, has_attrs: bool) -> dict[str, float | None]:
+    """Each applicable rule's validation score of this training: the best of the final stage's epochs under that
+    rule (the epoch it would deploy), or the deployed model's validation score for a method whose final model is
+    not an epoch of a validated stage (DFR's re-fitted head). Rules needing group labels are left out when
+    validation has none."""
+    final = result.stages[-1] if result.stages else None
+    records = [h["val"] for h in (final.history if final is not None else []) if isinstance(h.get("val"), dict)]
+    scores: dict[str, float | None] = {}
+    for name in RULES:
+        rule = get_rule(name)
+        if rule.needs_groups and not has_attrs:
+            continue
+        best: float | None = None
+        for metrics in records or [val_report.metrics]:
+            score = rule.score(metrics)
+            if rule.is_better(score, best):
+                best = score
+        scores[name] = best if best is not None and math.isfinite(best) else None
+    return scores
+
+
+def trial_dir(out: str | Path, number: int) -> Path:
+    return Path(out) / "trials" / f"trial{number:04d}"
