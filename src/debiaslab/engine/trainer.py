@@ -77,6 +77,8 @@ class Trainer:
         report_rules: further selection rules under which every stage that selects on validation (rule other
             than ``last``) also keeps its best epoch's weights (``StageResult.alternatives``), beside the rule it
             deploys; one training then reports several rules.
+        callbacks: objects with ``on_epoch_end(record)``, called with every epoch's record (the line written to
+            ``metrics.jsonl``) on the main process, e.g. the experiment trackers of :mod:`debiaslab.engine.tracking`.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class Trainer:
         channels_last: bool = False,
         num_threads: int | None = None,
         report_rules: Sequence[str] = (),
+        callbacks: Sequence[Any] = (),
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
@@ -107,6 +110,7 @@ class Trainer:
         self.sparse: dict[str, SparseTraining] = {}  # stage name -> masks of the stages that trained sparse
         self.report_rules = tuple(get_rule(r).name for r in report_rules)
         self.last_stage: Stage | None = None  # the stage run last (its modules hold the weights it selected)
+        self.callbacks = list(callbacks)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
 
@@ -292,6 +296,9 @@ class Trainer:
                     else:
                         scheduler.step()
                 history.append(record)
+                if dist.is_main_process():
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(record)
                 self.progress.epoch_done(stage.name, epoch + 1, stage.epochs, record, rule)
                 if last_path is not None and dist.is_main_process():
                     save_checkpoint(
