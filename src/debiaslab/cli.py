@@ -142,16 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from debiaslab.runs import evaluate_run
-
-    if cli_deploy.wants_other_evaluation(args):
-        return cli_deploy.cmd_evaluate_other(args)
-
-    reports = evaluate_run(args.run_dir, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device)
-    console.print(reports["test"].render_auto())
-    for split, report in reports.items():
-        console.print(f"{split}: {report.summary_line()}")
-    return 0
+    return cli_deploy.cmd_evaluate(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -68,8 +68,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate_other(args: argparse.Namespace) -> int:
-    """``debiaslab evaluate RUN_DIR --dataset/--split/--ratio/--data-opt``."""
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``debiaslab evaluate RUN_DIR [--dataset NAME] [--split S] [--ratio R] [--data-opt K=V]``."""
     from debiaslab.crosseval import evaluate_on
     from debiaslab.runs import parse_key_values
 
@@ -91,10 +91,6 @@ def cmd_evaluate_other(args: argparse.Namespace) -> int:
     for split, report in reports.items():
         console.print(f"{name}{f' ({opts})' if opts else ''} {split}: {report.summary_line()}")
     return 0
-
-
-def wants_other_evaluation(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k, None) is not None for k in ("dataset", "split", "ratio", "data_opt"))
 
 
 COMMANDS = {"predict": cmd_predict, "export": cmd_export}

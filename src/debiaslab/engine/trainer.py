@@ -296,9 +296,6 @@ class Trainer:
                     else:
                         scheduler.step()
                 history.append(record)
-                if dist.is_main_process():
-                    for callback in self.callbacks:
-                        callback.on_epoch_end(record)
                 self.progress.epoch_done(stage.name, epoch + 1, stage.epochs, record, rule)
                 if last_path is not None and dist.is_main_process():
                     save_checkpoint(
@@ -317,6 +314,9 @@ class Trainer:
                         },
                     )
                     self._write_metrics(self.history + history)
+                if dist.is_main_process():  # after the checkpoint, so a resumed run does not log an epoch twice
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(record)
         finally:
             self.progress.stop(stage.name)
 
