@@ -17,7 +17,8 @@ from fixture_trees import make_class_folders
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = ["train", "--method", "erm", "--dataset", "class_folders", "--data-opt", "root=pets", "--no-progress",
-         "--epochs", "2", "--batch-size", "8", "--hp", "model=mlp", "--hp", "model_kwargs={width: 8, depth: 1}"]  # fmt: skip
+         "--epochs", "2", "--batch-size", "8", "--hp", "model=mlp",
+         "--hp", "model_kwargs={width: 8, depth: 1}"]  # fmt: skip
 
 
 def jsonl_metrics(run: Path) -> dict[str, dict[int, float]]:
