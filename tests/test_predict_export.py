@@ -18,7 +18,7 @@ from debiaslab.data import build_dataset
 from debiaslab.engine.trainer import Trainer
 from debiaslab.runs import load_run_model
 from fixture_trees import make_class_folders, write_csv
-from text_fixtures import synthetic_civil_rows, write_civilcomments
+from text_fixtures import NLI_PAIRS, synthetic_civil_rows, write_civilcomments, write_multinli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,9 +29,11 @@ TINY = ["--no-progress", "--epochs", "2", "--batch-size", "8", "--hp", "model=ml
 
 
 def one_line_error(capsys) -> str:
+    """The error line, which ends stderr (warnings logged while the data was built may come before it)."""
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "Traceback" not in err and "\n" not in err, err
-    return err
+    last = err.splitlines()[-1]
+    assert last.startswith("error:") and "Traceback" not in err, err
+    return last
 
 
 def read_predictions(path: Path) -> dict[str, list[float]]:
@@ -162,6 +164,28 @@ def test_predict_on_a_csv_of_texts_uses_the_runs_encoder(tmp_path: Path) -> None
         assert got[f"c{i}"] == pytest.approx(expected[i].tolist(), abs=1e-5)
 
 
+def test_predict_on_sentence_pairs_reads_both_columns(tmp_path: Path, capsys) -> None:
+    write_multinli(tmp_path / "multinli")
+    run = tmp_path / "run"
+    code = main(["train", "--method", "erm", "--dataset", "multinli", "--data-root", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "c"), "--data-opt", "encoder=test-hash", "--out", str(run),
+                 "--no-progress", "--epochs", "1", "--hp", "model_kwargs={width: 8, depth: 1}"])  # fmt: skip
+    assert code == 0
+    bundle = build_dataset("multinli", tmp_path, tmp_path / "c", encoder="test-hash")
+    pairs = [p for p in NLI_PAIRS[6:] if p[2] != "-"]  # the test split, without the unlabelled pair
+    table = write_csv(tmp_path / "pairs.csv", ["premise", "hypothesis"], [[p, h] for p, h, _, _ in pairs])
+    assert main(["predict", str(run), str(table), "--out", str(tmp_path / "p.csv")]) == 0
+    got = read_predictions(tmp_path / "p.csv")
+    model = load_run_model(run).eval()
+    expected = torch.softmax(Trainer(device="cpu", progress=False).predict(model, bundle.test), dim=1)
+    assert len(got) == len(bundle.test)
+    assert torch.allclose(torch.tensor([got[str(i)] for i in range(len(got))]), expected, atol=1e-5)
+    write_csv(tmp_path / "one.csv", ["text"], [["a premise alone"]])
+    capsys.readouterr()
+    assert main(["predict", str(run), str(tmp_path / "one.csv")]) == 2
+    assert "has no column 'premise', 'hypothesis'" in one_line_error(capsys)
+
+
 # ---------------------------------------------------------------------------------------------- export
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -233,3 +257,13 @@ def test_evaluate_on_mismatched_data_is_one_line(image_run, tmp_path: Path, x_sh
     np.savez(tmp_path / "d.npz", x=np.zeros(x_shape, np.uint8), y=np.arange(n) % classes, split=np.arange(n) % 3)
     assert main(["evaluate", str(run), "--dataset", "arrays", "--data-opt", f"path={tmp_path / 'd.npz'}"]) == 2
     assert re.search(message, one_line_error(capsys))
+
+
+def test_evaluate_options_layer_on_the_runs_own(image_run, capsys) -> None:
+    """Same dataset: the run's options (root, attributes, image_size=6, ...) stay; only the given one changes."""
+    root, run = image_run
+    assert main(["evaluate", str(run), "--data-root", str(root), "--data-opt", "image_size=8"]) == 2
+    assert "dataset 'class_folders' has inputs of shape (3, 8, 8)" in one_line_error(capsys)
+    assert main(["evaluate", str(run), "--data-root", str(root), "--data-opt", "normalize=none"]) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert "attributes=attrs.csv" in out and "image_size=6" in out and "normalize=none" in out

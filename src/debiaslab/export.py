@@ -101,9 +101,9 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path) -> Callable[[Ten
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x.numpy()})[0]
+    runner = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    name = runner.get_inputs()[0].name
+    return lambda x: runner.run(None, {name: x.numpy()})[0]
 
 
 def _export_torchscript(model: nn.Module, example: Tensor, path: Path) -> Callable[[Tensor], np.ndarray]:
