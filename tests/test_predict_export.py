@@ -265,5 +265,7 @@ def test_evaluate_options_layer_on_the_runs_own(image_run, capsys) -> None:
     assert main(["evaluate", str(run), "--data-root", str(root), "--data-opt", "image_size=8"]) == 2
     assert "dataset 'class_folders' has inputs of shape (3, 8, 8)" in one_line_error(capsys)
     assert main(["evaluate", str(run), "--data-root", str(root), "--data-opt", "normalize=none"]) == 0
-    out = capsys.readouterr().out.replace("\n", " ")
+    captured = capsys.readouterr()
+    assert "prepares its inputs differently" in captured.err
+    out = captured.out.replace("\n", " ")
     assert "attributes=attrs.csv" in out and "image_size=6" in out and "normalize=none" in out

@@ -3,22 +3,34 @@ at 1 % bias-conflicting examples, evaluated on the splits built at 5 %.
 
 Options start from the run's own when the dataset is the run's (``--ratio 0.05`` changes only the ratio) and from
 the dataset's defaults otherwise. A dataset whose inputs or classes do not match the model's is a one-line error:
-the scores would mean nothing.
+the scores would mean nothing. A dataset that prepares its inputs otherwise (another scaling or normalisation,
+e.g. Biased MNIST's ``(x - 0.5) / 0.5`` for a Colored MNIST model trained on ``x`` in [0, 1]) is scored with a
+warning that says so.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from debiaslab.data.input_spec import describe_inputs
 from debiaslab.data.registry import build_dataset, list_datasets
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, DataError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.runs import evaluate_splits, load_finished_run, load_run_config
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("val", "test")
+
+
+def _describe(steps: list[dict[str, Any]] | None) -> str:
+    if steps is None:
+        return "a transform without a description"
+    return " then ".join(", ".join(f"{k}={v}" for k, v in step.items()) for step in steps) or "no transform"
 
 
 def _fmt(shape: Any) -> str:
@@ -41,7 +53,8 @@ def evaluate_on(
     Returns the reports, the dataset name and the options used."""
     run_dir = Path(run_dir)
     model, spec = load_finished_run(run_dir)
-    run = load_run_config(run_dir)["run"]
+    config = load_run_config(run_dir)
+    run = config["run"]
     name = dataset or run["dataset"]
     options = dict(run["dataset_options"]) if name == run["dataset"] else {}
     options.update(dataset_options or {})
@@ -64,6 +77,17 @@ def evaluate_on(
         raise DataError(
             f"dataset {name!r} has {bundle.test.n_classes} classes but the model of {run_dir} predicts "
             f"{spec['n_classes']}; evaluate it on a dataset with the same classes"
+        )
+    recorded = config.get("input") or {}
+    steps = describe_inputs(bundle.test, bundle.recipe).get("transform")
+    if recorded.get("transform") is not None and steps != recorded["transform"]:
+        log.warning(
+            "dataset %r prepares its inputs differently from the data %s was trained on (%s, not %s): the model "
+            "sees inputs scaled unlike in training",
+            name,
+            run_dir,
+            _describe(steps),
+            _describe(recorded["transform"]),
         )
     trainer = Trainer(device=device, progress=False)
     model.to(trainer.device)
