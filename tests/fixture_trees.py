@@ -141,3 +141,21 @@ def make_cifar10(root: Path, per_class_per_batch: int = 2, test_per_class: int =
         batch(f"data_batch_{i}", per_class_per_batch)
     batch("test_batch", test_per_class)
     return folder
+
+
+CLASS_FOLDER_NAMES = ("cat", "dog")
+#: (class id, attribute) -> images per cell of :func:`make_class_folders`
+CLASS_FOLDER_CELLS = {(0, 0): 12, (0, 1): 4, (1, 0): 4, (1, 1): 12}
+
+
+def make_class_folders(root: Path, *, splits: bool = False) -> list[tuple[str, int]]:
+    """Flat-colour 8x8 images under ``root/<class>/`` (or ``root/<split>/<class>/``); returns (path, attribute)
+    rows, paths relative to ``root``."""
+    rows = []
+    for (y, a), n in CLASS_FOLDER_CELLS.items():
+        for i in range(n):
+            split = ("train", "train", "val", "test")[i % 4] if splits else ""
+            rel = f"{split + '/' if split else ''}{CLASS_FOLDER_NAMES[y]}/{a}-{i}.png"
+            write_image(root / rel, colour(y, a))
+            rows.append((rel, a))
+    return rows

@@ -212,6 +212,21 @@ def test_fine_tune_a_local_model_end_to_end(tiny_bert, cache_dir: Path, tmp_path
     reports = evaluate_run(out, data_root=str(root), cache_dir=str(cache_dir))  # model rebuilt from spec + state
     assert reports["test"].metrics["loss"] == pytest.approx(final["metrics"]["test"]["loss"], rel=1e-5)
 
+    # predict tokenises new texts with the run's tokenizer and max_length, as the test split was
+    texts = [r[3] for r in synthetic_civil_rows(60, seed=1) if r[0] == "test"]
+    table = tmp_path / "texts.csv"
+    table.write_text("text\n" + "".join(f'"{t}"\n' for t in texts))
+    assert main(["predict", str(out), str(table), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    bundle = civil(root, cache_dir, encoder="tokens", tokenizer=str(bert), max_length=16)
+    model = load_run_model(out).eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(everything(bundle.test)), dim=1)
+    got = torch.tensor([[float(v) for v in r[-2:]] for r in rows])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert main(["export", str(out), "--format", "onnx"]) == 2
+    assert "token ids of a local transformers model" in capsys.readouterr().err
+
 
 # ---------------------------------------------------------------------------------------------- missing packages
 def test_missing_encoder_package_says_how_to_install(tmp_path: Path, monkeypatch, capsys) -> None:

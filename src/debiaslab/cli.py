@@ -1,4 +1,4 @@
-"""Command line: ``debiaslab train | evaluate | bench | tune | report | datasets | methods``.
+"""Command line: ``debiaslab train | evaluate | predict | export | bench | tune | report | datasets | methods``.
 
 Problems with the input (unknown names, missing files, bad values, a finished run directory) are printed as one
 line starting with ``error:`` and exit with status 2; tracebacks are for bugs only.
@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from debiaslab import cli_deploy
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -50,12 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--no-progress", action="store_true")
+    cli_deploy.add_tracking_args(train)
     _data_args(train)
 
-    evaluate = sub.add_parser("evaluate", help="re-evaluate a finished run directory and print its tables")
+    evaluate = sub.add_parser(
+        "evaluate", help="re-evaluate a finished run directory (or score it on another dataset or split)"
+    )
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--device", default="auto")
+    cli_deploy.add_evaluate_args(evaluate)
     _data_args(evaluate)
+    cli_deploy.add_parsers(sub, _data_args)
 
     report = sub.add_parser("report", help="summarise finished run directories: mean ± std over seeds")
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
@@ -179,6 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         num_threads=args.threads,
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
     )
     from debiaslab.utils import dist
 
@@ -201,13 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from debiaslab.runs import evaluate_run
-
-    reports = evaluate_run(args.run_dir, data_root=args.data_root, cache_dir=args.cache_dir, device=args.device)
-    console.print(reports["test"].render_auto())
-    for split, report in reports.items():
-        console.print(f"{split}: {report.summary_line()}")
-    return 0
+    return cli_deploy.cmd_evaluate(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -346,6 +348,7 @@ COMMANDS = {
     "report": cmd_report,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
+    **cli_deploy.COMMANDS,
 }
 
 

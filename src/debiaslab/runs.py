@@ -16,6 +16,7 @@ import platform
 import resource
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import yaml
 
 from debiaslab import __version__
 from debiaslab.data.core import DatasetBundle
+from debiaslab.data.input_spec import describe_inputs
 from debiaslab.data.overlap import OverlappingGroupDataset
 from debiaslab.data.registry import build_dataset
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
@@ -62,6 +64,8 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     num_threads: int | None = None
+    tensorboard: bool = False  # TensorBoard event files under <run_dir>/tensorboard
+    mlflow: str | None = None  # an MLflow tracking URI ("" for sqlite:///<run_dir>/mlflow.db); None: no MLflow
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for ``--resume`` to continue a run."""
@@ -154,6 +158,20 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
     method = with_dataset_model(method, cfg, bundle)
+    return run_method(cfg, method, bundle, started=started)
+
+
+def run_method(
+    cfg: RunConfig,
+    method: Any,
+    bundle: DatasetBundle,
+    *,
+    started: float | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train ``method`` on ``bundle`` and write the run directory ``cfg.run_dir()`` (shared by the command line and
+    :func:`debiaslab.fit_run.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking)."""
+    started = time.perf_counter() if started is None else started
     val = bundle.selection_split
     method.check_labels(bundle.train, val)
     report_rules = tuple(method.hparams.report_rules) if val is not None else ()
@@ -161,6 +179,10 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         check_rule_applicable(rule, val is not None and val.has_attrs)
     run_dir = cfg.run_dir()
     main = dist.is_main_process()
+    if main and (cfg.tensorboard or cfg.mlflow is not None):
+        from debiaslab.engine.tracking import require_packages
+
+        require_packages(tensorboard=cfg.tensorboard, mlflow=cfg.mlflow is not None)
     if main:
         prepare_run_dir(run_dir, cfg)
     dist.barrier()
@@ -174,6 +196,7 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         "hparam_sources": method.hparam_sources,
         "debiaslab_version": __version__,
         "torch_version": str(torch.__version__),
+        "input": describe_inputs(bundle.test, bundle.recipe),
     }
     config_doc["world_size"] = dist.world_size()
     config_doc["global_batch_size"] = getattr(method.hparams, "batch_size", None)
@@ -191,9 +214,17 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
         progress=cfg.progress,
         num_threads=cfg.num_threads,
         report_rules=report_rules,
+        callbacks=callbacks,
     )
+    trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
+    trainer.callbacks.extend(trackers)
     fit_started = time.perf_counter()
-    method.fit(bundle.train, val, trainer=trainer)
+    try:
+        method.fit(bundle.train, val, trainer=trainer)
+    except BaseException:
+        close_trackers(trackers, "FAILED")
+        raise
+    close_trackers(trackers, "FINISHED")
     fit_s = time.perf_counter() - fit_started
     result = method.fit_result_
     assert result is not None and method.model_ is not None
@@ -244,6 +275,32 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
     atomic_write_json(run_dir / FINAL, _jsonable(final))
     return final
+
+
+def run_trackers_for(cfg: RunConfig, run_dir: Path, config_doc: dict[str, Any]) -> list[Any]:
+    """The experiment trackers ``cfg`` asks for (none: nothing is imported)."""
+    if not cfg.tensorboard and cfg.mlflow is None:
+        return []
+    from debiaslab.engine.tracking import run_trackers
+
+    run = config_doc["run"]
+    params = {"method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed}
+    params.update({f"data.{k}": v for k, v in run["dataset_options"].items()})
+    params.update({f"hp.{k}": v for k, v in config_doc["resolved_hparams"].items()})
+    return run_trackers(
+        run_dir,
+        tensorboard=cfg.tensorboard,
+        mlflow=cfg.mlflow,
+        experiment=f"debiaslab-{cfg.dataset}",
+        run_name=f"{cfg.method}-seed{cfg.seed}",
+        params=params,
+        resume=cfg.resume,
+    )
+
+
+def close_trackers(trackers: Sequence[Any], status: str) -> None:
+    for tracker in trackers:
+        tracker.close(status)
 
 
 def rule_selections(
@@ -334,8 +391,20 @@ def load_run_model(run_dir: str | os.PathLike[str]) -> torch.nn.Module:
     return load_model_file(Path(run_dir) / MODEL)[0]
 
 
+def load_finished_run(run_dir: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The deployed model of a finished run and its spec (``name``, ``kwargs``, ``input_shape``, ``n_classes``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    if not is_finished(run_dir):
+        raise RunDirError(f"{run_dir} holds no finished run ({FINAL} missing); train it first or --resume it")
+    return load_model_file(run_dir / MODEL)
+
+
 def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory: {CONFIG} is missing")
     return yaml.safe_load(path.read_text())

@@ -76,6 +76,7 @@ def _import_builtin_datasets() -> None:
         biased_mnist,
         celeba,
         civilcomments,
+        class_folders,
         colored_mnist,
         corrupted_cifar10,
         dfa,

@@ -99,6 +99,7 @@ def build_text_bundle(corpus: TextCorpus, cache_dir: Path, options: TextOptions)
         "attr_names": corpus.attr_names,
         "splits": corpus.describe(),
         "text_options": asdict(options),
+        "text_fields": list(corpus.text_fields),
         **meta,
     }
     return DatasetBundle(

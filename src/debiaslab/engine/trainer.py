@@ -88,6 +88,8 @@ class Trainer:
         epoch_hook: called after every validated epoch of a stage that selects on validation, with the stage
             name, the 1-based epoch and the validation metrics its rule scores; it may stop the run by raising
             (a tuning trial reports the score and is pruned this way, after the epoch's checkpoint is written).
+        callbacks: objects with ``on_epoch_end(record)``, called with every epoch's record (the line written to
+            ``metrics.jsonl``) on the main process, e.g. the experiment trackers of :mod:`debiaslab.engine.tracking`.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Trainer:
         num_threads: int | None = None,
         report_rules: Sequence[str] = (),
         epoch_hook: Callable[[str, int, dict[str, Any]], None] | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
@@ -121,6 +124,7 @@ class Trainer:
         self.last_stage: Stage | None = None  # the stage run last (its modules hold the weights it selected)
         self._sync: GradSync | None = None  # the training stage's loss and gradient averaging
         self.epoch_hook = epoch_hook
+        self.callbacks = list(callbacks)
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
 
@@ -327,6 +331,9 @@ class Trainer:
                         },
                     )
                     self._write_metrics(self.history + history)
+                if dist.is_main_process():  # after the checkpoint, so a resumed run does not log an epoch twice
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(record)
                 if self.epoch_hook is not None and val is not None and rule.name != "last":
                     self.epoch_hook(stage.name, epoch + 1, _scored_metrics(stage, record) or {})
         finally:
