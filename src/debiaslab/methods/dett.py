@@ -166,6 +166,7 @@ class DeTT(Method):
 
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {"detector_epochs": Default(2, REIMPL), "lambda_up": Default(50.0, REIMPL)},
         "colored_mnist": {

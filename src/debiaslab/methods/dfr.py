@@ -257,6 +257,8 @@ class DFR(Method):
 
     summary = "re-fit the last layer of an ERM model on group-balanced validation (L1 logistic regression)"
     execution_hparams: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"base_run"})
+    deploys_last_stage: ClassVar[bool] = False  # the deployed head is re-fitted after the last stage
     Hparams: ClassVar[type[TrainHparams]] = DFRHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": dict(_DFR_ROW),
