@@ -326,3 +326,18 @@ def test_version(capsys) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"debiaslab {__version__}"
+
+
+def test_runs_compare_by_converted_values(tmp_path: Path) -> None:
+    """A suite saying ``lr: 1e-3`` (text to YAML) matches the run directory that recorded ``lr: 0.001``."""
+    from debiaslab.runs import comparable_identity
+
+    base = {"method": "erm", "dataset": "colored_mnist", "seed": 0, "precision": "fp32"}
+    written = {**base, "dataset_options": {"ratio": "1e-2"}, "hparams": {"lr": "1e-3", "report_rules": "val_unbiased"}}
+    recorded = {**base, "dataset_options": {"ratio": 0.01}, "hparams": {"lr": 0.001, "report_rules": ["val_unbiased"]}}
+    assert comparable_identity(written) == comparable_identity(recorded)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "base")
+    dfr = {**base, "method": "dfr", "dataset_options": {}}
+    one = comparable_identity({**dfr, "hparams": {"base_run": str(tmp_path / "link"), "n_jobs": 2}})
+    assert one == comparable_identity({**dfr, "hparams": {"base_run": str(tmp_path / "base")}})

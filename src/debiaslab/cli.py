@@ -98,13 +98,13 @@ def train_config(args: argparse.Namespace) -> Any:
     base = read_run_file(args.config) if args.config else None
     run = base.run if base is not None else None
     dataset_options = dict(run.dataset_options) if run else {}
-    dataset_options.update(parse_key_values(args.data_opt, "--data-opt"))
+    dataset_options.update(parse_key_values(args.data_opt, "--data-opt", parse=False))
     if args.ratio is not None:
         dataset_options["ratio"] = args.ratio
     if args.protocol is not None:
         dataset_options["protocol"] = args.protocol
     hparams = dict(run.hparams) if run else {}
-    hparams.update(parse_key_values(args.hp, "--hp"))
+    hparams.update(parse_key_values(args.hp, "--hp", parse=False))
     for key, value in (
         ("epochs", args.epochs),
         ("batch_size", args.batch_size),

@@ -29,7 +29,7 @@ from debiaslab.data.overlap import OverlappingGroupDataset
 from debiaslab.data.registry import build_dataset, check_options
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
 from debiaslab.engine.trainer import Trainer, eval_mode, resolve_device
-from debiaslab.errors import ConfigError, RunDirError
+from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import check_rule_applicable
 from debiaslab.methods.registry import get_method
@@ -83,19 +83,26 @@ class RunConfig:
 
 
 def comparable_identity(identity: Any) -> Any:
-    """A run identity (``config.yaml``'s ``run``) in the form two runs are compared in: the method's
-    ``execution_hparams`` (speed only, e.g. ``n_jobs``) are dropped, and the method's ``run_inputs`` (another
-    run it uses, e.g. DFR's ``base_run``) are compared by the real path they point to, so a run reached through
-    a symlink or another relative path is still the same run."""
+    """A run identity (``config.yaml``'s ``run``) in the form two runs are compared in: hyperparameters and dataset
+    options converted to their declared types (``lr: "1e-3"`` and ``lr: 0.001`` are the same run), the method's
+    ``execution_hparams`` (speed only, e.g. ``n_jobs``) dropped, and the method's ``run_inputs`` (another run it
+    uses, e.g. DFR's ``base_run``) compared by the real path they point to, so a run reached through a symlink or
+    another relative path is still the same run."""
     if not isinstance(identity, dict) or not isinstance(identity.get("hparams"), dict):
         return identity
+    hparams = identity["hparams"]
     try:
         method = get_method(str(identity.get("method")))
         skip, paths = method.execution_hparams, method.run_inputs
-    except ConfigError:
+        hparams = method.convert_hparams(hparams)
+    except DebiasLabError:  # an unknown method or a value that no longer fits: compared as written
         skip, paths = frozenset(), frozenset()
-    hparams = {k: _real_dir(v) if k in paths else v for k, v in identity["hparams"].items() if k not in skip}
-    return {**identity, "hparams": hparams}
+    options = identity.get("dataset_options")
+    with contextlib.suppress(DebiasLabError):
+        if isinstance(options, dict):
+            options = check_options(str(identity.get("dataset")), options)
+    hparams = {k: _real_dir(v) if k in paths else v for k, v in hparams.items() if k not in skip}
+    return _plain({**identity, "hparams": hparams, "dataset_options": options})
 
 
 def _real_dir(value: Any) -> Any:
@@ -398,13 +405,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def parse_key_values(pairs: list[str] | None, what: str) -> dict[str, Any]:
-    """``["lr=1e-3", "model=mlp"]`` -> dict with YAML-parsed values; malformed pairs are a clear error."""
+def parse_key_values(pairs: list[str] | None, what: str, parse: bool = True) -> dict[str, Any]:
+    """``["lr=1e-3", "model=mlp"]`` -> dict; malformed pairs are a clear error. Values are YAML-parsed, or with
+    ``parse=False`` kept as text for :func:`checked_config` to convert by each field's declared type (so that text
+    stays text where a field takes text: ``--hp model=on`` is ``"on"``, not YAML's True)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{what} {pair!r} is not of the form key=value")
+        if not parse:
+            out[key.strip()] = value
+            continue
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:

@@ -112,10 +112,10 @@ def _cached_field_types(cls: type) -> dict[str, tuple[Any, str]]:
 
 
 def convert_arguments(fn: Any, values: dict[str, Any], what: str) -> dict[str, Any]:
-    """Each of ``values`` converted to the annotated type of ``fn``'s keyword argument of the same name; names
-    without an annotation (or unknown) pass unchanged."""
+    """Each of ``values`` converted to the annotated type of ``fn``'s keyword argument of the same name; text for
+    an argument without an annotation is read as YAML, other values pass unchanged."""
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:  # an annotation that does not evaluate on this Python: leave the values as they are
-        return dict(values)
-    return {k: convert(k, v, hints[k], what) if k in hints else v for k, v in values.items()}
+    except Exception:  # an annotation that does not evaluate on this Python: read as untyped
+        hints = {}
+    return {k: convert(k, v, hints.get(k, Any), what) for k, v in values.items()}
