@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from fixture_trees import make_waterbirds
 
 from debiaslab.cli import main
 from debiaslab.engine.progress import ProgressReporter, epoch_line
@@ -24,6 +23,7 @@ from debiaslab.errors import ConfigError
 from debiaslab.methods.erm import ERM
 from debiaslab.run_dir import PREVIOUS, run_dir_state
 from debiaslab.utils.io import atomic_write_text
+from fixture_trees import make_waterbirds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
