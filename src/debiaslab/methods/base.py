@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -120,13 +121,19 @@ class Method:
                     f"method {self.name!r}: {name} {str(value)!r} is not a finished run directory (no model.pt) "
                     "nor a model file"
                 )
+        self.check_model(train)
+
+    def check_model(self, train: GroupDataset) -> None:
+        """Build the model once on the meta device (no memory, no compute): an unknown option, a missing or
+        mismatched pretrained file fails here. A model that cannot be built there is checked when it trains."""
         shape, n_classes = tuple(train.input_shape), train.n_classes  # read outside: the data stays on its device
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # loading weights into meta tensors warns that it copies nothing
                 build_model(self.hparams.model, shape, n_classes, **self.hparams.model_kwargs)
         except DebiasLabError:
             raise
-        except Exception as exc:  # a model that cannot be built on the meta device is checked when it trains
+        except Exception as exc:
             log.debug("%s: model not checked before training (%s)", self.name, exc)
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:

@@ -291,6 +291,11 @@ class DFR(Method):
                 f"of class(es) {absent}"
             )
 
+    def check_model(self, train: GroupDataset) -> None:
+        """The model settings matter only when DFR trains its base model (no ``base_run``)."""
+        if not self.hparams.base_run:  # type: ignore[attr-defined]
+            super().check_model(train)
+
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: DFRHparams = self.hparams  # type: ignore[assignment]
         assert val is not None  # check_labels ran
