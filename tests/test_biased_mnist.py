@@ -125,7 +125,7 @@ def test_same_recipe_is_deterministic_and_data_seed_changes_the_assignment(data_
     ("opts", "expected"),
     [
         ({"rho": 0.0}, "rho 0.0 is outside"),
-        ({"rho": "high"}, "rho 'high' is not a number"),
+        ({"rho": "high"}, "rho='high': expected float"),
         ({"protocol": "x"}, "unknown Biased MNIST protocol"),
         ({"val_fraction": 1.5}, "val_fraction 1.5"),
         ({"data_seed": -1}, "data_seed -1"),

@@ -26,17 +26,23 @@ err_console = Console(stderr=True)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="debiaslab", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"debiaslab {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one method on one dataset and write a run directory")
-    train.add_argument("--method", required=True, help="a registered method (see `debiaslab methods`)")
-    train.add_argument("--dataset", required=True, help="a registered dataset (see `debiaslab datasets`)")
+    train.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a run file in the schema of a run's config.yaml; the options below override it",
+    )
+    train.add_argument("--method", help="a registered method (see `debiaslab methods`)")
+    train.add_argument("--dataset", help="a registered dataset (see `debiaslab datasets`)")
     train.add_argument("--ratio", type=float, help="bias-conflicting ratio of the training set (Colored MNIST)")
     train.add_argument("--protocol", help="dataset protocol: default (select on validation) or paper")
     train.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--epochs", type=int, help="shortcut for --hp epochs=N")
     train.add_argument(
         "--batch-size", type=int, help="shortcut for --hp batch_size=N (the global batch under torchrun)"
@@ -45,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--selection", help="selection rule: val_worst_group, val_unbiased, val_worst_class, ...")
     train.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a method hyperparameter")
     train.add_argument("--out", help="run directory (default runs/<dataset>-<options>/<method>/seed<seed>)")
-    train.add_argument("--device", default="auto")
-    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    train.add_argument("--precision", choices=["fp32", "bf16"], help="default fp32")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -153,15 +159,23 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where derived datasets are cached (default $DEBIASLAB_CACHE, then ...)")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from debiaslab.runs import RunConfig, parse_key_values, train_run
+def train_config(args: argparse.Namespace) -> Any:
+    """The :class:`~debiaslab.runs.RunConfig` of ``debiaslab train``: the run file of ``--config`` (if any), with
+    the command line's options on top."""
+    from debiaslab.errors import ConfigError
+    from debiaslab.run_file import read_run_file
+    from debiaslab.runs import RunConfig, parse_key_values
 
-    dataset_options = parse_key_values(args.data_opt, "--data-opt")
+    base = read_run_file(args.config) if args.config else None
+    run = base.run if base is not None else None
+    dataset_options = dict(run.dataset_options) if run else {}
+    dataset_options.update(parse_key_values(args.data_opt, "--data-opt", parse=False))
     if args.ratio is not None:
         dataset_options["ratio"] = args.ratio
     if args.protocol is not None:
         dataset_options["protocol"] = args.protocol
-    hparams = parse_key_values(args.hp, "--hp")
+    hparams = dict(run.hparams) if run else {}
+    hparams.update(parse_key_values(args.hp, "--hp", parse=False))
     for key, value in (
         ("epochs", args.epochs),
         ("batch_size", args.batch_size),
@@ -170,14 +184,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             hparams[key] = value
-    cfg = RunConfig(
-        method=args.method,
-        dataset=args.dataset,
+    method = args.method or (run.method if run else None)
+    dataset = args.dataset or (run.dataset if run else None)
+    for flag, value in (("--method", method), ("--dataset", dataset)):
+        if not value:
+            raise ConfigError(f"train needs {flag} (or a --config run file that names it)")
+
+    def pick(cli: Any, recorded: Any, default: Any) -> Any:
+        return cli if cli is not None else (recorded if recorded is not None else default)
+
+    return RunConfig(
+        method=method,
+        dataset=dataset,
         dataset_options=dataset_options,
         hparams=hparams,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
+        seed=pick(args.seed, run.seed if run else None, 0),
+        device=pick(args.device, base.device if base else None, "auto"),
+        precision=pick(args.precision, run.precision if run else None, "fp32"),
         out=args.out,
         data_root=args.data_root,
         cache_dir=args.cache_dir,
@@ -188,6 +211,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from debiaslab.runs import train_run
+
+    cfg = train_config(args)
     from debiaslab.utils import dist
 
     dist.init_from_env()  # launched by torchrun: one process per device, gradients averaged across them
@@ -202,9 +231,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(report.render_auto())
     console.print(
         f"[bold]{final['method']}[/] test ({final['protocol']} protocol, selected on {final['selection_split']} "
-        f"by {final['selection']}): {report.summary_line()}"
+        f"by {final['selection']}): {report.summary_line()}",
+        soft_wrap=True,
     )
-    console.print(f"run directory: {cfg.run_dir()}")
+    console.print(f"run directory: {cfg.run_dir()}", soft_wrap=True, highlight=False)
     return 0
 
 
@@ -355,13 +385,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+    setup_logging(logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO))
     try:
         return COMMANDS[args.command](args)
     except DebiasLabError as exc:
@@ -373,6 +397,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             err_console.print("interrupted; continue the run with the same command plus --resume")
         return 130
+
+
+def setup_logging(level: int) -> None:
+    """Rich log lines on a terminal; on anything else (a batch job's log file, a pipe) plain lines with a time
+    stamp and the level, never wrapped, one per message."""
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _version() -> str:
+    from debiaslab import __version__
+
+    return __version__
 
 
 def run(argv: Any = None) -> None:

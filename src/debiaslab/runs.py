@@ -8,13 +8,13 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
 import os
 import platform
 import resource
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,22 +28,19 @@ from debiaslab import __version__
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.input_spec import describe_inputs
 from debiaslab.data.overlap import OverlappingGroupDataset
-from debiaslab.data.registry import build_dataset
+from debiaslab.data.registry import build_dataset, check_options
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
-from debiaslab.engine.trainer import Trainer, eval_mode
-from debiaslab.errors import ConfigError, RunDirError
+from debiaslab.engine.trainer import Trainer, eval_mode, resolve_device
+from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import check_rule_applicable
 from debiaslab.methods.registry import get_method
 from debiaslab.reporting import run_report_markdown
+from debiaslab.run_dir import CONFIG, FINAL, MODEL, claimed_run_dir, plan_run_dir, read_config
 from debiaslab.utils import dist
 from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 
 log = logging.getLogger(__name__)
-
-FINAL = "final.json"
-CONFIG = "config.yaml"
-MODEL = "model.pt"
 
 
 @dataclass
@@ -90,18 +87,26 @@ class RunConfig:
 
 
 def comparable_identity(identity: Any) -> Any:
-    """A run identity (``config.yaml``'s ``run``) in the form two runs are compared in: the method's
-    ``execution_hparams`` (speed only, e.g. ``n_jobs``) are dropped, and a hyperparameter naming an existing
-    directory (``base_run``, ``teacher_run``) is compared by the real path it points to, so a run reached through
-    a symlink or another relative path is still the same run."""
+    """A run identity (``config.yaml``'s ``run``) in the form two runs are compared in: hyperparameters and dataset
+    options converted to their declared types (``lr: "1e-3"`` and ``lr: 0.001`` are the same run), the method's
+    ``execution_hparams`` (speed only, e.g. ``n_jobs``) dropped, and the method's ``run_inputs`` (another run it
+    uses, e.g. DFR's ``base_run``) compared by the real path they point to, so a run reached through a symlink or
+    another relative path is still the same run."""
     if not isinstance(identity, dict) or not isinstance(identity.get("hparams"), dict):
         return identity
+    hparams = identity["hparams"]
     try:
-        skip = get_method(str(identity.get("method"))).execution_hparams
-    except ConfigError:
-        skip = frozenset()
-    hparams = {k: _real_dir(v) for k, v in identity["hparams"].items() if k not in skip}
-    return {**identity, "hparams": hparams}
+        method = get_method(str(identity.get("method")))
+        skip, paths = method.execution_hparams, method.run_inputs
+        hparams = method.convert_hparams(hparams)
+    except DebiasLabError:  # an unknown method or a value that no longer fits: compared as written
+        skip, paths = frozenset(), frozenset()
+    options = identity.get("dataset_options")
+    with contextlib.suppress(DebiasLabError):
+        if isinstance(options, dict):
+            options = check_options(str(identity.get("dataset")), options)
+    hparams = {k: _real_dir(v) if k in paths else v for k, v in hparams.items() if k not in skip}
+    return _plain({**identity, "hparams": hparams, "dataset_options": options})
 
 
 def _real_dir(value: Any) -> Any:
@@ -114,47 +119,30 @@ def is_finished(run_dir: str | os.PathLike[str]) -> bool:
     return (Path(run_dir) / FINAL).is_file()
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Create or reuse ``run_dir``; refuse to clobber a finished or unfinished run without being told to."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"output path {run_dir} exists and is not a directory")
-    if (run_dir / FINAL).exists() and not cfg.overwrite:
+def checked_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its hyperparameters and dataset options checked by name and converted to their declared types
+    (``lr: "1e-3"`` -> 0.001), as ``config.yaml`` records them; a bad name or value is a one-line ConfigError."""
+    hparams = get_method(cfg.method).convert_hparams(cfg.hparams)
+    options = check_options(cfg.dataset, cfg.dataset_options)
+    return dataclasses.replace(cfg, hparams=hparams, dataset_options=options)
+
+
+def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    """``--resume`` continues only the same run: its ``config.yaml`` must describe ``cfg``."""
+    previous = read_config(run_dir)
+    if comparable_identity(previous.get("run")) != cfg.comparable_identity():
         raise RunDirError(
-            f"run directory {run_dir} already holds a finished run ({FINAL}); "
-            "pass --overwrite to replace it or choose another --out"
+            f"cannot resume {run_dir}: its config.yaml describes a different run "
+            f"({previous.get('run')}); expected {_plain(cfg.identity())}"
         )
-    has_config = (run_dir / CONFIG).exists()
-    if cfg.overwrite and run_dir.exists():
-        for name in (FINAL, CONFIG, MODEL, "metrics.jsonl", "report.md", "test_groups.csv", "checkpoints"):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    elif has_config and not cfg.resume:
-        raise RunDirError(
-            f"run directory {run_dir} holds an unfinished run; pass --resume to continue it "
-            "or --overwrite to start again"
-        )
-    elif has_config and cfg.resume:
-        previous = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
-        if comparable_identity(previous.get("run")) != cfg.comparable_identity():
-            raise RunDirError(
-                f"cannot resume {run_dir}: its config.yaml describes a different run "
-                f"({previous.get('run')}); expected {_plain(cfg.identity())}"
-            )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
 
 
 def train_run(cfg: RunConfig) -> dict[str, Any]:
-    """Build the data and the method, check labels, train (or resume), evaluate, write the run directory."""
+    """Check everything (method, hyperparameters, dataset and its options, labels, model, device, the run
+    directory), and only then take the run directory over (:mod:`debiaslab.run_dir`), train (or resume), evaluate
+    and write it. A configuration that fails a check leaves the directory as it was."""
     started = time.perf_counter()
+    cfg = checked_config(cfg)
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
     method = with_dataset_model(method, cfg, bundle)
@@ -173,19 +161,37 @@ def run_method(
     :func:`debiaslab.fit_run.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking)."""
     started = time.perf_counter() if started is None else started
     val = bundle.selection_split
-    method.check_labels(bundle.train, val)
+    method.check_setup(bundle.train, val)
     report_rules = tuple(method.hparams.report_rules) if val is not None else ()
     for rule in report_rules:  # before any training: a rule needing groups on a split without them
         check_rule_applicable(rule, val is not None and val.has_attrs)
+    resolve_device(cfg.device)
     run_dir = cfg.run_dir()
     main = dist.is_main_process()
-    if main and (cfg.tensorboard or cfg.mlflow is not None):
+    if main and (cfg.tensorboard or cfg.mlflow is not None):  # a missing extra fails before the directory is touched
         from debiaslab.engine.tracking import require_packages
 
         require_packages(tensorboard=cfg.tensorboard, mlflow=cfg.mlflow is not None)
-    if main:
-        prepare_run_dir(run_dir, cfg)
+    action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume) if main else "new"
+    if action == "resume":
+        check_resumable(run_dir, cfg)
     dist.barrier()
+    with claimed_run_dir(run_dir, action) if main else contextlib.nullcontext():
+        return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks)
+
+
+def _train_in(
+    run_dir: Path,
+    cfg: RunConfig,
+    method: Any,
+    bundle: DatasetBundle,
+    report_rules: tuple[str, ...],
+    started: float,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Write ``config.yaml``, train, evaluate and write the rest of the run directory (rank 0 writes)."""
+    main = dist.is_main_process()
+    val = bundle.selection_split
     config_doc = {
         "run": _plain(cfg.identity()),
         "device": cfg.device,
@@ -218,14 +224,12 @@ def run_method(
     )
     trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
     trainer.callbacks.extend(trackers)
-    fit_started = time.perf_counter()
     try:
         method.fit(bundle.train, val, trainer=trainer)
     except BaseException:
         close_trackers(trackers, "FAILED")
         raise
     close_trackers(trackers, "FINISHED")
-    fit_s = time.perf_counter() - fit_started
     result = method.fit_result_
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
@@ -233,9 +237,6 @@ def run_method(
     save_model_file(run_dir / MODEL, method.model_, result.model_spec)
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
-    # training stages' own time (resumed stages count what they took before); a method without stages (DFR
-    # fitting heads on a finished run's features) reports the time of its fit
-    wall = sum(s.wall_time_s for s in result.stages) if result.stages else fit_s
     final = {
         "method": cfg.method,
         "dataset": cfg.dataset,
@@ -265,7 +266,7 @@ def run_method(
             for name, model in method.readout_models_.items()
         },
         "extras": _plain(result.extras),
-        "train_time_s": round(wall, 2),
+        "train_time_s": result.train_time_s,
         "total_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(trainer.device),
         "machine": machine_description(trainer.device),
@@ -310,8 +311,8 @@ def rule_selections(
 
     The final stage's modules are loaded, in turn, with the weights kept for each rule (``StageResult.alternatives``)
     and the deployed model (part of those modules) is evaluated; the selected weights are restored afterwards.
-    Methods whose deployed model is not the final trainer stage's weights (DFR re-fits a head) report only the
-    deployed rule.
+    Methods whose deployed model is not the final trainer stage's weights (``Method.deploys_last_stage`` False)
+    report only the deployed rule.
     """
     result = method.fit_result_
     val_report = reports.get("val", reports["test"])
@@ -326,6 +327,13 @@ def rule_selections(
     }
     final = result.stages[-1] if result.stages else None
     if final is None or not final.alternatives:
+        return out
+    if not method.deploys_last_stage:
+        log.info(
+            "%s deploys a model re-fitted after its last stage; report rules %s are not evaluated",
+            method.name,
+            ", ".join(final.alternatives),
+        )
         return out
     stage = trainer.last_stage
     model = method.model_
@@ -470,13 +478,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def parse_key_values(pairs: list[str] | None, what: str) -> dict[str, Any]:
-    """``["lr=1e-3", "model=mlp"]`` -> dict with YAML-parsed values; malformed pairs are a clear error."""
+def parse_key_values(pairs: list[str] | None, what: str, parse: bool = True) -> dict[str, Any]:
+    """``["lr=1e-3", "model=mlp"]`` -> dict; malformed pairs are a clear error. Values are YAML-parsed, or with
+    ``parse=False`` kept as text for :func:`checked_config` to convert by each field's declared type (so that text
+    stays text where a field takes text: ``--hp model=on`` is ``"on"``, not YAML's True)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{what} {pair!r} is not of the form key=value")
+        if not parse:
+            out[key.strip()] = value
+            continue
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:

@@ -83,14 +83,20 @@ class Cell:
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
-    """Every ``final.json`` below ``roots`` (unfinished runs are skipped)."""
+    """Every ``final.json`` below ``roots`` (unfinished runs are skipped, and so are hidden folders such as the
+    ``.previous-run`` a run being replaced with ``--overwrite`` is kept in)."""
     records = []
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise DataError(f"run root {root} does not exist")
-        records.extend(read_run(final.parent) for final in sorted(root.rglob("final.json")))
+        finals = [f for f in sorted(root.rglob("final.json")) if not _hidden(f.relative_to(root))]
+        records.extend(read_run(final.parent) for final in finals)
     return records
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") for part in path.parts[:-1])
 
 
 def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from debiaslab.bench.aggregate import read_run, summarise
 from debiaslab.bench.paper import headline_metric
@@ -21,12 +21,9 @@ from debiaslab.bench.results import (
     results_markdown,
     rule_pivot_markdown,
 )
-from debiaslab.bench.runner import STATUSES
+from debiaslab.bench.states import STATUSES, BenchResult, RunState
 from debiaslab.errors import DebiasLabError
 from debiaslab.utils.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from debiaslab.bench.runner import BenchResult, RunState
 
 log = logging.getLogger(__name__)
 

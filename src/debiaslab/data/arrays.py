@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.files import (
     check_bool,
@@ -26,7 +27,6 @@ from debiaslab.data.files import (
     warn_empty_groups,
 )
 from debiaslab.data.labels import check_count, label_ids, split_ids
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import ToFloat
 from debiaslab.errors import ConfigError, DataError
 

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.colored_mnist import check_holdout_sizes, recipe_hash, seeded_rng, stratified_holdout
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, Normalize, ToFloat
 from debiaslab.errors import ConfigError
 

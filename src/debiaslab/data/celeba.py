@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.files import (
     CsvColumns,
@@ -41,7 +42,6 @@ from debiaslab.data.images import (
     table_splits,
     to_model_input,
 )
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, RandomHorizontalFlip, RandomResizedCrop
 from debiaslab.errors import ConfigError, DataError
 

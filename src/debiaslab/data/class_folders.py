@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.files import (
     check_bool,
@@ -37,7 +38,6 @@ from debiaslab.data.images import (
     to_model_input,
 )
 from debiaslab.data.labels import check_count, label_ids, split_ids
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from debiaslab.errors import ConfigError, DataError
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import ToFloat
 from debiaslab.errors import ConfigError
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.cifar10 import Cifar10Arrays, batch_hashes, load_cifar10, locate_cifar10
 from debiaslab.data.colored_mnist import bias_attributes, holdout_sizes, recipe_hash, stratified_holdout
 from debiaslab.data.core import DatasetBundle, GroupDataset
@@ -40,7 +41,6 @@ from debiaslab.data.corruptions import (
 )
 from debiaslab.data.files import check_bool, check_choice, file_sha256, resolve_user_path
 from debiaslab.data.images import NORMALIZATIONS, to_model_input
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from debiaslab.errors import ConfigError, DataError
 

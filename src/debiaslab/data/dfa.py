@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.files import check_bool, check_choice, find_dataset_dir, warn_empty_groups
 from debiaslab.data.images import (
@@ -37,7 +38,6 @@ from debiaslab.data.images import (
     to_model_input,
     want_preload,
 )
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
 from debiaslab.errors import ConfigError, DataError
 

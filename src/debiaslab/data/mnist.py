@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from debiaslab.errors import DataError
+from debiaslab.utils.io import give_default_permissions
 from debiaslab.utils.paths import DATA_ENV, user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def _download_one(url: str, target: Path, expected: str, timeout: float) -> None
             os.fsync(out.fileno())
         if digest.hexdigest() != expected.lower():
             raise DataError(f"SHA-256 of the download is {digest.hexdigest()}, expected {expected.lower()}")
+        give_default_permissions(tmp_raw)
         os.replace(tmp_raw, target)
         tmp_raw = None
     finally:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.text_corpus import SPLITS, TextCorpus, TextSplit, csv_rows, find_file, parse_choice
 from debiaslab.data.text_features import TextOptions, build_text_bundle
 from debiaslab.errors import ConfigError, DataError

@@ -1,46 +1,22 @@
-"""Dataset registry: ``@register_dataset("colored_mnist")`` on a builder, ``build_dataset(name, **options)``."""
+"""Datasets by name: ``build_dataset(name, **options)`` and ``list_datasets()`` over every registered dataset.
+
+Builders register themselves in :mod:`debiaslab.data.catalog` (``@register_dataset``); this module imports the
+built-in dataset modules so that their decorators have run.
+"""
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from debiaslab.data.catalog import DATASETS, DatasetSpec, register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.errors import ConfigError
 from debiaslab.utils.paths import resolve_cache_dir, resolve_data_root
-from debiaslab.utils.registry import Registry
+from debiaslab.utils.typed import convert_arguments
 
-Builder = Callable[..., DatasetBundle]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered dataset: its builder ``(data_root, cache_dir, **options) -> DatasetBundle`` and a summary."""
-
-    name: str
-    builder: Builder
-    description: str
-
-    def options(self) -> dict[str, Any]:
-        """Builder keyword options and their defaults (everything after data_root and cache_dir)."""
-        params = list(inspect.signature(self.builder).parameters.values())[2:]
-        return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
-
-
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
-
-
-def register_dataset(name: str, description: str = "") -> Callable[[Builder], Builder]:
-    def decorator(fn: Builder) -> Builder:
-        doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        DATASETS.register(name)(DatasetSpec(name, fn, doc))
-        return fn
-
-    return decorator
+__all__ = ["DATASETS", "DatasetSpec", "build_dataset", "check_options", "list_datasets", "register_dataset"]
 
 
 def build_dataset(
@@ -49,7 +25,16 @@ def build_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> DatasetBundle:
-    """Build a registered dataset; unknown options are a clear error listing the accepted ones."""
+    """Build a registered dataset; unknown options and values of the wrong type are a clear error."""
+    options = check_options(name, options)
+    root: Path = resolve_data_root(data_root)
+    cache: Path = resolve_cache_dir(cache_dir)
+    return DATASETS.get(name).builder(root, cache, **options)
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of dataset ``name`` checked by name and converted to the builder's declared types
+    (``--data-opt ratio=1e-2`` -> 0.01); an unknown option or a value that does not fit is a ConfigError."""
     _import_builtin_datasets()
     spec = DATASETS.get(name)
     accepted = spec.options()
@@ -59,9 +44,7 @@ def build_dataset(
             f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"expected some of: {', '.join(accepted) or '(none)'}"
         )
-    root: Path = resolve_data_root(data_root)
-    cache: Path = resolve_cache_dir(cache_dir)
-    return spec.builder(root, cache, **options)
+    return convert_arguments(spec.builder, options, f"dataset {name!r}: option")
 
 
 def list_datasets() -> list[DatasetSpec]:

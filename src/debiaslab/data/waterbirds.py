@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.files import (
     check_bool,
@@ -37,7 +38,6 @@ from debiaslab.data.images import (
     table_splits,
     to_model_input,
 )
-from debiaslab.data.registry import register_dataset
 from debiaslab.data.transforms import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop
 from debiaslab.errors import ConfigError
 

@@ -1,4 +1,8 @@
-"""A rich progress bar per stage, with the latest validation score in its description."""
+"""Training progress: a rich bar per stage on a terminal, else one log line per epoch (batch jobs, log files).
+
+The line says the stage, epoch/epochs, training loss, the selection score of the epoch, the best score so far
+(and its epoch) and the epoch's seconds, so a job's log shows how training goes without a terminal.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
-    """Shows one bar per running stage (to stderr); silent when disabled or when stderr is not a terminal."""
+    """Shows one bar per running stage on stderr when it is a terminal (and ``enabled``); otherwise logs one INFO
+    line per epoch."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.console = Console(stderr=True)
@@ -48,17 +53,23 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.advance(self._tasks[stage])
 
-    def epoch_done(self, stage: str, epoch: int, epochs: int, record: dict[str, Any], rule: Any) -> None:
-        val = record.get("val") or {}
-        summary = f"{stage} epoch {epoch}/{epochs} loss {record.get('train_loss', float('nan')):.4f}"
-        for key in ("unbiased", "worst_group", "accuracy"):
-            value = val.get(key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                summary += f" val {key} {100 * value:.1f}"
-                break
-        log.debug(summary)
+    def epoch_done(
+        self,
+        stage: str,
+        epoch: int,
+        epochs: int,
+        record: dict[str, Any],
+        rule: Any,
+        score: float | None = None,
+        best: tuple[float | None, int] | None = None,
+    ) -> None:
+        """Show the finished epoch: in the bar's description, or as a log line when there is no bar."""
+        line = epoch_line(stage, epoch, epochs, record, rule, score, best)
         if self._progress is not None:
-            self._progress.update(self._tasks[stage], description=summary)
+            self._progress.update(self._tasks[stage], description=_short(stage, epoch, epochs, record))
+            log.debug(line)
+        else:
+            log.info(line)
 
     def stop(self, stage: str) -> None:
         if self._progress is None:
@@ -67,3 +78,41 @@ class ProgressReporter:
         if not self._tasks:
             self._progress.stop()
             self._progress = None
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.4f}"
+
+
+def epoch_line(
+    stage: str,
+    epoch: int,
+    epochs: int,
+    record: dict[str, Any],
+    rule: Any,
+    score: float | None = None,
+    best: tuple[float | None, int] | None = None,
+) -> str:
+    """``stage erm epoch 3/10: train loss 0.2314 | val_unbiased 0.7120 | best 0.7200 (epoch 2) | 1.3 s``."""
+    name = getattr(rule, "name", str(rule))
+    parts = [f"stage {stage} epoch {epoch}/{epochs}: train loss {_fmt(record.get('train_loss'))}"]
+    if name == "last":
+        accuracy = (record.get("val") or {}).get("accuracy")
+        parts.append(f"val accuracy {_fmt(accuracy)} (the last epoch is kept)" if accuracy is not None else "")
+    else:
+        parts.append(f"{name} {_fmt(score)}")
+        if best is not None:
+            parts.append(f"best {_fmt(best[0])} (epoch {best[1]})")
+    parts.append(f"{record.get('time_s', 0.0):.1f} s")
+    return " | ".join(p for p in parts if p)
+
+
+def _short(stage: str, epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    """The bar's description: the stage, its epoch and the latest validation score."""
+    val = record.get("val") or {}
+    summary = f"{stage} epoch {epoch}/{epochs} loss {record.get('train_loss', float('nan')):.4f}"
+    for key in ("unbiased", "worst_group", "accuracy"):
+        value = val.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return summary + f" val {key} {100 * value:.1f}"
+    return summary

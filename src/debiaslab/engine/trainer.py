@@ -313,7 +313,9 @@ class Trainer:
                     else:
                         scheduler.step()
                 history.append(record)
-                self.progress.epoch_done(stage.name, epoch + 1, stage.epochs, record, rule)
+                self.progress.epoch_done(
+                    stage.name, epoch + 1, stage.epochs, record, rule, score, (best_score, best_epoch)
+                )
                 if last_path is not None and dist.is_main_process():
                     save_checkpoint(
                         last_path,

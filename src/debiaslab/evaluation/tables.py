@@ -1,20 +1,39 @@
 """Rendering of evaluation reports as rich tables and one-line summaries (percent, one decimal).
 
 Kept apart from the metric code so that reports loaded from JSON render exactly like fresh ones. Works on any
-object shaped like :class:`~debiaslab.evaluation.metrics.EvalReport` (no runtime import of it).
+object shaped like :class:`~debiaslab.evaluation.metrics.EvalReport` (:class:`ReportLike`): the metric module
+imports this one, never the other way round.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from rich import box
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from debiaslab.evaluation.metrics import EvalReport
+
+class ReportLike(Protocol):
+    """What the tables read of an evaluation report (``EvalReport`` has all of it)."""
+
+    rows: list[Any]
+    class_rows: list[Any]
+    metrics: dict[str, float]
+    n_classes: int
+    n_attrs: int
+
+    @property
+    def n_groups(self) -> int: ...
+
+    @property
+    def has_groups(self) -> bool: ...
+
+    def class_name(self, y: int) -> str: ...
+
+    def attr_name(self, a: int) -> str: ...
+
 
 #: Above this many groups the group table becomes unreadable and :func:`render_auto` shows the matrix.
 MAX_TABLE_ROWS = 24
@@ -78,11 +97,11 @@ def details_line(metrics: Mapping[str, float]) -> str:
     return " | ".join(parts)
 
 
-def _caption(report: EvalReport) -> str:
+def _caption(report: ReportLike) -> str:
     return f"{summary_line(report.metrics)}\n{details_line(report.metrics)}"
 
 
-def render_group_table(report: EvalReport, title: str | None = None) -> Table:
+def render_group_table(report: ReportLike, title: str | None = None) -> Table:
     """One row per group: class, attribute, aligned?, n, accuracy %, mean loss; the summary as caption."""
     table = Table(title=title, caption=_caption(report), caption_justify="left")
     table.add_column("group", justify="right")
@@ -108,7 +127,7 @@ def render_group_table(report: EvalReport, title: str | None = None) -> Table:
     return table
 
 
-def render_matrix(report: EvalReport, title: str | None = None) -> Table:
+def render_matrix(report: ReportLike, title: str | None = None) -> Table:
     """Accuracy % grid, rows = classes, columns = attribute values, plus each class's overall accuracy.
 
     Aligned cells are bold, the worst group red, empty groups a dash.
@@ -139,7 +158,7 @@ def render_matrix(report: EvalReport, title: str | None = None) -> Table:
     return table
 
 
-def render_class_table(report: EvalReport, title: str | None = None) -> Table:
+def render_class_table(report: ReportLike, title: str | None = None) -> Table:
     """One row per class (n, accuracy %, loss): all there is to show without attributes."""
     table = Table(title=title, caption=_caption(report), caption_justify="left")
     table.add_column("class")
@@ -151,7 +170,7 @@ def render_class_table(report: EvalReport, title: str | None = None) -> Table:
     return table
 
 
-def render_auto(report: EvalReport, title: str | None = None, max_rows: int = MAX_TABLE_ROWS) -> Table:
+def render_auto(report: ReportLike, title: str | None = None, max_rows: int = MAX_TABLE_ROWS) -> Table:
     """Class table when no attribute is known, matrix for many groups, else the group table."""
     if not report.has_groups:
         return render_class_table(report, title)

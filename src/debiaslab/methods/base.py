@@ -8,7 +8,10 @@ A method never writes a training loop: it describes :class:`~debiaslab.engine.st
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,10 +21,10 @@ from debiaslab.data.core import GroupDataset
 from debiaslab.engine.cost import run_cost
 from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
-from debiaslab.errors import MissingLabelsError
+from debiaslab.errors import ConfigError, DebiasLabError, MissingLabelsError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
-from debiaslab.methods.hparams import HparamTable, TrainHparams, hparam_names, resolve_hparams
+from debiaslab.methods.hparams import HparamTable, TrainHparams, convert_hparams, hparam_names, resolve_hparams
 from debiaslab.methods.presets import DATASET_PRESETS
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace
 from debiaslab.models import build_model
@@ -51,6 +54,9 @@ class FitResult:
     selection: str
     selected: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    #: seconds of training: the stages' own time (a resumed stage counts what it took before), or the time of
+    #: ``fit`` for a method without trainer stages; set by :meth:`Method.fit`
+    train_time_s: float | None = None
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -70,6 +76,12 @@ class Method:
     #: hyperparameters that change how fast a run goes, not what it computes (e.g. worker processes); they are
     #: left out when deciding whether a run directory holds the same run (``--resume``, ``debiaslab bench``)
     execution_hparams: ClassVar[frozenset[str]] = frozenset()
+    #: hyperparameters naming another finished run whose model this method uses (DFR's ``base_run``, a teacher):
+    #: checked before training, and compared by the real path they point to when runs are matched
+    run_inputs: ClassVar[frozenset[str]] = frozenset()
+    #: whether the deployed model is the selected weights of the last trainer stage, so that the other selection
+    #: rules of that stage (``report_rules``) can be evaluated on it; False for a method that re-fits a head
+    deploys_last_stage: ClassVar[bool] = True
 
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         self.dataset = dataset
@@ -86,9 +98,46 @@ class Method:
         """Run every stage and keep the selected model; labels the method needs are checked first."""
         self.check_labels(train, val)
         trainer = trainer or Trainer(progress=False)
+        started = time.perf_counter()
         result = self._fit(train, val, trainer)
+        if result.train_time_s is None:
+            stages = sum(s.wall_time_s for s in result.stages)
+            result.train_time_s = round(stages if result.stages else time.perf_counter() - started, 2)
         self.model_, self.fit_result_ = result.model, result
         return self
+
+    @classmethod
+    def convert_hparams(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """User hyperparameters checked by name and converted to their declared types (``"1e-3"`` -> 0.001);
+        a value that does not fit is a one-line ConfigError naming it and the expected type."""
+        return convert_hparams(cls.Hparams, values, cls.name)
+
+    def check_setup(self, train: GroupDataset, val: GroupDataset | None) -> None:
+        """Everything about this configuration that can fail, checked before a run touches its directory: the
+        labels, the runs named by :attr:`run_inputs`, and the model (built once on the meta device, so an unknown
+        option or a missing pretrained file fails here). Methods with more to check extend it."""
+        self.check_labels(train, val)
+        for name in sorted(self.run_inputs):
+            value = getattr(self.hparams, name, None)
+            if value and not (Path(value) / "model.pt").is_file() and not Path(value).is_file():
+                raise ConfigError(
+                    f"method {self.name!r}: {name} {str(value)!r} is not a finished run directory (no model.pt) "
+                    "nor a model file"
+                )
+        self.check_model(train)
+
+    def check_model(self, train: GroupDataset) -> None:
+        """Build the model once on the meta device (no memory, no compute): an unknown option, a missing or
+        mismatched pretrained file fails here. A model that cannot be built there is checked when it trains."""
+        shape, n_classes = tuple(train.input_shape), train.n_classes  # read outside: the data stays on its device
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # loading weights into meta tensors warns that it copies nothing
+                build_model(self.hparams.model, shape, n_classes, **self.hparams.model_kwargs)
+        except DebiasLabError:
+            raise
+        except Exception as exc:
+            log.debug("%s: model not checked before training (%s)", self.name, exc)
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         raise NotImplementedError

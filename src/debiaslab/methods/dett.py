@@ -201,6 +201,7 @@ class DeTT(Method):
         "ce_weight": uniform(0.0, 1.0),
     }
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "detector_epochs": Default(2, REIMPL),

@@ -261,6 +261,8 @@ class DFR(Method):
     #: searched by `debiaslab tune`: the base ERM's lr and weight decay and the head's inverse L1 strength C
     #: (a searched value of the tuple ``c_grid`` is a one-element grid: that C alone)
     search_space: ClassVar[SearchSpace] = {**COMMON_SPACE, "c_grid": loguniform(1e-2, 10.0)}
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"base_run"})
+    deploys_last_stage: ClassVar[bool] = False  # the deployed head is re-fitted after the last stage
     Hparams: ClassVar[type[TrainHparams]] = DFRHparams
     hparam_table: ClassVar[HparamTable] = {
         "*": dict(_DFR_ROW),
@@ -297,6 +299,11 @@ class DFR(Method):
                 f"method {self.name!r} fits its head on validation, but {val.name}/{val.split} has no example "
                 f"of class(es) {absent}"
             )
+
+    def check_model(self, train: GroupDataset) -> None:
+        """The model settings matter only when DFR trains its base model (no ``base_run``)."""
+        if not self.hparams.base_run:  # type: ignore[attr-defined]
+            super().check_model(train)
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: DFRHparams = self.hparams  # type: ignore[assignment]

@@ -14,6 +14,7 @@ from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sparse import SparseConfig
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.selection import get_rule, list_rules
+from debiaslab.utils.typed import convert_fields
 
 
 class Default(NamedTuple):
@@ -114,17 +115,17 @@ def hparam_names(cls: type[TrainHparams]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def coerce_value(cls: type[TrainHparams], name: str, value: Any) -> Any:
-    """Convert a CLI string (``--hp lr=1e-3``) to the field's type; values of other types pass through."""
-    if not isinstance(value, str):
-        return value
-    import yaml
-
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"hyperparameter {name}={value!r} is not a valid value") from exc
-    return value if parsed is None and value.lower() not in ("null", "none", "~") else parsed
+def convert_hparams(cls: type[TrainHparams], values: dict[str, Any], method: str) -> dict[str, Any]:
+    """``values`` checked against ``cls``: unknown names and values that do not fit a field's declared type are
+    one-line :class:`ConfigError` s (``--hp lr=1e-3`` -> 0.001; ``--hp epochs=abc`` -> expected int)."""
+    names = hparam_names(cls)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"method {method!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+            f"expected some of: {', '.join(names)}"
+        )
+    return convert_fields(cls, values, f"method {method!r}: hyperparameter")
 
 
 def resolve_hparams(
@@ -136,12 +137,7 @@ def resolve_hparams(
 ) -> tuple[TrainHparams, dict[str, str]]:
     """Build the hyperparameters and a ``{name: source}`` map."""
     names = hparam_names(cls)
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"method {method!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
-            f"expected some of: {', '.join(names)}"
-        )
+    overrides = convert_hparams(cls, overrides, method)
     values: dict[str, Any] = {}
     sources = {n: "default" for n in names}
     for row in ("*", dataset):
@@ -150,7 +146,7 @@ def resolve_hparams(
                 raise ValueError(f"{method}: hparam table row {row!r} names unknown field {name!r}")
             values[name], sources[name] = default.value, default.source
     for name, value in overrides.items():
-        values[name], sources[name] = coerce_value(cls, name, value), "user"
+        values[name], sources[name] = value, "user"
     try:
         return cls(**values), sources
     except TypeError as exc:

@@ -58,6 +58,7 @@ class KnowledgeDistillation(Method):
         "temperature": uniform(1.0, 8.0),
     }
     Hparams: ClassVar[type[TrainHparams]] = KDHparams
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {"kd_weight": Default(0.9, KD_COMMON), "temperature": Default(4.0, KD_COMMON)},
         "colored_mnist": {**CMNIST_MLP, "model_kwargs": Default({"width": 32, "depth": 2}, OURS_STUDENT)},

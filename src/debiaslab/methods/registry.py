@@ -39,11 +39,12 @@ def methods_that_work(*, train_attrs: bool, val_attrs: bool) -> list[str]:
 
 
 def _import_builtin_methods() -> None:
-    """Import every module of ``debiaslab.methods`` so their decorators fill the registry."""
+    """Import every module of ``debiaslab.methods`` so their decorators fill the registry (found in this
+    module's folder, so that the registry imports none of the modules it lists)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import debiaslab.methods as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{package}.{info.name}")

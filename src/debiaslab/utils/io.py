@@ -1,4 +1,8 @@
-"""Atomic file writes: a temp file in the same directory, fsync, then rename. Nothing half-written survives."""
+"""Atomic file writes: a temp file in the same directory, fsync, then rename. Nothing half-written survives.
+
+The temp file (created private by :func:`tempfile.mkstemp`) gets the permissions an ordinary ``open`` would give
+before it is renamed into place: ``0o666`` less the user's umask (``0o644`` under the usual ``022``).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mod
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        give_default_permissions(tmp)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -28,6 +33,25 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mod
             os.unlink(tmp)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux), else by a quick swap."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str | os.PathLike[str]) -> None:
+    """``chmod`` ``path`` to what ``open(path, "w")`` would have created: ``0o666`` less the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
