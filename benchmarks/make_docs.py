@@ -28,7 +28,13 @@ import cmnist_tables as ct
 import ule_search_table
 
 from debiaslab.bench.aggregate import RunRecord, read_run, summarise
-from debiaslab.bench.paper import CMNIST_UNBIASED, MEASURED_ERM_PAPER_PROTOCOL, references
+from debiaslab.bench.paper import (
+    BMNIST_RHOS,
+    BMNIST_UNBIASED,
+    CMNIST_UNBIASED,
+    MEASURED_ERM_PAPER_PROTOCOL,
+    references,
+)
 from debiaslab.bench.results import order_rows, ratio_pivot_markdown
 from debiaslab.bench.suite import load_suite
 
@@ -188,6 +194,14 @@ def erm_protocol_table(rec: Records) -> str:
         + " | ".join(f"{v:.1f}" for v in MEASURED_ERM_PAPER_PROTOCOL)
         + " |"
     )
+    return "\n".join(lines)
+
+
+def bmnist_published_table() -> str:
+    """The published Biased MNIST unbiased test accuracy (%) by rho, with each row's source."""
+    lines = [ct.table_head("method (published)", *[f"ρ {rho:g}" for rho in BMNIST_RHOS], "source")]
+    for method, (values, source) in BMNIST_UNBIASED.items():
+        lines.append(f"| {method} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {source} |")
     return "\n".join(lines)
 
 
@@ -351,6 +365,7 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         "rest_sweep": lambda: ct.rest_table(p("cmnist-2026-11-24/rest-sweep")),
         "cost": lambda: cost_tables(rec),
         "biased_mnist": lambda: bmnist_table(rec),
+        "bmnist_published": bmnist_published_table,
         "biased_mnist_index": lambda: (
             "| [Biased MNIST](biased-mnist.md) | every method by training correlation ρ |"
             if bmnist_table(rec) is not None

@@ -28,7 +28,8 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import FINAL, RunConfig, _jsonable, _plain, prepare_run_dir, with_dataset_model
+from debiaslab.run_dir import claimed_run_dir, plan_run_dir
+from debiaslab.runs import FINAL, RunConfig, _jsonable, _plain, check_resumable, with_dataset_model
 from debiaslab.utils.io import atomic_write_json, atomic_write_yaml
 
 log = logging.getLogger(__name__)
@@ -90,51 +91,55 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
     train, val = bundle.train, bundle.val
     method.check_labels(train, val)
     run_dir = cfg.run_dir()
-    prepare_run_dir(run_dir, cfg)
-    atomic_write_yaml(
-        run_dir / "config.yaml",
-        {
-            "run": _plain(cfg.identity()),
-            "trial": extra or {},
-            "dataset_recipe": _plain(bundle.recipe),
-            "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
-            "hparam_sources": method.hparam_sources,
-            "debiaslab_version": __version__,
-            "torch_version": str(torch.__version__),
-        },
-    )
-    trainer = Trainer(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        progress=False,
-        num_threads=cfg.num_threads,
-        epoch_hook=epoch_hook,
-    )
-    try:
-        method.fit(train, val, trainer=trainer)
-    finally:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    result = method.fit_result_
-    assert result is not None and method.model_ is not None
-    counts = train.group_counts if train.has_attrs else None
-    val_report = trainer.evaluate(method.model_, val, method.model_, train_group_counts=counts)
-    final = {
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "dataset_options": _plain(cfg.dataset_options),
-        "hparams": _plain(cfg.hparams),
-        "seed": cfg.seed,
-        "selection": result.selection,
-        "selected": _plain(result.selected),
-        "metrics": {"val": val_report.metrics},
-        "scores": rule_scores(result, val_report, val.has_attrs),
-        "train_time_s": round(sum(s.wall_time_s for s in result.stages), 2),
-        "total_time_s": round(time.perf_counter() - started, 2),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_json(run_dir / FINAL, _jsonable(final))
+    action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume)
+    if action == "resume":
+        check_resumable(run_dir, cfg)
+    with claimed_run_dir(run_dir, action):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(
+            run_dir / "config.yaml",
+            {
+                "run": _plain(cfg.identity()),
+                "trial": extra or {},
+                "dataset_recipe": _plain(bundle.recipe),
+                "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
+                "hparam_sources": method.hparam_sources,
+                "debiaslab_version": __version__,
+                "torch_version": str(torch.__version__),
+            },
+        )
+        trainer = Trainer(
+            device=cfg.device,
+            precision=cfg.precision,
+            seed=cfg.seed,
+            run_dir=run_dir,
+            progress=False,
+            num_threads=cfg.num_threads,
+            epoch_hook=epoch_hook,
+        )
+        try:
+            method.fit(train, val, trainer=trainer)
+        finally:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        result = method.fit_result_
+        assert result is not None and method.model_ is not None
+        counts = train.group_counts if train.has_attrs else None
+        val_report = trainer.evaluate(method.model_, val, method.model_, train_group_counts=counts)
+        final = {
+            "method": cfg.method,
+            "dataset": cfg.dataset,
+            "dataset_options": _plain(cfg.dataset_options),
+            "hparams": _plain(cfg.hparams),
+            "seed": cfg.seed,
+            "selection": result.selection,
+            "selected": _plain(result.selected),
+            "metrics": {"val": val_report.metrics},
+            "scores": rule_scores(result, val_report, val.has_attrs),
+            "train_time_s": round(sum(s.wall_time_s for s in result.stages), 2),
+            "total_time_s": round(time.perf_counter() - started, 2),
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(run_dir / FINAL, _jsonable(final))
     return final
 
 
