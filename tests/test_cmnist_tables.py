@@ -27,10 +27,17 @@ def jtt_run(ratio: float, score: float, identify_lr: float | None) -> tuple[dict
         "method": "jtt",
         "dataset_options": {"ratio": ratio},
         "selected": {"score": score, "epoch": 3},
-        "metrics": {"val": {"unbiased": score}, "test": {"unbiased": score - 0.01}},
+        "metrics": {"val": {"unbiased": score, "worst_group": score / 2}, "test": {"unbiased": score - 0.01}},
         "extras": {"error_set_size": 1234, "error_set_precision": 0.5, "error_set_recall": 0.75},
     }
-    hparams = {"identify_lr": identify_lr, "lr": 0.001, "lambda_up": 50, "weight_decay": 0.01}
+    hparams = {
+        "identify_lr": identify_lr,
+        "lr": 0.001,
+        "lambda_up": 50,
+        "weight_decay": 0.01,
+        "identify_epochs": 1,
+        "epochs": 30,
+    }
     return final, hparams
 
 
@@ -38,20 +45,22 @@ def test_jtt_tune_rows_by_ratio_then_best_validation(tmp_path: Path) -> None:
     write_run(tmp_path / "a", *jtt_run(0.05, 0.80, None))
     write_run(tmp_path / "b", *jtt_run(0.01, 0.70, 0.0003))
     write_run(tmp_path / "c", *jtt_run(0.05, 0.85, 0.0001))
-    rows = load_script().jtt_tune_table(tmp_path).splitlines()[2:]
-    assert rows == [
-        "| 0.01 | 0.0003 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 70.0 | 69.0 | 3 |",
-        "| 0.05 | 0.0001 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 85.0 | 84.0 | 3 |",
-        "| 0.05 | 0.001 | 50 | 0.01 | 1,234 | 0.50 / 0.75 | 80.0 | 79.0 | 3 |",  # None -> the stage-2 lr
+    table = load_script().jtt_tune_table(tmp_path)
+    rows = table.splitlines()[2:]
+    assert rows == [  # validation only: the settings were compared on it
+        "| 0.01 | 0.0003 | 1 | 50 | 0.01 | 30 | 1,234 | 0.50 / 0.75 | 70.0 | 35.0 | 3 |",
+        "| 0.05 | 0.0001 | 1 | 50 | 0.01 | 30 | 1,234 | 0.50 / 0.75 | 85.0 | 42.5 | 3 |",
+        "| 0.05 | 0.001 | 1 | 50 | 0.01 | 30 | 1,234 | 0.50 / 0.75 | 80.0 | 40.0 | 3 |",  # None -> the stage-2 lr
     ]
+    assert "test" not in table.splitlines()[0]
 
 
 def test_kd_sweep_reports_what_the_student_kept_of_its_teacher(tmp_path: Path) -> None:
     def final(method: str, unbiased: float) -> dict:
         return {
             "method": method,
-            "metrics": {"test": {"unbiased": unbiased, "conflicting": 0.5, "aligned": 0.99}},
-            "readouts": {"teacher": {"test": {"unbiased": 0.80}}},
+            "metrics": {"val": {"unbiased": unbiased, "conflicting": 0.5, "aligned": 0.99}},
+            "readouts": {"teacher": {"val": {"unbiased": 0.80}}},
             "extras": {"student_params": 76682},
         }
 
@@ -64,17 +73,22 @@ def test_kd_sweep_reports_what_the_student_kept_of_its_teacher(tmp_path: Path) -
     ]
 
 
-def test_ule_cand_cells_are_validation_then_test_per_ratio(tmp_path: Path) -> None:
-    def final(val: float, test: float, epoch: int) -> dict:
-        return {"selected": {"score": val, "epoch": epoch}, "metrics": {"test": {"unbiased": test}}}
+def test_ule_cand_cells_are_validation_only_per_ratio(tmp_path: Path) -> None:
+    def final(val: float, test: float, epoch: int, ratio: float) -> dict:
+        return {
+            "method": "ule",
+            "dataset_options": {"ratio": ratio},
+            "selected": {"score": val, "epoch": epoch},
+            "metrics": {"val": {"unbiased": val, "worst_group": val / 2}, "test": {"unbiased": test}},
+        }
 
-    write_run(tmp_path / "mask" / "r0.01" / "seed0", final(0.64, 0.63, 29), {})
-    write_run(tmp_path / "mask" / "r0.01" / "seed1", final(0.66, 0.65, 7), {})
-    write_run(tmp_path / "gce" / "r0.05" / "seed0", final(0.9, 0.91, 4), {})
+    write_run(tmp_path / "mask" / "r0.01" / "seed0", final(0.64, 0.63, 29, 0.01), {})
+    write_run(tmp_path / "mask" / "r0.01" / "seed1", final(0.66, 0.65, 7, 0.01), {})
+    write_run(tmp_path / "gce" / "r0.05" / "seed0", final(0.9, 0.91, 4, 0.05), {})
     rows = load_script().ule_cand_table(tmp_path).splitlines()[2:]
-    assert rows == [
-        "| gce | – | – | – | 90.0 / 91.0 (4) |",
-        "| mask | – | 65.0 / 64.0 (29, 7) | – | – |",
+    assert rows == [  # validation unbiased / validation worst-group (kept epochs): no test number
+        "| gce | – | – | – | 90.0 / 45.0 (4) |",
+        "| mask | – | 65.0 / 32.5 (29, 7) | – | – |",
     ]
 
 

@@ -14,7 +14,7 @@ from debiaslab.tune.space import describe_space
 from debiaslab.utils.io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
-    from debiaslab.tune.search import SearchResult
+    from debiaslab.tune.study import SearchResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,13 @@ from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import RunConfig
 from debiaslab.tune.space import as_hparams, suggest
-from debiaslab.tune.study import SearchSpec, check_search_dir, open_study
+from debiaslab.tune.study import SearchResult, SearchSpec, check_search_dir, open_study
 from debiaslab.tune.trial import PruningHook, search_bundle, train_trial, trial_dir
 from debiaslab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 BEST = "best.json"
-
-
-@dataclass
-class SearchResult:
-    """Where a search stands: counts of its trials, and each rule's best complete trial."""
-
-    spec: SearchSpec
-    counts: dict[str, int]
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    wall_s: float | None = None
 
 
 def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 30) -> SearchResult:

@@ -187,3 +187,14 @@ def _diff(found: Any, expected: dict[str, Any]) -> str:
         if found.get(k) != expected.get(k)
     ]
     return "; ".join(parts)
+
+
+@dataclass
+class SearchResult:
+    """Where a search stands: counts of its trials, and each rule's best complete trial."""
+
+    spec: SearchSpec
+    counts: dict[str, int]
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float | None = None

@@ -8,7 +8,8 @@ as text from the command line (``--hp lr=1e-3``), as YAML from a config file, or
 - other text is read as YAML first (``{width: 32}``, ``[30, 60]``, ``true``) and then converted, so numbers YAML
   leaves as text (``1e-3``, ``1E4``) still become numbers;
 - a single value for a tuple field is a tuple of one (``--hp report_rules=val_unbiased``);
-- conversion is pydantic's lax mode: ``"3"`` -> 3 for an int, but ``1.5`` or ``"abc"`` for an int is an error.
+- conversion is pydantic's lax mode: ``"3"`` -> 3 for an int, but ``1.5`` or ``"abc"`` for an int is an error,
+  and so is ``true`` for a number.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def convert(name: str, value: Any, hint: Any, what: str = "value", shown: str | 
                 raise ConfigError(f"{what} {name}={original!r} is not valid YAML; expected {expected}") from None
     if _is_sequence(hint) and (isinstance(value, str | int | float | bool)):
         value = [value]
+    if isinstance(value, bool) and bool not in _members(hint) and hint is not Any:
+        # pydantic's lax mode reads True as 1 / 1.0: a flag given for a number is a mistake, not a number
+        raise ConfigError(f"{what} {name}={original!r}: expected {expected} (got a true/false value)")
     try:
         return _adapter(hint).validate_python(value)
     except pydantic.ValidationError as exc:
