@@ -152,3 +152,20 @@ def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
     # the label carries the user-set hyperparameters, so different settings are never pooled as seeds
     assert "| erm (batch_size=512, epochs=2, model_kwargs=" in out
     assert "| ratio=0.05 | default | val_unbiased | 0 |" in out
+
+
+def test_plain_log_lines_follow_the_current_stderr(monkeypatch) -> None:
+    """A batch job's log handler writes to sys.stderr as it is when a message is logged: a stream swapped (or
+    closed) after set-up is never written to."""
+    import io
+    import logging
+
+    from debiaslab.cli import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging(logging.INFO)
+    monkeypatch.setattr(sys, "stderr", second)
+    first.close()
+    logging.getLogger("debiaslab.test").info("hello")
+    assert "INFO hello" in second.getvalue()

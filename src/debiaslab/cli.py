@@ -399,6 +399,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to ``sys.stderr`` as it is when a message is logged, not when the handler
+    was made (a program that embeds the CLI, or a test, may swap or close the stream in between)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(level: int) -> None:
     """Rich log lines on a terminal; on anything else (a batch job's log file, a pipe) plain lines with a time
     stamp and the level, never wrapped, one per message."""
@@ -406,7 +422,7 @@ def setup_logging(level: int) -> None:
         handler: logging.Handler = RichHandler(console=err_console, show_path=False, show_time=False)
         fmt = "%(message)s"
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CurrentStderrHandler()
         fmt = "%(asctime)s %(levelname)s %(message)s"
     handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
