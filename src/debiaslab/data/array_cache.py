@@ -59,3 +59,22 @@ def save_array_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str
         log.debug("cached %s in %s", label, path)
     except OSError as exc:
         log.warning("cannot write the %s cache %s (%s); continuing without it", label, path, exc)
+
+
+def cached_arrays(
+    path: Path,
+    recipe_json: str,
+    splits: tuple[str, ...],
+    label: str,
+    image_shape_ok: Callable[[tuple[int, ...]], bool],
+    build: Callable[[], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """The arrays of a recipe: read from ``path`` when it holds them, else ``build()`` them and cache them there."""
+    arrays = load_array_cache(path, recipe_json, splits, label, image_shape_ok) if path.exists() else None
+    if arrays is not None:
+        log.debug("loaded %s from cache %s", label, path)
+        return arrays
+    log.debug("building %s into %s", label, path)
+    arrays = build()
+    save_array_cache(path, arrays, recipe_json, label)
+    return arrays

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.array_cache import cached_arrays, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.colored_mnist import check_holdout_sizes, recipe_hash, seeded_rng, stratified_holdout
 from debiaslab.data.core import DatasetBundle, GroupDataset
@@ -180,18 +180,16 @@ def build_biased_mnist(
     recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
     key = recipe_hash(recipe)
     path = Path(cache_dir) / NAME / f"{key}.npz"
-    arrays = None
-    if path.exists():
-        arrays = load_array_cache(
-            path, recipe_json, split_names(protocol), "Biased MNIST", lambda chw: chw == (3, 28, 28)
-        )
-    if arrays is None:
-        log.debug("building Biased MNIST (rho=%g, protocol=%s) into %s", rho, protocol, path)
+
+    def build() -> dict[str, np.ndarray]:
         mnist = load_mnist(data_root, download=download)
         if protocol == "default":
             check_holdout_sizes(mnist.train_y, val_fraction)
-        arrays = colour_mnist(mnist, recipe)
-        save_array_cache(path, arrays, recipe_json, "Biased MNIST")
+        return colour_mnist(mnist, recipe)
+
+    arrays = cached_arrays(
+        path, recipe_json, split_names(protocol), "Biased MNIST", lambda chw: chw == (3, 28, 28), build
+    )
     splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
     notes: list[str] = []
     if protocol == "paper":

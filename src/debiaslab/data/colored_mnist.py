@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.array_cache import cached_arrays, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
@@ -258,20 +258,14 @@ def build_colored_mnist(
     recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
     key = recipe_hash(recipe)
     path = Path(cache_dir) / NAME / f"{key}.npz"
-    arrays = (
-        load_array_cache(path, recipe_json, split_names(protocol), "Colored MNIST", lambda chw: chw[0] == 3)
-        if path.exists()
-        else None
-    )
-    if arrays is not None:
-        log.debug("loaded Colored MNIST from cache %s", path)
-    else:
-        log.debug("building Colored MNIST (ratio=%g, protocol=%s) into %s", ratio, protocol, path)
+
+    def build() -> dict[str, np.ndarray]:
         mnist = load_mnist(data_root, download=download)
         if protocol == "default":
             check_holdout_sizes(mnist.train_y, val_fraction)
-        arrays = colorize_mnist(mnist, recipe)
-        save_array_cache(path, arrays, recipe_json, "Colored MNIST")
+        return colorize_mnist(mnist, recipe)
+
+    arrays = cached_arrays(path, recipe_json, split_names(protocol), "Colored MNIST", lambda chw: chw[0] == 3, build)
     splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
     notes: list[str] = []
     if protocol == "paper":
