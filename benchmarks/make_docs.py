@@ -49,6 +49,7 @@ HEADLINE = (
     "cmnist-2026-11-23/cmnist",
     "cmnist-2026-11-24/cmnist",
     "cmnist-2026-11-24/jtt-idlr",
+    "cmnist-2026-12-04/cmnist",
 )
 #: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
