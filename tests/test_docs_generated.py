@@ -63,3 +63,32 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
     table = make_docs.Records(tmp_path)
     text = make_docs.bmnist_table(table)
     assert "| mistake_reweight | 65.0 ± 7.1 / 20.0 ± 0.0 (n=2) |" in text  # named by the recorded method
+
+
+def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path: Path) -> None:
+    records = make_docs.Records(tmp_path)
+    assert make_docs.tuned_budget(records) is None  # no tuning records: the README block stays empty
+    assert make_docs.tuned(records, "val_unbiased", ("unbiased",)) is None
+    root = tmp_path / "cmnist-tune-2026-12-04"
+    search = root / "search" / "erm"
+    search.mkdir(parents=True)
+    budget = {"trials": 20, "epochs": 20, "sampler": "random", "pruner": "hyperband"}
+    best = {"trial": 7, "score": 0.61, "params": {"lr": 0.00123, "weight_decay": 0.01}, "hparams": {}}
+    doc = {"budget": budget, "rule": "val_worst_class", "counts": {"done": 20, "pruned": 13}, "trial_time_s": 600.0}
+    (search / "best.json").write_text(json.dumps({**doc, "best": {"val_unbiased": best}}))
+    (search / "search.yaml").write_text("identity:\n  dataset_options: {ratio: 0.01}\n")
+    for seed, unbiased in enumerate((0.50, 0.60, 0.70)):
+        run = root / "final-val_unbiased" / "cmnist" / "erm" / "r0.01" / f"seed{seed}"
+        run.mkdir(parents=True)
+        metrics = {"unbiased": unbiased, "worst_group": 0.1}
+        final = {"method": "erm", "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "seed": seed,
+                 "metrics": {"val": metrics, "test": metrics}}  # fmt: skip
+        (run / "final.json").write_text(json.dumps(final))
+    line = make_docs.tuned_budget(records)
+    assert "20 trials at 1 % conflicting, a 20-epoch cap, random sampler, hyperband pruner" in line
+    assert "`val_worst_class`" in line
+    table = make_docs.tuned(records, "val_unbiased", ("unbiased", "worst_group"))
+    assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
+    assert make_docs.tuned(records, "val_worst_class", ("unbiased",)) is None  # that rule has no final runs yet
+    choices = make_docs.tuned_choices(records)
+    assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices

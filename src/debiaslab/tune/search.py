@@ -55,7 +55,17 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
                     future.result()
     result = summarise(spec, open_study(spec, heartbeat_s=None))
     result.wall_s = time.perf_counter() - started if left > 0 else None
-    atomic_write_json(Path(spec.out) / BEST, {"budget": spec.budget(), "rule": spec.rule, "best": result.best})
+    trial_time = sum(r["duration_s"] or 0.0 for r in result.trials)
+    atomic_write_json(
+        Path(spec.out) / BEST,
+        {
+            "budget": spec.budget(),
+            "rule": spec.rule,
+            "counts": result.counts,
+            "trial_time_s": round(trial_time, 1),
+            "best": result.best,
+        },
+    )
     from debiaslab.tune.report import write_search_report
 
     write_search_report(result)
