@@ -8,11 +8,13 @@ warning), and a cache that cannot be written only costs the rebuild next time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.errors import DataError
 from debiaslab.utils.io import atomic_write
 
@@ -78,3 +80,36 @@ def cached_arrays(
     arrays = build()
     save_array_cache(path, arrays, recipe_json, label)
     return arrays
+
+
+def protocol_bundle(
+    name: str,
+    title: str,
+    splits: dict[str, GroupDataset],
+    protocol: str,
+    recipe: dict[str, Any],
+    default_model: str,
+    test_described: str,
+    notes: Sequence[str] = (),
+) -> DatasetBundle:
+    """The bundle of a derived dataset under ``protocol``: ``default`` selects on its held-out validation split;
+    ``paper`` has none and selects on test, which a note (first) says makes its test numbers optimistic.
+
+    ``test_described`` completes "checkpoints are selected on ..." (the test split and whose protocol it follows)."""
+    lead = []
+    if protocol == "paper":
+        lead.append(
+            f"{title} protocol='paper': there is no validation split; checkpoints are selected on {test_described}, "
+            "so the test numbers are optimistic. Use protocol='default' to select on a held-out validation split."
+        )
+    return DatasetBundle(
+        name=name,
+        train=splits["train"],
+        val=splits.get("val", splits["test"]),
+        test=splits["test"],
+        protocol=protocol,
+        selection="val" if protocol == "default" else "test",
+        recipe=recipe,
+        default_model=default_model,
+        notes=[*lead, *notes],
+    )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import cached_arrays, split_names
+from debiaslab.data.array_cache import cached_arrays, protocol_bundle, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.colored_mnist import check_holdout_sizes, recipe_hash, seeded_rng, stratified_holdout
 from debiaslab.data.core import DatasetBundle, GroupDataset
@@ -191,23 +191,14 @@ def build_biased_mnist(
         path, recipe_json, split_names(protocol), "Biased MNIST", lambda chw: chw == (3, 28, 28), build
     )
     splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
-    notes: list[str] = []
-    if protocol == "paper":
-        notes.append(
-            "Biased MNIST protocol='paper': there is no validation split; checkpoints are selected on the unbiased "
-            "test split, which is also the reported split (as in the ReBias release), so the test numbers are "
-            "optimistic. Use protocol='default' to select on a held-out validation split."
-        )
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits.get("val", splits["test"]),
-        test=splits["test"],
-        protocol=protocol,
-        selection="val" if protocol == "default" else "test",
-        recipe={**recipe, "recipe_sha256": key},
-        default_model="mlp",
-        notes=notes,
+    return protocol_bundle(
+        NAME,
+        "Biased MNIST",
+        splits,
+        protocol,
+        {**recipe, "recipe_sha256": key},
+        "mlp",
+        "the unbiased test split, which is also the reported split (as in the ReBias release)",
     )
 
 

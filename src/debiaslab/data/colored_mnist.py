@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import cached_arrays, split_names
+from debiaslab.data.array_cache import cached_arrays, protocol_bundle, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
@@ -267,24 +267,14 @@ def build_colored_mnist(
 
     arrays = cached_arrays(path, recipe_json, split_names(protocol), "Colored MNIST", lambda chw: chw[0] == 3, build)
     splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
-    notes: list[str] = []
-    if protocol == "paper":
-        notes.append(
-            "Colored MNIST protocol='paper': there is no validation split; checkpoints are selected on "
-            "the coloured MNIST test split, which is also the reported split (as in LfF, DeNetDM and REST), "
-            "so the test numbers are optimistic. Use protocol='default' to select on a held-out validation "
-            "split."
-        )
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits.get("val", splits["test"]),
-        test=splits["test"],
-        protocol=protocol,
-        selection="val" if protocol == "default" else "test",
-        recipe={**recipe, "recipe_sha256": key},
-        default_model="mlp",
-        notes=notes,
+    return protocol_bundle(
+        NAME,
+        "Colored MNIST",
+        splits,
+        protocol,
+        {**recipe, "recipe_sha256": key},
+        "mlp",
+        "the coloured MNIST test split, which is also the reported split (as in LfF, DeNetDM and REST)",
     )
 
 

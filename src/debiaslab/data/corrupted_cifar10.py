@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import load_array_cache, save_array_cache, split_names
+from debiaslab.data.array_cache import load_array_cache, protocol_bundle, save_array_cache, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.cifar10 import Cifar10Arrays, batch_hashes, load_cifar10, locate_cifar10
 from debiaslab.data.colored_mnist import bias_attributes, holdout_sizes, recipe_hash, stratified_holdout
@@ -225,26 +225,19 @@ def build_corrupted_cifar10(
         )
         for s in split_names(protocol)
     }
-    notes: list[str] = []
-    if protocol == "paper":
-        notes.append(
-            "Corrupted CIFAR-10 protocol='paper': there is no validation split; checkpoints are selected on the "
-            "corrupted test split, which is also the reported split (as in LfF, DFA and DeNetDM), so the test "
-            "numbers are optimistic. Use protocol='default' to select on a held-out validation split."
-        )
+    notes = []
     if frost == "synthetic":
         notes.append(
             "Corrupted CIFAR-10 frost='synthetic': the Frost corruption uses procedural textures instead of the "
             "CIFAR-10-C frost photos, so this is not the published dataset; numbers are not comparable."
         )
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits.get("val", splits["test"]),
-        test=splits["test"],
-        protocol=protocol,
-        selection="val" if protocol == "default" else "test",
-        recipe={**recipe, "recipe_sha256": key, "augment": augment, "normalize": normalize},
-        default_model="resnet20",
-        notes=notes,
+    return protocol_bundle(
+        NAME,
+        "Corrupted CIFAR-10",
+        splits,
+        protocol,
+        {**recipe, "recipe_sha256": key, "augment": augment, "normalize": normalize},
+        "resnet20",
+        "the corrupted test split, which is also the reported split (as in LfF, DFA and DeNetDM)",
+        notes,
     )
