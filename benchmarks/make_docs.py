@@ -324,6 +324,32 @@ def tuned_budget(rec: Records) -> str | None:
     return None if root is None else tune_tables.budget_line(root)
 
 
+def tune_pruning_table(rec: Records) -> str | None:
+    """`make bench-tune`: the same 20-trial search without pruning and with each pruner (wall time, trials pruned,
+    epochs trained, best validation score), when its result file is committed."""
+    path = rec.root.parent / "results-tune-pruning.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    setup = doc["setup"]
+    lines = [
+        f"**What pruning saves** (`make bench-tune`; {doc['machine']}; {setup['trials']} trials of "
+        f"{setup['method']} on {setup['dataset']} {100 * setup['ratio']:g} %, {setup['sampler']} sampler seed "
+        f"{setup['seed']}, an epoch cap of {setup['epochs']}, objective `{setup['rule']}`):",
+        "",
+        ct.table_head("pruner", "wall time (s)", "× unpruned", "trials pruned", "epochs trained", "best val score"),
+    ]
+    for r in doc["results"]:
+        trials = r["trials"]
+        lines.append(
+            f"| {r['pruner']} | {r['wall_s']:.0f} | {r['time_vs_unpruned']:.2f} | {trials['pruned']} / "
+            f"{trials['done']} | {r['validated_epochs']} | {100 * r['best_score']:.1f} (trial {r['best_trial']}) |"
+        )
+    if doc.get("note"):
+        lines += ["", doc["note"]]
+    return "\n".join(lines)
+
+
 def ule_search(rec: Records) -> str | None:
     return ule_search_table.table(rec.path("ule-search")) if rec.exists("ule-search") else None
 
@@ -396,6 +422,7 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         "kd_label_heavy": lambda: ct.kd_table(p("cmnist-2026-11-24/kd-a0.1-t1"), split="val"),
         "rest_sweep": lambda: ct.rest_table(p("cmnist-2026-11-24/rest-sweep")),
         "cost": lambda: cost_tables(rec),
+        "tune_pruning": lambda: tune_pruning_table(rec),
         "biased_mnist": lambda: bmnist_table(rec),
         "tuned_budget": lambda: tuned_budget(rec),
         "tuned_choices": lambda: tuned_choices(rec),

@@ -14,8 +14,10 @@ Settings measured by separate invocations (e.g. one per pruner, to use more core
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -94,7 +96,9 @@ def main() -> None:
             if k != "out"
         ),
         "setup": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} thread(s) per search",
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "results": with_ratios(results),
     }
     atomic_write_json(Path(args.out), doc)

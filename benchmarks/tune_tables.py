@@ -55,7 +55,7 @@ def budget_line(root: Path) -> str | None:
     return (
         f"Budget, the same for every method: {budget['trials']} trials"
         + (f" at {100 * ratio:g} % conflicting" if ratio is not None else "")
-        + f", a {budget['epochs']}-epoch cap, {budget['sampler']} sampler, {budget['pruner']} pruner driven by "
+        + f", an epoch cap of {budget['epochs']}, {budget['sampler']} sampler, {budget['pruner']} pruner driven by "
         f"`{objectives.pop()}` on validation; the chosen configuration of each rule is then trained with its "
         f"{budget['epochs']} epochs at every ratio and seed. No trial evaluated the test split."
     )
