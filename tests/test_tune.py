@@ -63,6 +63,12 @@ def test_every_method_declares_a_valid_space_with_lr_and_weight_decay() -> None:
             assert dist.problem() == ""
 
 
+def test_ule_search_keeps_the_student_plain_erm() -> None:
+    space = get_method("ule").search_space
+    assert not {"student_weight_decay", "student_loss", "student_lr"} & set(space)  # the paper's unconstrained student
+    assert set(space["omega"].choices) == {"align", "perturb", "mask"}  # gradient readings only
+
+
 def test_each_declared_space_draws_configurations_its_method_accepts() -> None:
     from debiaslab.tune.space import as_hparams, suggest
 

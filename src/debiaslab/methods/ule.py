@@ -417,7 +417,7 @@ class ULE(Method):
         "weighting": categorical(*WEIGHTINGS),
         "mask_fraction": uniform(0.05, 0.5),
         "perturb_eps": loguniform(0.5, 20.0),
-        "student_weight_decay": loguniform(1e-6, 1e-1),
+        # the student stays plain ERM (the paper trains it "with no constraints"): its weight decay is not searched
     }
     Hparams: ClassVar[type[TrainHparams]] = ULEHparams
     hparam_table: ClassVar[HparamTable] = {
