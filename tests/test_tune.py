@@ -301,6 +301,14 @@ def test_shipped_tuning_suite_gives_every_method_the_same_budget() -> None:
         assert "epochs" not in entry.fixed and {"lr", "weight_decay"} & set(entry.space)
 
 
+def test_biased_mnist_tuning_suite_has_the_colored_mnist_budget_and_methods() -> None:
+    cmnist, bmnist = load_tune_suite("cmnist-tune"), load_tune_suite("bmnist-tune")
+    same = ("trials", "epochs", "sampler", "pruner", "objective", "rules", "final_seeds")
+    assert {k: getattr(bmnist, k) for k in same} == {k: getattr(cmnist, k) for k in same}
+    assert [e.label for e in bmnist.methods] == [e.label for e in cmnist.methods]
+    assert bmnist.search_options == {"rho": 0.99} and bmnist.final_ratios is None
+
+
 def get_method_rule_needs_groups(rule: str) -> bool:
     from debiaslab.evaluation.selection import get_rule
 
