@@ -88,6 +88,9 @@ def tuned_table(
                 continue
             cells = [" / ".join(_cell(mine[r], m) for m in metrics) if mine[r] else "–" for r in ct.RATIOS]
             lines.append(f"| {method if label == 'tuned' else ''} | {label} | " + " | ".join(cells) + " |")
+    missing = [m for m in order if m not in methods]
+    if missing:
+        lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
     return "\n".join(lines)
 
 

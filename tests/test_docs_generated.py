@@ -89,6 +89,7 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
     assert "`val_worst_class`" in line
     table = make_docs.tuned(records, "val_unbiased", ("unbiased", "worst_group"))
     assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
+    assert "Methods of the suite with no val_unbiased runs recorded: reweight_group," in table
     assert make_docs.tuned(records, "val_worst_class", ("unbiased",)) is None  # that rule has no final runs yet
     choices = make_docs.tuned_choices(records)
     assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices
