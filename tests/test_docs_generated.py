@@ -93,3 +93,15 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
     assert make_docs.tuned(records, "val_worst_class", ("unbiased",)) is None  # that rule has no final runs yet
     choices = make_docs.tuned_choices(records)
     assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices
+
+
+def test_relative_links_in_readme_and_docs_resolve() -> None:
+    import re
+
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for match in re.finditer(r"\]\(([^)#\s]+)(#[^)]*)?\)", page.read_text()):
+            target = match.group(1)
+            if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []
