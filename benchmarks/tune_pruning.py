@@ -93,9 +93,9 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out"
+            if k not in ("out", "merge")
         ),
-        "setup": {k: v for k, v in vars(args).items() if k != "out"},
+        "setup": {k: v for k, v in vars(args).items() if k not in ("out", "merge")},
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} thread(s) per search",
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
