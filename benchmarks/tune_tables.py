@@ -38,6 +38,8 @@ def searches(root: Path) -> dict[str, dict]:
 def rules(root: Path) -> list[str]:
     """The rules with final runs under ``root``, in :data:`RULE_TITLE` order."""
     found = {p.name.removeprefix("final-") for p in root.glob("final-*") if p.is_dir()}
+    for final in root.glob("final-*/**/final.json"):  # rules reported by runs of another rule
+        found.update((json.loads(final.read_text()).get("hparams") or {}).get("report_rules", []))
     return [r for r in RULE_TITLE if r in found]
 
 
@@ -77,7 +79,7 @@ def tuned_table(
 ) -> str:
     """Methods x ratios of the test metrics of ``rule``'s chosen configurations (mean ± std over seeds), each
     followed by the method's preset row from ``presets`` (the default-settings records), labelled as such."""
-    tuned = ct.load(root / f"final-{rule}", None)
+    tuned = rule_runs(root, rule)
     methods = _ordered({r["method"] for rs in tuned.values() for r in rs}, order)
     preset = ct.load(list(presets), None) if presets else {r: [] for r in ct.RATIOS}
     lines = [ct.table_head("method", "settings", *[f"{100 * float(r):g} %" for r in ct.RATIOS])]
@@ -92,6 +94,26 @@ def tuned_table(
     if missing:
         lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
     return "\n".join(lines)
+
+
+def rule_runs(root: Path, rule: str) -> dict[str, list[dict]]:
+    """Per ratio, the final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``), and
+    the runs of another rule that chose the same trial and report ``rule`` from the same training (their
+    ``selections[rule]`` metrics). A reporting run must have selected on validation in its last stage only."""
+    out = ct.load(root / f"final-{rule}", None) if (root / f"final-{rule}").is_dir() else {r: [] for r in ct.RATIOS}
+    for folder in sorted(root.glob("final-*")):
+        if folder.name == f"final-{rule}":
+            continue
+        for ratio, runs in ct.load(folder, None).items():
+            for run in runs:
+                if rule not in (run.get("hparams") or {}).get("report_rules", []):
+                    continue
+                early = [s for s in run.get("stages", [])[:-1] if s.get("selection") not in (None, "last")]
+                if early or rule not in run.get("selections", {}):
+                    raise SystemExit(f"{run['_dir']}: reports {rule} but cannot stand for a run trained for it")
+                picked = run["selections"][rule]
+                out[ratio].append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}})
+    return out
 
 
 def _cell(runs: list[dict], metric: str) -> str:

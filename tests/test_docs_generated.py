@@ -84,13 +84,23 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
         final = {"method": "erm", "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "seed": seed,
                  "metrics": {"val": metrics, "test": metrics}}  # fmt: skip
         (run / "final.json").write_text(json.dumps(final))
+    shared = root / "final-val_worst_class" / "cmnist" / "lff" / "r0.01" / "seed0"  # chosen by both rules
+    shared.mkdir(parents=True)
+    reported = {"val": {"unbiased": 0.9, "worst_group": 0.5}, "test": {"unbiased": 0.8, "worst_group": 0.4}}
+    final = {"method": "lff", "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "seed": 0,
+             "hparams": {"selection": "val_worst_class", "report_rules": ["val_unbiased"]},
+             "stages": [{"name": "lff", "selection": "val_worst_class"}],
+             "metrics": {"val": {"unbiased": 0.1, "worst_group": 0.0}, "test": {"unbiased": 0.1, "worst_group": 0.0}},
+             "selections": {"val_unbiased": reported}}  # fmt: skip
+    (shared / "final.json").write_text(json.dumps(final))
     line = make_docs.tuned_budget(records)
     assert "20 trials at 1 % conflicting, an epoch cap of 20, random sampler, hyperband pruner" in line
     assert "`val_worst_class`" in line
     table = make_docs.tuned(records, "val_unbiased", ("unbiased", "worst_group"))
     assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
     assert "Methods of the suite with no val_unbiased runs recorded: reweight_group," in table
-    assert make_docs.tuned(records, "val_worst_class", ("unbiased",)) is None  # that rule has no final runs yet
+    assert "| lff | tuned | – | 80.0 (n=1) / 40.0 (n=1) | – | – |" in table  # the reported rule's metrics
+    assert "| lff | tuned | – | 10.0 (n=1) | – | – |" in make_docs.tuned(records, "val_worst_class", ("unbiased",))
     choices = make_docs.tuned_choices(records)
     assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices
 

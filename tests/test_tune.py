@@ -29,6 +29,7 @@ from debiaslab.tune.search import counted_trials, run_search
 from debiaslab.tune.space import resolve_space
 from debiaslab.tune.study import SearchSpec, open_study
 from debiaslab.tune.suite import load_tune_suite, shipped_tune_suites
+from debiaslab.tune.suite_runner import rule_records
 
 TESTS = Path(__file__).resolve().parent
 SMALL = {"model_kwargs": {"width": 8, "depth": 1}, "batch_size": 64}
@@ -335,10 +336,46 @@ def test_tuning_suite_runs_searches_and_one_table_per_rule(tmp_path: Path) -> No
     lines = run_tune_suite(suite, tmp_path / "t", progress=False)
     report = (tmp_path / "t" / "report.md").read_text()
     assert "2 trials per method" in report and "## Tuned by val_worst_class" in report
+    best = json.loads((tmp_path / "t" / "search" / "erm" / "best.json").read_text())["best"]
+    same = best["val_unbiased"]["trial"] == best["val_worst_class"]["trial"]
+    finals = list((tmp_path / "t").glob("final-*/**/final.json"))
+    assert len(finals) == (1 if same else 2)  # 1 method x 1 ratio x 1 seed, trained once when both rules agree
     for rule in suite.rules:
-        finals = list((tmp_path / "t" / f"final-{rule}").rglob("final.json"))
-        assert len(finals) == 1  # 1 method x 1 ratio x 1 seed
+        assert len(rule_records(tmp_path / "t", rule)) == 1
+        assert report.split(f"## Tuned by {rule}")[1].count("| erm |") >= 1
     assert any("tuned by val_unbiased" in line for line in lines)
+
+
+def _best(trial: int) -> dict:
+    return {"trial": trial, "score": 0.5, "params": {"lr": 1e-3}, "hparams": {"lr": 1e-3}}
+
+
+def test_a_trial_chosen_by_two_rules_is_trained_once_when_training_never_reads_the_rule() -> None:
+    from debiaslab.tune.search import SearchResult
+    from debiaslab.tune.suite import parse_tune_suite
+    from debiaslab.tune.suite_runner import plan_finals
+
+    doc = {
+        "trials": 2,
+        "epochs": 1,
+        "objective": "val_worst_class",
+        "rules": ["val_unbiased", "val_worst_class"],
+        "dataset": {"name": "colored_mnist", "ratio": 0.01},
+        "methods": ["erm", "denetdm", "jtt", {"method": "rest", "hparams": {"scheduler": "plateau"}}],
+    }
+    suite = parse_tune_suite(doc, "t.yaml", "t")
+    agree = {"val_unbiased": _best(3), "val_worst_class": _best(3)}
+    searches = {e.label: SearchResult(None, {}, dict(agree)) for e in suite.methods}
+    searches["jtt"] = SearchResult(None, {}, {"val_unbiased": _best(1), "val_worst_class": _best(2)})
+    plan = plan_finals(suite, suite.methods, searches)
+    label_free = {c.label: c.hparams for c in plan["val_worst_class"]}  # the objective deploys shared runs
+    with_groups = {c.label: c.hparams for c in plan["val_unbiased"]}
+    assert label_free["erm"]["selection"] == "val_worst_class" and label_free["erm"]["report_rules"] == ["val_unbiased"]
+    assert "erm" not in with_groups
+    # DeNetDM's experts select their epoch by the rule, a plateau schedule steps on it: trained once per rule
+    assert "report_rules" not in label_free["denetdm"] and with_groups["denetdm"]["selection"] == "val_unbiased"
+    assert "report_rules" not in label_free["rest"] and "rest" in with_groups
+    assert "report_rules" not in label_free["jtt"] and "jtt" in with_groups  # different trials
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,18 @@ class Method:
     #: whether the deployed model is the selected weights of the last trainer stage, so that the other selection
     #: rules of that stage (``report_rules``) can be evaluated on it; False for a method that re-fits a head
     deploys_last_stage: ClassVar[bool] = True
+    #: whether training never reads the selection rule: only the last stage selects on validation, so a run's
+    #: ``report_rules`` give exactly what a run trained for each of those rules would (one training serves the
+    #: rules of a tuning suite that chose the same configuration). False where an earlier stage selects its epoch
+    #: by the rule (DeNetDM's experts); a ``plateau`` scheduler, which steps on the selection score, also rules it out
+    rule_free_training: ClassVar[bool] = False
+
+    @property
+    def trains_without_rule(self) -> bool:
+        """True when the selection rule cannot change what this configuration trains (see ``rule_free_training``)."""
+        return (
+            self.rule_free_training and self.deploys_last_stage and getattr(self.hparams, "scheduler", "") != "plateau"
+        )
 
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         self.dataset = dataset

@@ -124,6 +124,8 @@ class LfFHparams(TrainHparams):
 class LfF(Method):
     """Learning from Failure: a GCE-trained biased model re-weights the debiased model's CE per example."""
 
+    rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
+
     summary = "biased GCE model re-weights a debiased model by relative difficulty (Nam et al. 2020)"
     #: searched by `debiaslab tune`: the GCE q of the biased model and the EMA factor of the losses
     search_space: ClassVar[SearchSpace] = {

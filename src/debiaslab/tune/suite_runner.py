@@ -8,6 +8,7 @@ Layout under the output folder: ``search/<label>/`` (one search each: study.db, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from debiaslab.bench.aggregate import RunRecord, find_runs, per_rule, summarise
 from debiaslab.bench.runner import BenchResult
 from debiaslab.errors import ConfigError
 from debiaslab.tune.final import Chosen, chosen_hparams, final_suite, train_chosen
@@ -76,17 +78,7 @@ def run_tune_suite(
         searches[entry.label] = run_search(spec, workers=workers)
     finals: dict[str, BenchResult] = {}
     if not no_final:
-        for rule in suite.rules:
-            chosen = [
-                Chosen(e.label, e.method, chosen_hparams(e.fixed, searches[e.label].best[rule], suite.epochs, rule))
-                for e in entries
-                if rule in searches[e.label].best
-            ]
-            missing = [e.label for e in entries if rule not in searches[e.label].best]
-            if missing:
-                log.warning("%s: no complete trial under %s for %s; no final runs for them", suite.name, rule, missing)
-            if not chosen:
-                continue
+        for rule, chosen in plan_finals(suite, entries, searches).items():
             bench_suite = final_suite(
                 suite.name,
                 rule,
@@ -112,10 +104,71 @@ def run_tune_suite(
     text = suite_report(suite, out, searches, finals)
     atomic_write_text(out / "report.md", text)
     lines = []
-    for rule, bench in finals.items():
-        lines += [f"## tuned by {rule}", bench.tables.get("results", ""), ""]
+    for rule in suite.rules if finals else ():
+        tables = rule_tables(out, rule, [e.label for e in suite.methods])
+        if tables:
+            lines += [f"## tuned by {rule}", tables["results"], ""]
     lines.append(f"report: {out / 'report.md'}")
     return lines
+
+
+def rule_order(suite: TuneSuite) -> list[str]:
+    """The suite's rules, the objective first: the rule that drove the search deploys a shared final run."""
+    return sorted(suite.rules, key=lambda r: r != suite.objective)
+
+
+def plan_finals(suite: TuneSuite, entries: Sequence[Any], searches: dict[str, SearchResult]) -> dict[str, list[Chosen]]:
+    """``{rule: [Chosen]}``: the final runs each rule trains. When a later rule chose the same trial as an earlier
+    one and the method's training never reads the rule (``Method.trains_without_rule``), that configuration is
+    trained once: the earlier rule deploys it and the later one is one of its ``report_rules``, which gives what a
+    run trained for the later rule would (same seed, same training; only the kept epoch differs)."""
+    from debiaslab.methods.registry import get_method
+
+    plan: dict[str, list[Chosen]] = {rule: [] for rule in rule_order(suite)}
+    for e in entries:
+        shared: dict[int, Chosen] = {}  # trial number -> the run that deploys it
+        for rule in plan:
+            best = searches[e.label].best.get(rule)
+            if best is None:
+                log.warning("%s: no complete trial under %s for %s; no final runs for it", suite.name, rule, e.label)
+                continue
+            hparams = chosen_hparams(e.fixed, best, suite.epochs, rule)
+            first = shared.get(best["trial"])
+            if first is not None and get_method(e.method)(dataset=suite.dataset, **hparams).trains_without_rule:
+                first.hparams["report_rules"] = [*first.hparams.get("report_rules", []), rule]
+                deployed = first.hparams["selection"]
+                log.info("%s: %s chose the same trial as %s; one set of runs reports both", e.label, rule, deployed)
+                continue
+            chosen = Chosen(e.label, e.method, hparams)
+            shared.setdefault(best["trial"], chosen)
+            plan[rule].append(chosen)
+    return {rule: chosen for rule, chosen in plan.items() if chosen}
+
+
+def rule_records(out: Path, rule: str) -> list[RunRecord]:
+    """The final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``) and, reading
+    their ``selections``, the runs of another rule that report it (the same trial chosen by both)."""
+    records = []
+    for folder in sorted(out.glob("final-*")):
+        for record in per_rule(find_runs([folder])):
+            own = folder.name == f"final-{rule}" and record.deployed
+            reported = not record.deployed and rule in (record.hparams.get("report_rules") or [])
+            if record.selection == rule and (own or reported):
+                label = record.path.relative_to(folder).parts[1]  # <dataset dir>/<label>/[r<ratio>/]seed<k>
+                records.append(dataclasses.replace(record, deployed=True, label=label))
+    return records
+
+
+def rule_tables(out: Path, rule: str, labels: Sequence[str]) -> dict[str, str]:
+    """``{"results": table, "<dataset>: test <metric>": pivot, ...}`` of ``rule``'s final runs ({} when none)."""
+    from debiaslab.bench.report import ratio_pivots
+    from debiaslab.bench.results import order_rows, results_markdown
+
+    records = rule_records(out, rule)
+    if not records:
+        return {}
+    rows = order_rows(summarise(records, rules=False), labels)
+    return {"results": results_markdown(rows, compare_paper=False), **ratio_pivots(rows, compare_paper=False)}
 
 
 def budget_text(suite: TuneSuite) -> str:
@@ -159,14 +212,13 @@ def suite_report(suite: TuneSuite, out: Path, searches: dict[str, SearchResult],
                 continue
             values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
             lines.append(f"- {label}: trial {best['trial']}, val {best['score']:.4f}: {values}")
-        bench = finals.get(rule)
-        if bench is not None:
-            rel = os.path.relpath(bench.out / "report.md", out)
-            lines += ["", f"Test results of the chosen configurations ([full report]({rel})):", ""]
-            lines.append(bench.tables.get("results", ""))
-            for title, pivot in bench.tables.items():
-                if title != "results":
-                    lines += ["", f"### {title} by conflicting ratio", "", pivot]
+        tables = rule_tables(out, rule, list(searches))
+        if tables:
+            bench = finals.get(rule)
+            link = f" ([runs]({os.path.relpath(bench.out / 'report.md', out)}))" if bench is not None else ""
+            lines += ["", f"Test results of the chosen configurations{link}:", "", tables.pop("results")]
+            for title, pivot in tables.items():
+                lines += ["", f"### {title} by conflicting ratio", "", pivot]
     lines += ["", "## Search spaces", ""]
     for entry in suite.methods:
         if entry.label in searches:
