@@ -24,6 +24,7 @@ RULE_TITLE = {
     "val_classdiff": "tuned without any group labels (objective: validation ClassDiff)",
     "val_accuracy": "tuned without any group labels (objective: validation accuracy)",
 }
+PRUNER = {"hyperband": "Hyperband", "median": "median", "none": "no"}
 METRIC_TITLE = {"unbiased": "unbiased", "worst_group": "worst-group"}
 
 
@@ -57,7 +58,8 @@ def budget_line(root: Path) -> str | None:
     return (
         f"Budget, the same for every method: {budget['trials']} trials"
         + (f" at {100 * ratio:g} % conflicting" if ratio is not None else "")
-        + f", an epoch cap of {budget['epochs']}, {budget['sampler']} sampler, {budget['pruner']} pruner driven by "
+        + f", an epoch cap of {budget['epochs']}, {budget['sampler']} sampler, "
+        f"{PRUNER.get(budget['pruner'], budget['pruner'])} pruner driven by "
         f"`{objectives.pop()}` on validation; the chosen configuration of each rule is then trained with its "
         f"{budget['epochs']} epochs at every ratio and seed. No trial evaluated the test split."
     )

@@ -94,7 +94,7 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
              "selections": {"val_unbiased": reported}}  # fmt: skip
     (shared / "final.json").write_text(json.dumps(final))
     line = make_docs.tuned_budget(records)
-    assert "20 trials at 1 % conflicting, an epoch cap of 20, random sampler, hyperband pruner" in line
+    assert "20 trials at 1 % conflicting, an epoch cap of 20, random sampler, Hyperband pruner" in line
     assert "`val_worst_class`" in line
     table = make_docs.tuned(records, "val_unbiased", ("unbiased", "worst_group"))
     assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
