@@ -20,6 +20,7 @@ import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,10 +56,7 @@ HEADLINE = (
 )
 #: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
-BMNIST = "bmnist-*"
-#: Equal-budget tuning on Colored MNIST: committed copies of `debiaslab tune --suite cmnist-tune` output,
-#: ``benchmarks/results/cmnist-tune-<date>/`` (the latest one is shown)
-TUNED = "cmnist-tune-*"
+BMNIST = "bmnist-2*"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
 TITLE = {"unbiased": "unbiased", "worst_group": "worst-group", "conflicting": "conflicting", "aligned": "aligned"}
 
@@ -231,11 +229,15 @@ def val_compare_table(rec: Records, first: str, entries: Sequence[tuple[str, str
     return "\n".join(lines)
 
 
+def bmnist_roots(rec: Records) -> list[Path]:
+    return sorted(p for p in rec.root.glob(BMNIST) if p.is_dir())
+
+
 def bmnist_table(rec: Records) -> str | None:
     """Biased MNIST (by training correlation rho), test unbiased and worst-group, when records exist."""
     records = [
         read_run(d, label=f["method"])
-        for d, f in rec.finals(sorted(rec.root.glob(BMNIST)))
+        for d, f in rec.finals(bmnist_roots(rec))
         if f["dataset"] == "biased_mnist" and f.get("protocol", "default") == "default"
     ]
     if not records:
@@ -298,30 +300,53 @@ def cost_tables(rec: Records) -> str:
     return "\n".join(lines)
 
 
-def tuned_root(rec: Records) -> Path | None:
-    roots = sorted(p for p in rec.root.glob(TUNED) if p.is_dir())
+@dataclass(frozen=True)
+class TunedSuite:
+    """A tuning suite whose committed records (``benchmarks/results/<suite>-<date>/``, the latest shown) make a
+    fair table: the suite that ran, the option its final runs vary, the dataset and the presets beside it."""
+
+    suite: str
+    axis: tune_tables.Axis
+    dataset: str
+    presets: Callable[[Records], list[Path]]
+
+
+#: Equal-budget tuning suites: committed copies of `debiaslab tune --suite <name>` output
+TUNED = {
+    "cmnist-tune": TunedSuite("cmnist-tune", tune_tables.RATIO, "colored_mnist", lambda rec: rec.headline()),
+    "bmnist-tune": TunedSuite("bmnist-tune", tune_tables.RHO, "biased_mnist", lambda rec: bmnist_roots(rec)),
+}
+
+
+def tuned_root(rec: Records, suite: str) -> Path | None:
+    roots = sorted(p for p in rec.root.glob(f"{suite}-2*") if p.is_dir())
     return roots[-1] if roots else None
 
 
-def tuned(rec: Records, rule: str, metrics: Sequence[str]) -> str | None:
+def _suite_order(suite: str) -> list[str]:
+    return [e.label for e in load_tune_suite(suite).methods]
+
+
+def tuned(rec: Records, suite: str, rule: str, metrics: Sequence[str]) -> str | None:
     """The test table of ``rule``'s tuned configurations beside the preset rows, when its runs are committed."""
-    root = tuned_root(rec)
+    root, spec = tuned_root(rec, suite), TUNED[suite]
     if root is None or rule not in tune_tables.rules(root):
         return None
-    order = [e.label for e in load_tune_suite("cmnist-tune").methods]
-    return tune_tables.tuned_table(root, rule, order, rec.headline(), metrics)
+    return tune_tables.tuned_table(
+        root, rule, _suite_order(suite), spec.presets(rec), metrics, axis=spec.axis, dataset=spec.dataset
+    )
 
 
-def tuned_choices(rec: Records) -> str | None:
-    root = tuned_root(rec)
+def tuned_choices(rec: Records, suite: str) -> str | None:
+    root = tuned_root(rec, suite)
     if root is None or not tune_tables.searches(root):
         return None
-    return tune_tables.choices_table(root, [e.label for e in load_tune_suite("cmnist-tune").methods])
+    return tune_tables.choices_table(root, _suite_order(suite))
 
 
-def tuned_budget(rec: Records) -> str | None:
-    root = tuned_root(rec)
-    return None if root is None else tune_tables.budget_line(root)
+def tuned_budget(rec: Records, suite: str) -> str | None:
+    root = tuned_root(rec, suite)
+    return None if root is None else tune_tables.budget_line(root, TUNED[suite].axis)
 
 
 def tune_pruning_table(rec: Records) -> str | None:
@@ -424,17 +449,28 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         "cost": lambda: cost_tables(rec),
         "tune_pruning": lambda: tune_pruning_table(rec),
         "biased_mnist": lambda: bmnist_table(rec),
-        "tuned_budget": lambda: tuned_budget(rec),
-        "tuned_choices": lambda: tuned_choices(rec),
         **{
-            f"tuned{suffix}:{rule}": (lambda rule=rule, metrics=metrics: tuned(rec, rule, metrics))
+            f"{name}:{suite}": (lambda suite=suite, gen=gen: gen(rec, suite))
+            for suite in TUNED
+            for name, gen in (("tuned_budget", tuned_budget), ("tuned_choices", tuned_choices))
+        },
+        **{
+            f"tuned{suffix}:{suite}:{rule}": (
+                lambda suite=suite, rule=rule, metrics=metrics: tuned(rec, suite, rule, metrics)
+            )
+            for suite in TUNED
             for rule in tune_tables.RULE_TITLE
             for suffix, metrics in (("", ("unbiased", "worst_group")), ("_unbiased", ("unbiased",)))
         },
         "tuned_index": lambda: (
             "| [Equal-budget tuning](tuned.md) | every method searched with the same budget, the chosen "
             "configurations over seeds |"
-            if tuned_budget(rec) is not None
+            if tuned_budget(rec, "cmnist-tune") is not None
+            else None
+        ),
+        "tuned_bmnist_index": lambda: (
+            "| [Equal-budget tuning on Biased MNIST](tuned-biased-mnist.md) | the same search on Biased MNIST |"
+            if tuned_budget(rec, "bmnist-tune") is not None
             else None
         ),
         "bmnist_published": bmnist_published_table,
@@ -468,7 +504,7 @@ def _all_methods() -> list[str]:
     return list(METHODS.names())
 
 
-PLACEHOLDER = re.compile(r"^\{\{([a-z_:]+)\}\}$")
+PLACEHOLDER = re.compile(r"^\{\{([a-z_:-]+)\}\}$")
 SECTION = re.compile(r"^<!-- section -->$")
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cmnist_tables as ct
@@ -26,6 +27,28 @@ RULE_TITLE = {
 }
 PRUNER = {"hyperband": "Hyperband", "median": "median", "none": "no"}
 METRIC_TITLE = {"unbiased": "unbiased", "worst_group": "worst-group"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The dataset option a suite's final runs vary (a table's columns): Colored MNIST's conflicting ratio,
+    Biased MNIST's training correlation rho."""
+
+    option: str
+    title: Callable[[float], str]
+    values: tuple[str, ...] = ()  # fixed columns; empty: the values the runs have, largest first
+
+    def key(self, run: dict) -> str:
+        return f"{(run.get('dataset_options') or {}).get(self.option, '')}"
+
+    def columns(self, runs: Sequence[dict]) -> list[str]:
+        if self.values:
+            return list(self.values)
+        return sorted({self.key(r) for r in runs if self.key(r)}, key=float, reverse=True)
+
+
+RATIO = Axis("ratio", lambda v: f"{100 * v:g} %", ct.RATIOS)
+RHO = Axis("rho", lambda v: f"ρ {v:g}")
 
 
 def searches(root: Path) -> dict[str, dict]:
@@ -44,7 +67,7 @@ def rules(root: Path) -> list[str]:
     return [r for r in RULE_TITLE if r in found]
 
 
-def budget_line(root: Path) -> str | None:
+def budget_line(root: Path, axis: Axis = RATIO) -> str | None:
     """The search budget every method had (identical across the suite's searches, or the line says otherwise)."""
     found = searches(root)
     budgets = {json.dumps(b.get("budget"), sort_keys=True) for b in found.values()}
@@ -54,43 +77,53 @@ def budget_line(root: Path) -> str | None:
     if len(budgets) != 1 or len(objectives) != 1:
         raise SystemExit(f"{root}: the searches differ in budget or objective ({sorted(budgets)}); not a fair table")
     budget = next(iter(found.values()))["budget"]
-    ratio = _search_ratio(root)
+    where = _search_setting(root, axis)
     return (
         f"Budget, the same for every method: {budget['trials']} trials"
-        + (f" at {100 * ratio:g} % conflicting" if ratio is not None else "")
+        + (f" at {where}" if where else "")
         + f", an epoch cap of {budget['epochs']}, {budget['sampler']} sampler, "
         f"{PRUNER.get(budget['pruner'], budget['pruner'])} pruner driven by "
         f"`{objectives.pop()}` on validation; the chosen configuration of each rule is then trained with its "
-        f"{budget['epochs']} epochs at every ratio and seed. No trial evaluated the test split."
+        f"{budget['epochs']} epochs at every {'ratio' if axis is RATIO else 'setting'} and seed. No trial evaluated "
+        "the test split."
     )
 
 
-def _search_ratio(root: Path) -> float | None:
+def _search_setting(root: Path, axis: Axis) -> str | None:
+    """Where the searches ran, e.g. "1 % conflicting" or "ρ 0.99" (from a search's recorded dataset options)."""
     import yaml
 
     for spec in sorted((root / "search").glob("*/search.yaml")):
         doc = yaml.safe_load(spec.read_text()) or {}
-        ratio = (doc.get("identity") or {}).get("dataset_options", {}).get("ratio")
-        if ratio is not None:
-            return float(ratio)
+        value = (doc.get("identity") or {}).get("dataset_options", {}).get(axis.option)
+        if value is not None:
+            return axis.title(float(value)) + (" conflicting" if axis is RATIO else "")
     return None
 
 
 def tuned_table(
-    root: Path, rule: str, order: Sequence[str], presets: Sequence[Path] = (), metrics: Sequence[str] = ("unbiased",)
+    root: Path,
+    rule: str,
+    order: Sequence[str],
+    presets: Sequence[Path] = (),
+    metrics: Sequence[str] = ("unbiased",),
+    axis: Axis = RATIO,
+    dataset: str | None = None,
 ) -> str:
-    """Methods x ratios of the test metrics of ``rule``'s chosen configurations (mean ± std over seeds), each
-    followed by the method's preset row from ``presets`` (the default-settings records), labelled as such."""
+    """Methods x settings (``axis``) of the test metrics of ``rule``'s chosen configurations (mean ± std over
+    seeds), each followed by the method's preset row from ``presets`` (the default-settings records of
+    ``dataset``), labelled as such."""
     tuned = rule_runs(root, rule)
-    methods = _ordered({r["method"] for rs in tuned.values() for r in rs}, order)
-    preset = ct.load(list(presets), None) if presets else {r: [] for r in ct.RATIOS}
-    lines = [ct.table_head("method", "settings", *[f"{100 * float(r):g} %" for r in ct.RATIOS])]
+    methods = _ordered({r["method"] for r in tuned}, order)
+    preset = [r for r in load_runs(presets) if (dataset is None or r["dataset"] == dataset) and r["method"] in methods]
+    columns = axis.columns(tuned)
+    lines = [ct.table_head("method", "settings", *[axis.title(float(c)) for c in columns])]
     for method in methods:
         for label, runs in (("tuned", tuned), ("preset", preset)):
-            mine = {ratio: [r for r in rs if r["method"] == method] for ratio, rs in runs.items()}
+            mine = {c: [r for r in runs if r["method"] == method and axis.key(r) == c] for c in columns}
             if not any(mine.values()):
                 continue
-            cells = [" / ".join(_cell(mine[r], m) for m in metrics) if mine[r] else "–" for r in ct.RATIOS]
+            cells = [" / ".join(_cell(mine[c], m) for m in metrics) if mine[c] else "–" for c in columns]
             lines.append(f"| {method if label == 'tuned' else ''} | {label} | " + " | ".join(cells) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
@@ -98,23 +131,33 @@ def tuned_table(
     return "\n".join(lines)
 
 
-def rule_runs(root: Path, rule: str) -> dict[str, list[dict]]:
-    """Per ratio, the final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``), and
-    the runs of another rule that chose the same trial and report ``rule`` from the same training (their
+def load_runs(roots: Sequence[Path]) -> list[dict]:
+    """Every default-protocol ``final.json`` below ``roots`` (with its folder as ``_dir``)."""
+    out = []
+    for base in roots:
+        for final in sorted(base.rglob("final.json")):
+            run = dict(ct.read_final(final))
+            if run.get("protocol", "default") == "default":
+                out.append({**run, "_dir": str(final.parent)})
+    return out
+
+
+def rule_runs(root: Path, rule: str) -> list[dict]:
+    """The final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``), and the runs
+    of another rule that chose the same trial and report ``rule`` from the same training (their
     ``selections[rule]`` metrics). A reporting run must have selected on validation in its last stage only."""
-    out = ct.load(root / f"final-{rule}", None) if (root / f"final-{rule}").is_dir() else {r: [] for r in ct.RATIOS}
+    out = load_runs([root / f"final-{rule}"])
     for folder in sorted(root.glob("final-*")):
         if folder.name == f"final-{rule}":
             continue
-        for ratio, runs in ct.load(folder, None).items():
-            for run in runs:
-                if rule not in (run.get("hparams") or {}).get("report_rules", []):
-                    continue
-                early = [s for s in run.get("stages", [])[:-1] if s.get("selection") not in (None, "last")]
-                if early or rule not in run.get("selections", {}):
-                    raise SystemExit(f"{run['_dir']}: reports {rule} but cannot stand for a run trained for it")
-                picked = run["selections"][rule]
-                out[ratio].append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}})
+        for run in load_runs([folder]):
+            if rule not in (run.get("hparams") or {}).get("report_rules", []):
+                continue
+            early = [s for s in run.get("stages", [])[:-1] if s.get("selection") not in (None, "last")]
+            if early or rule not in run.get("selections", {}):
+                raise SystemExit(f"{run['_dir']}: reports {rule} but cannot stand for a run trained for it")
+            picked = run["selections"][rule]
+            out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}})
     return out
 
 

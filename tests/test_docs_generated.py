@@ -67,8 +67,8 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
 
 def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path: Path) -> None:
     records = make_docs.Records(tmp_path)
-    assert make_docs.tuned_budget(records) is None  # no tuning records: the README block stays empty
-    assert make_docs.tuned(records, "val_unbiased", ("unbiased",)) is None
+    assert make_docs.tuned_budget(records, "cmnist-tune") is None  # no tuning records: the README block stays empty
+    assert make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased",)) is None
     root = tmp_path / "cmnist-tune-2026-12-04"
     search = root / "search" / "erm"
     search.mkdir(parents=True)
@@ -93,16 +93,50 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
              "metrics": {"val": {"unbiased": 0.1, "worst_group": 0.0}, "test": {"unbiased": 0.1, "worst_group": 0.0}},
              "selections": {"val_unbiased": reported}}  # fmt: skip
     (shared / "final.json").write_text(json.dumps(final))
-    line = make_docs.tuned_budget(records)
+    line = make_docs.tuned_budget(records, "cmnist-tune")
     assert "20 trials at 1 % conflicting, an epoch cap of 20, random sampler, Hyperband pruner" in line
     assert "`val_worst_class`" in line
-    table = make_docs.tuned(records, "val_unbiased", ("unbiased", "worst_group"))
+    table = make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased", "worst_group"))
     assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
     assert "Methods of the suite with no val_unbiased runs recorded: reweight_group," in table
     assert "| lff | tuned | – | 80.0 (n=1) / 40.0 (n=1) | – | – |" in table  # the reported rule's metrics
-    assert "| lff | tuned | – | 10.0 (n=1) | – | – |" in make_docs.tuned(records, "val_worst_class", ("unbiased",))
-    choices = make_docs.tuned_choices(records)
+    assert "| lff | tuned | – | 10.0 (n=1) | – | – |" in make_docs.tuned(
+        records, "cmnist-tune", "val_worst_class", ("unbiased",)
+    )
+    choices = make_docs.tuned_choices(records, "cmnist-tune")
     assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices
+
+
+def _final(run: Path, method: str, dataset: str, options: dict, seed: int, unbiased: float) -> None:
+    run.mkdir(parents=True)
+    metrics = {"unbiased": unbiased, "worst_group": 0.1, "conflicting": 0.5, "aligned": 0.9, "accuracy": 0.6}
+    final = {"method": method, "dataset": dataset, "dataset_options": options, "seed": seed, "hparams": {},
+             "selection": "val_unbiased", "metrics": {"val": metrics, "test": metrics}}  # fmt: skip
+    (run / "final.json").write_text(json.dumps(final))
+
+
+def test_biased_mnist_tuned_table_has_a_column_per_rho_and_stays_out_of_the_preset_table(
+    make_docs, tmp_path: Path
+) -> None:
+    root = tmp_path / "bmnist-tune-2026-12-05"
+    search = root / "search" / "erm"
+    search.mkdir(parents=True)
+    budget = {"trials": 20, "epochs": 20, "sampler": "random", "pruner": "hyperband"}
+    best = {"trial": 3, "score": 0.7, "params": {"lr": 0.001}, "hparams": {}}
+    doc = {"budget": budget, "rule": "val_worst_class", "best": {"val_unbiased": best}}
+    (search / "best.json").write_text(json.dumps(doc))
+    (search / "search.yaml").write_text("identity:\n  dataset_options: {rho: 0.99}\n")
+    for seed in range(2):
+        _final(root / "final-val_unbiased" / "erm" / f"seed{seed}", "erm", "biased_mnist", {"rho": 0.99}, seed, 0.8)
+    preset = tmp_path / "bmnist-2026-12-04" / "bmnist-rho0.99" / "erm" / "seed0"
+    _final(preset, "erm", "biased_mnist", {"rho": 0.99}, 0, 0.6)
+    records = make_docs.Records(tmp_path)
+    assert "20 trials at ρ 0.99, an epoch cap of 20" in make_docs.tuned_budget(records, "bmnist-tune")
+    table = make_docs.tuned(records, "bmnist-tune", "val_unbiased", ("unbiased",))
+    assert "| method | settings | ρ 0.99 |" in table
+    assert "| erm | tuned | 80.0 ± 0.0 (n=2) |" in table and "|  | preset | 60.0 (n=1) |" in table
+    assert make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased",)) is None  # another suite's
+    assert "(n=1)" in make_docs.bmnist_table(records)  # the preset table reads the preset run only
 
 
 def test_relative_links_in_readme_and_docs_resolve() -> None:
