@@ -337,6 +337,16 @@ def tuned(rec: Records, suite: str, rule: str, metrics: Sequence[str]) -> str | 
     )
 
 
+def tuned_rules(rec: Records, suite: str, metrics: Sequence[str]) -> str | None:
+    """One table of a suite trained at one setting: each method's preset beside every rule's tuned runs."""
+    root, spec = tuned_root(rec, suite), TUNED[suite]
+    if root is None or not tune_tables.rules(root):
+        return None
+    return tune_tables.rules_table(
+        root, _suite_order(suite), spec.presets(rec), metrics, axis=spec.axis, dataset=spec.dataset
+    )
+
+
 def tuned_choices(rec: Records, suite: str) -> str | None:
     root = tuned_root(rec, suite)
     if root is None or not tune_tables.searches(root):
@@ -460,6 +470,11 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
             )
             for suite in TUNED
             for rule in tune_tables.RULE_TITLE
+            for suffix, metrics in (("", ("unbiased", "worst_group")), ("_unbiased", ("unbiased",)))
+        },
+        **{
+            f"tuned_rules{suffix}:{suite}": (lambda suite=suite, metrics=metrics: tuned_rules(rec, suite, metrics))
+            for suite in TUNED
             for suffix, metrics in (("", ("unbiased", "worst_group")), ("_unbiased", ("unbiased",)))
         },
         "tuned_index": lambda: (

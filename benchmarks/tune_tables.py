@@ -25,6 +25,14 @@ RULE_TITLE = {
     "val_classdiff": "tuned without any group labels (objective: validation ClassDiff)",
     "val_accuracy": "tuned without any group labels (objective: validation accuracy)",
 }
+#: a table column's name for each rule
+RULE_SHORT = {
+    "val_unbiased": "tuned, val unbiased",
+    "val_worst_group": "tuned, val worst-group",
+    "val_worst_class": "tuned, val worst-class (no group labels)",
+    "val_classdiff": "tuned, val ClassDiff (no group labels)",
+    "val_accuracy": "tuned, val accuracy (no group labels)",
+}
 PRUNER = {"hyperband": "Hyperband", "median": "median", "none": "no"}
 METRIC_TITLE = {"unbiased": "unbiased", "worst_group": "worst-group"}
 
@@ -128,6 +136,35 @@ def tuned_table(
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
+    return "\n".join(lines)
+
+
+def rules_table(
+    root: Path,
+    order: Sequence[str],
+    presets: Sequence[Path] = (),
+    metrics: Sequence[str] = ("unbiased", "worst_group"),
+    axis: Axis = RHO,
+    dataset: str | None = None,
+) -> str:
+    """For a suite trained at one setting: methods x (preset, then each rule's tuned configuration), the test
+    metrics over seeds in each cell."""
+    names = rules(root)
+    tuned = {rule: rule_runs(root, rule) for rule in names}
+    methods = _ordered({r["method"] for runs in tuned.values() for r in runs}, order)
+    preset = [r for r in load_runs(presets) if dataset is None or r["dataset"] == dataset]
+    columns = axis.columns([r for runs in tuned.values() for r in runs])
+    if len(columns) != 1:
+        raise SystemExit(f"{root}: final runs at {len(columns)} settings of {axis.option}; expected one")
+    where = columns[0]
+    heads = ["preset", *[RULE_SHORT.get(rule, rule) for rule in names]]
+    lines = [ct.table_head("method", *heads)]
+    for method in methods:
+        cells = []
+        for runs in (preset, *tuned.values()):
+            mine = [r for r in runs if r["method"] == method and axis.key(r) == where]
+            cells.append(" / ".join(_cell(mine, m) for m in metrics) if mine else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
