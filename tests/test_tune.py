@@ -177,6 +177,9 @@ def test_a_search_never_evaluates_test_and_records_every_rule(tmp_path: Path, mo
     assert all("val_classdiff" in t.user_attrs["scores"] for t in study.trials)
     best = json.loads((tmp_path / "search" / "best.json").read_text())["best"]
     assert set(best) >= {"val_worst_group", "val_worst_class"}
+    chosen = best["val_worst_class"]  # the trial's folder, relative to the search directory
+    assert chosen["run_dir"] == f"trials/trial{chosen['trial']:04d}"
+    assert (tmp_path / "search" / chosen["run_dir"] / "final.json").is_file()
     assert (tmp_path / "search" / "search.md").read_text().count("| val_") >= 2
     assert (tmp_path / "search" / "search-history.png").stat().st_size > 0
 

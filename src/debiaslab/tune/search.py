@@ -209,7 +209,8 @@ def trial_counts(study: Any) -> dict[str, int]:
 
 
 def best_trials(spec: SearchSpec, study: Any) -> dict[str, dict[str, Any]]:
-    """``{rule: {trial, score, params, hparams}}``: for each rule recorded on the trials, its best complete trial
+    """``{rule: {trial, score, params, hparams, run_dir}}`` (``run_dir`` relative to the search directory, which
+    may be another machine's): for each rule recorded on the trials, its best complete trial
     among the first ``spec.trials`` counted ones (ties: the earlier trial)."""
     from optuna.trial import TrialState
 
@@ -227,7 +228,7 @@ def best_trials(spec: SearchSpec, study: Any) -> dict[str, dict[str, Any]]:
                     "score": score,
                     "params": dict(t.params),
                     "hparams": as_hparams(method_cls, dict(t.params)),
-                    "run_dir": t.user_attrs.get("run_dir"),
+                    "run_dir": str(trial_dir(Path(), t.number)),  # relative to the search directory
                 }
     return best
 

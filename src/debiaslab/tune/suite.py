@@ -95,7 +95,11 @@ def load_tune_suite(name_or_path: str) -> TuneSuite:
                 f"file or one of: {', '.join(shipped)}"
             )
         resource = importlib.resources.files("debiaslab.tune") / "suites" / f"{name_or_path}.yaml"
-        text, source = resource.read_text(), f"tuning suite {name_or_path} ({resource})"
+        # named inside the package: an installation's absolute path means nothing in a report read elsewhere
+        text, source = (
+            resource.read_text(),
+            f"shipped tuning suite {name_or_path} (debiaslab/tune/suites/{name_or_path}.yaml)",
+        )
         default_name = name_or_path
     try:
         doc = yaml.safe_load(text)
