@@ -21,17 +21,17 @@ import cmnist_tables as ct
 RULE_TITLE = {
     "val_unbiased": "tuned with validation group labels (objective of the choice: validation unbiased accuracy)",
     "val_worst_group": "tuned with validation group labels (objective of the choice: validation worst-group accuracy)",
-    "val_worst_class": "tuned without any group labels (objective: validation worst-class accuracy)",
-    "val_classdiff": "tuned without any group labels (objective: validation ClassDiff)",
-    "val_accuracy": "tuned without any group labels (objective: validation accuracy)",
+    "val_worst_class": "tuned without validation group labels (objective: validation worst-class accuracy)",
+    "val_classdiff": "tuned without validation group labels (objective: validation ClassDiff)",
+    "val_accuracy": "tuned without validation group labels (objective: validation accuracy)",
 }
 #: a table column's name for each rule
 RULE_SHORT = {
     "val_unbiased": "tuned, val unbiased",
     "val_worst_group": "tuned, val worst-group",
-    "val_worst_class": "tuned, val worst-class (no group labels)",
-    "val_classdiff": "tuned, val ClassDiff (no group labels)",
-    "val_accuracy": "tuned, val accuracy (no group labels)",
+    "val_worst_class": "tuned, val worst-class",
+    "val_classdiff": "tuned, val ClassDiff",
+    "val_accuracy": "tuned, val accuracy",
 }
 PRUNER = {"hyperband": "Hyperband", "median": "median", "none": "no"}
 METRIC_TITLE = {"unbiased": "unbiased", "worst_group": "worst-group"}
