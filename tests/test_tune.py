@@ -313,6 +313,19 @@ def test_biased_mnist_tuning_suite_has_the_colored_mnist_budget_and_methods() ->
     assert bmnist.search_options == {"rho": 0.99} and bmnist.final_ratios is None
 
 
+def test_biased_mnist_tuning_trains_the_recipe_of_the_preset_rows_it_is_compared_with() -> None:
+    """Each tuned row sits beside its `bmnist` bench row: the same model and optimiser, and that row's values of
+    every setting the search does not cover (not the dataset preset's SimpleConvNet)."""
+    from debiaslab.bench.suite import load_suite
+
+    bench = {m.method: m.hparams for m in load_suite("bmnist").methods}
+    for entry in load_tune_suite("bmnist-tune").methods:
+        row = bench[entry.method]
+        kept = {k: v for k, v in row.items() if k not in entry.space and k not in ("epochs", "selection")}
+        assert {k: entry.fixed.get(k) for k in kept} == kept, entry.label
+        assert entry.fixed["model"] == "mlp"
+
+
 def get_method_rule_needs_groups(rule: str) -> bool:
     from debiaslab.evaluation.selection import get_rule
 
