@@ -351,7 +351,7 @@ def tuned_choices(rec: Records, suite: str) -> str | None:
     root = tuned_root(rec, suite)
     if root is None or not tune_tables.searches(root):
         return None
-    return tune_tables.choices_table(root, _suite_order(suite))
+    return tune_tables.choices_table(root, _suite_order(suite), load_tune_suite(suite).rules)
 
 
 def tuned_budget(rec: Records, suite: str) -> str | None:

@@ -202,11 +202,11 @@ def _cell(runs: list[dict], metric: str) -> str:
     return ct.cell([r["metrics"]["test"][metric] for r in runs if r["metrics"]["test"].get(metric) is not None])
 
 
-def choices_table(root: Path, order: Sequence[str]) -> str:
+def choices_table(root: Path, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:
     """Per method: trials done / pruned, the search's trial time, and each rule's chosen trial, validation score
     and searched values."""
     found = searches(root)
-    names = rules(root) or sorted({r for b in found.values() for r in b.get("best", {})})
+    names = list(suite_rules) or rules(root) or sorted({r for b in found.values() for r in b.get("best", {})})
     lines = [ct.table_head("method", "trials (pruned)", "trial time", "rule", "trial", "val score", "chosen values")]
     for label in _ordered(set(found), order):
         doc = found[label]
