@@ -165,6 +165,9 @@ def rules_table(
             mine = [r for r in runs if r["method"] == method and axis.key(r) == where]
             cells.append(" / ".join(_cell(mine, m) for m in metrics) if mine else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    missing = [m for m in order if m not in methods]
+    if missing:
+        lines += ["", f"Methods of the suite with no tuned runs recorded: {', '.join(missing)}."]
     return "\n".join(lines)
 
 
