@@ -303,9 +303,8 @@ def cost_tables(rec: Records) -> str:
 @dataclass(frozen=True)
 class TunedSuite:
     """A tuning suite whose committed records (``benchmarks/results/<suite>-<date>/``, the latest shown) make a
-    fair table: the suite that ran, the option its final runs vary, the dataset and the presets beside it."""
+    fair table: the option its final runs vary, the dataset and the presets beside it."""
 
-    suite: str
     axis: tune_tables.Axis
     dataset: str
     presets: Callable[[Records], list[Path]]
@@ -313,8 +312,8 @@ class TunedSuite:
 
 #: Equal-budget tuning suites: committed copies of `debiaslab tune --suite <name>` output
 TUNED = {
-    "cmnist-tune": TunedSuite("cmnist-tune", tune_tables.RATIO, "colored_mnist", lambda rec: rec.headline()),
-    "bmnist-tune": TunedSuite("bmnist-tune", tune_tables.RHO, "biased_mnist", lambda rec: bmnist_roots(rec)),
+    "cmnist-tune": TunedSuite(tune_tables.RATIO, "colored_mnist", lambda rec: rec.headline()),
+    "bmnist-tune": TunedSuite(tune_tables.RHO, "biased_mnist", lambda rec: bmnist_roots(rec)),
 }
 
 
@@ -327,24 +326,28 @@ def _suite_order(suite: str) -> list[str]:
     return [e.label for e in load_tune_suite(suite).methods]
 
 
+def _tuned_args(rec: Records, suite: str) -> tuple[list[str], list[Path], dict]:
+    """What every tuned table of ``suite`` takes: the suite's method order, the preset roots beside it, the axis."""
+    spec = TUNED[suite]
+    return _suite_order(suite), spec.presets(rec), {"axis": spec.axis, "dataset": spec.dataset}
+
+
 def tuned(rec: Records, suite: str, rule: str, metrics: Sequence[str]) -> str | None:
     """The test table of ``rule``'s tuned configurations beside the preset rows, when its runs are committed."""
-    root, spec = tuned_root(rec, suite), TUNED[suite]
+    root = tuned_root(rec, suite)
     if root is None or rule not in tune_tables.rules(root):
         return None
-    return tune_tables.tuned_table(
-        root, rule, _suite_order(suite), spec.presets(rec), metrics, axis=spec.axis, dataset=spec.dataset
-    )
+    order, presets, kwargs = _tuned_args(rec, suite)
+    return tune_tables.tuned_table(root, rule, order, presets, metrics, **kwargs)
 
 
 def tuned_rules(rec: Records, suite: str, metrics: Sequence[str]) -> str | None:
     """One table of a suite trained at one setting: each method's preset beside every rule's tuned runs."""
-    root, spec = tuned_root(rec, suite), TUNED[suite]
+    root = tuned_root(rec, suite)
     if root is None or not tune_tables.rules(root):
         return None
-    return tune_tables.rules_table(
-        root, _suite_order(suite), spec.presets(rec), metrics, axis=spec.axis, dataset=spec.dataset
-    )
+    order, presets, kwargs = _tuned_args(rec, suite)
+    return tune_tables.rules_table(root, order, presets, metrics, **kwargs)
 
 
 def tuned_choices(rec: Records, suite: str) -> str | None:

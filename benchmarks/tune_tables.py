@@ -93,7 +93,23 @@ def budget_line(root: Path, axis: Axis = RATIO) -> str | None:
         f"{PRUNER.get(budget['pruner'], budget['pruner'])} pruner driven by "
         f"`{objectives.pop()}` on validation; the chosen configuration of each rule is then trained with its "
         f"{budget['epochs']} epochs at every {'ratio' if axis is RATIO else 'setting'} and seed. No trial evaluated "
-        "the test split."
+        "the test split." + _past_budget(found, budget["trials"])
+    )
+
+
+def _past_budget(found: dict[str, dict], trials: int) -> str:
+    """A sentence on trials recorded past the budget (a second worker's, started before the budget was spent):
+    they are in the searches' reports, and no rule chose from them."""
+    extra = {label: b.get("counts", {}).get("done", trials) - trials for label, b in found.items()}
+    extra = {label: n for label, n in extra.items() if n > 0}
+    if not extra:
+        return ""
+    which = "Every search" if len(extra) == len(found) else ", ".join(sorted(extra))
+    most = max(extra.values())
+    return (
+        f" {which} also recorded {'up to ' if len(set(extra.values())) > 1 else ''}{most} "
+        f"trial{'s' if most > 1 else ''} past the {trials}, started by its second worker before the budget was "
+        f"spent; each rule chose among the first {trials} by trial number."
     )
 
 

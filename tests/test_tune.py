@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method, list_methods
 from debiaslab.methods.search_space import Distribution, categorical, intrange, loguniform, parse_distribution
-from debiaslab.tune.search import counted_trials, run_search
+from debiaslab.tune.report import search_markdown
+from debiaslab.tune.search import _stop_at_budget, counted_trials, run_search
 from debiaslab.tune.space import resolve_space
-from debiaslab.tune.study import SearchSpec, open_study
+from debiaslab.tune.study import SearchResult, SearchSpec, open_study
 from debiaslab.tune.suite import load_tune_suite, shipped_tune_suites
 from debiaslab.tune.suite_runner import rule_records
 
@@ -254,6 +256,46 @@ def test_two_worker_processes_share_one_study(tmp_path: Path) -> None:
     assert len({t.number for t in counted}) == len(counted)
 
 
+class _StopSpy:
+    """A study's trial lists, with ``stop`` recorded instead of raised outside ``optimize``."""
+
+    def __init__(self, study) -> None:
+        self.study, self.stopped = study, False
+
+    def get_trials(self, **kw):
+        return self.study.get_trials(**kw)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_worker_starts_no_trial_past_the_budget_another_worker_is_filling(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, trials=3)
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"scores": {}}))
+    other = study.ask()  # the third trial, still running in a live worker
+    other.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    spy = _StopSpy(study)
+    _stop_at_budget(spec)(spy, study.trials[1])
+    assert spy.stopped  # two finished + one in flight fill a budget of three
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # the worker of a killed search being resumed: its trial will never finish
+    other.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    spy = _StopSpy(study)
+    _stop_at_budget(spec)(spy, study.trials[1])
+    assert not spy.stopped
+
+
+def test_a_search_report_says_trials_past_the_budget_are_not_chosen_from(tmp_path: Path) -> None:
+    counts = {"done": 5, "complete": 5, "pruned": 0, "failed": 0, "running": 0}
+    text = search_markdown(SearchResult(spec_for(tmp_path, trials=4), counts))
+    assert "first 4 trials by number (the budget); 1 more started" in text
+    counts = {**counts, "done": 4, "complete": 4}
+    assert "first 4 trials" not in search_markdown(SearchResult(spec_for(tmp_path, trials=4), counts))
+
+
 def test_a_killed_search_resumes_and_continues_the_trial_count(tmp_path: Path, capsys) -> None:
     out = tmp_path / "search"
     command = [
@@ -367,7 +409,6 @@ def _best(trial: int) -> dict:
 
 
 def test_a_trial_chosen_by_two_rules_is_trained_once_when_training_never_reads_the_rule() -> None:
-    from debiaslab.tune.search import SearchResult
     from debiaslab.tune.suite import parse_tune_suite
     from debiaslab.tune.suite_runner import plan_finals
 

@@ -47,6 +47,12 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
         f"- trials: {counts['done']} done — {counts['complete']} complete, {counts['pruned']} pruned, "
         f"{counts['failed']} failed; {counts['running']} running or abandoned",
     ]
+    extra = counts["done"] - spec.trials
+    if extra > 0:
+        lines.append(
+            f"- each rule chooses among the first {spec.trials} trials by number (the budget); {extra} more "
+            f"started in another worker before the budget was spent, shown here but never chosen from"
+        )
     durations = [r["duration_s"] for r in result.trials if r["duration_s"] is not None]
     if durations:
         lines.append(f"- trial time: {sum(durations):.0f} s in all")

@@ -25,6 +25,7 @@ from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import RunConfig
 from debiaslab.tune.space import as_hparams, suggest
+from debiaslab.tune.storage import GRACE_S
 from debiaslab.tune.study import SearchResult, SearchSpec, check_search_dir, open_study
 from debiaslab.tune.trial import PruningHook, search_bundle, train_trial, trial_dir
 from debiaslab.utils.io import atomic_write_json
@@ -54,6 +55,16 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
                 for future in futures:
                     future.result()
     result = summarise(spec, open_study(spec, heartbeat_s=None))
+    if result.counts["done"] < spec.trials:
+        log.warning(
+            "%s: %d of %d trials done, %d still marked running (a killed worker's trial is failed %d s after its "
+            "last heartbeat); run the same command again to finish the budget",
+            spec.name,
+            result.counts["done"],
+            spec.trials,
+            result.counts["running"],
+            GRACE_S,
+        )
     result.wall_s = time.perf_counter() - started if left > 0 else None
     trial_time = sum(r["duration_s"] or 0.0 for r in result.trials)
     atomic_write_json(
@@ -162,11 +173,38 @@ def objective(spec: SearchSpec, trial: Any) -> float:
 
 
 def _stop_at_budget(spec: SearchSpec) -> Any:
+    """Stop this worker once the finished trials and those other workers are still running fill the budget, so a
+    second worker does not start a trial past it. A killed worker's trial on this machine is not counted as
+    running; one on another machine is until its heartbeat's grace period ends (the search may then stop short
+    and says so; running it again finishes the budget)."""
+
     def callback(study: Any, trial: Any) -> None:
-        if len(counted_trials(study)) >= spec.trials:
+        in_flight = [t for t in running_trials(study) if not _died_here(t)]
+        if len(counted_trials(study)) + len(in_flight) >= spec.trials:
             study.stop()
 
     return callback
+
+
+def _died_here(trial: Any) -> bool:
+    """Whether a running trial's worker was a process on this machine that no longer exists (a killed search
+    being resumed): such a trial will not finish, though its heartbeat has not yet run out."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def running_trials(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def _progress(spec: SearchSpec, worker: int) -> Any:
@@ -204,7 +242,7 @@ def trial_counts(study: Any) -> dict[str, int]:
         "complete": sum(t.state == TrialState.COMPLETE for t in counted),
         "pruned": sum(t.state == TrialState.PRUNED for t in counted),
         "failed": sum(t.state == TrialState.FAIL for t in counted),
-        "running": len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))),
+        "running": len(running_trials(study)),
     }
 
 
