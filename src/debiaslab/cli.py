@@ -24,6 +24,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _shipped(package: str) -> str:
+    """The suites shipped in ``debiaslab/<package>/suites`` (read as files: the tune package needs Optuna)."""
+    import importlib.resources
+
+    root = importlib.resources.files("debiaslab") / package / "suites"
+    return ", ".join(sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml")))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="debiaslab", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"debiaslab {_version()}")
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--paper", action="store_true", help="with --pivot: add published CMNIST numbers")
 
     bench = sub.add_parser("bench", help="run a benchmark suite (methods x datasets x ratios x seeds) and report it")
-    bench.add_argument("suite", help="a shipped suite (quick, cmnist, selection) or a path to a suite YAML file")
+    bench.add_argument("suite", help=f"a shipped suite ({_shipped('bench')}) or a path to a suite YAML file")
     bench.add_argument("--out", help="output folder (default runs/bench/<suite>)")
     bench.add_argument("--workers", type=int, help="runs at a time (default min(2, cpu count))")
     bench.add_argument(
@@ -115,7 +123,7 @@ def _tune_parser(sub: Any) -> None:
     )
     what = tune.add_mutually_exclusive_group(required=True)
     what.add_argument("--method", help="the method to tune (see `debiaslab methods`)")
-    what.add_argument("--suite", help="a tuning suite: shipped (cmnist-tune) or a YAML file; tunes every method")
+    what.add_argument("--suite", help=f"a shipped tuning suite ({_shipped('tune')}) or a YAML file; tunes every method")
     tune.add_argument("--dataset", help="the dataset searched on (with --method)")
     tune.add_argument("--ratio", type=float, help="bias-conflicting ratio searched on (Colored MNIST)")
     tune.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
