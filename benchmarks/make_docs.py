@@ -317,6 +317,10 @@ TUNED = {
 }
 
 
+#: a tuned table's placeholder suffix and the test metrics in its cells
+TUNED_METRICS = {"": ("unbiased", "worst_group"), "_unbiased": ("unbiased",)}
+
+
 def tuned_root(rec: Records, suite: str) -> Path | None:
     roots = sorted(p for p in rec.root.glob(f"{suite}-2*") if p.is_dir())
     return roots[-1] if roots else None
@@ -473,12 +477,12 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
             )
             for suite in TUNED
             for rule in tune_tables.RULE_TITLE
-            for suffix, metrics in (("", ("unbiased", "worst_group")), ("_unbiased", ("unbiased",)))
+            for suffix, metrics in TUNED_METRICS.items()
         },
         **{
             f"tuned_rules{suffix}:{suite}": (lambda suite=suite, metrics=metrics: tuned_rules(rec, suite, metrics))
             for suite in TUNED
-            for suffix, metrics in (("", ("unbiased", "worst_group")), ("_unbiased", ("unbiased",)))
+            for suffix, metrics in TUNED_METRICS.items()
         },
         "tuned_index": lambda: (
             "| [Equal-budget tuning](tuned.md) | every method searched with the same budget, the chosen "

@@ -150,13 +150,13 @@ def test_listing_commands(capsys) -> None:
 def test_suite_help_names_every_shipped_suite() -> None:
     from debiaslab.bench.suite import shipped_suites
     from debiaslab.cli import build_parser
+    from debiaslab.tune.suite import shipped_tune_suites
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     bench, tune = commands["bench"].format_help(), " ".join(commands["tune"].format_help().split())
     assert f"({', '.join(shipped_suites())})" in " ".join(bench.split())
-    shipped_tune = sorted(p.stem for p in (Path(__file__).parents[1] / "src/debiaslab/tune/suites").glob("*.yaml"))
-    assert shipped_tune and f"({', '.join(shipped_tune)})" in tune
+    assert f"({', '.join(shipped_tune_suites())})" in tune
 
 
 def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:

@@ -25,11 +25,9 @@ err_console = Console(stderr=True)
 
 
 def _shipped(package: str) -> str:
-    """The suites shipped in ``debiaslab/<package>/suites`` (read as files: the tune package needs Optuna)."""
-    import importlib.resources
+    from debiaslab.utils.paths import shipped_suites
 
-    root = importlib.resources.files("debiaslab") / package / "suites"
-    return ", ".join(sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml")))
+    return ", ".join(shipped_suites(package))
 
 
 def build_parser() -> argparse.ArgumentParser:

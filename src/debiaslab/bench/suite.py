@@ -20,6 +20,7 @@ import yaml
 
 from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.runs import RunConfig
+from debiaslab.utils import paths
 
 SUITE_KEYS = {
     "name": "suite name (default: the file name); the default output is runs/bench/<name>",
@@ -194,8 +195,7 @@ def _run_dir(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed:
 # ---------------------------------------------------------------------------------------------- loading
 def shipped_suites() -> list[str]:
     """Names of the suites that come with debiaslab (``src/debiaslab/bench/suites/*.yaml``)."""
-    root = importlib.resources.files("debiaslab.bench") / "suites"
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return paths.shipped_suites("bench")
 
 
 def load_suite(name_or_path: str | Path) -> Suite:

@@ -193,11 +193,11 @@ def _died_here(trial: Any) -> bool:
     if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
-    except PermissionError:
-        return False
+    except PermissionError:  # it exists, under another user
+        pass
     return False
 
 

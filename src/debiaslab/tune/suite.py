@@ -17,6 +17,7 @@ from debiaslab.errors import ConfigError
 from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import resolve_space
 from debiaslab.tune.study import OBJECTIVE_RULES, PRUNERS, SAMPLERS
+from debiaslab.utils import paths
 
 KEYS = (
     "name",
@@ -77,8 +78,7 @@ class TuneSuite:
 
 
 def shipped_tune_suites() -> list[str]:
-    root = importlib.resources.files("debiaslab.tune") / "suites"
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return paths.shipped_suites("tune")
 
 
 def load_tune_suite(name_or_path: str) -> TuneSuite:

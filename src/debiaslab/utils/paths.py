@@ -32,3 +32,12 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return user_cache_dir() / "cache"
+
+
+def shipped_suites(package: str) -> list[str]:
+    """Names of the suite files shipped in ``debiaslab/<package>/suites/*.yaml``, read as package files so that
+    listing them imports nothing (the tune package needs Optuna)."""
+    import importlib.resources
+
+    root = importlib.resources.files("debiaslab") / package / "suites"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
