@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from debiaslab import cli_deploy
+from debiaslab import cli_deploy, cli_groups
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--groups", metavar="FILE", help="train and select on a groups file's inferred groups (infer-groups)"
+    )
     cli_deploy.add_tracking_args(train)
     _data_args(train)
 
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(bench)
 
     _tune_parser(sub)
+    cli_groups.add_parser(sub, _data_args)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
     methods = sub.add_parser("methods", help="list registered methods and the labels they need")
@@ -216,6 +220,7 @@ def train_config(args: argparse.Namespace) -> Any:
         num_threads=args.threads,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
+        groups=args.groups,
     )
 
 
@@ -385,6 +390,7 @@ COMMANDS = {
     "datasets": cmd_datasets,
     "methods": cmd_methods,
     **cli_deploy.COMMANDS,
+    **cli_groups.COMMANDS,
 }
 
 

@@ -39,7 +39,8 @@ SUITE_KEYS = {
     "methods": "list of methods: a name, or {method, label, hparams}",
 }
 DATASET_KEYS = ("name", "options", "ratios", "dir")
-METHOD_KEYS = ("method", "label", "hparams")
+METHOD_KEYS = ("method", "label", "hparams", "groups")
+GROUPS_KEYS = ("inferrer", "hparams", "label")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 #: a hyperparameter value ``{run:LABEL}`` is the run directory of method LABEL for the same dataset, ratio and
 #: seed (a DFR base model, a DeTT teacher); the runner trains LABEL's run first
@@ -63,6 +64,9 @@ class MethodEntry:
     method: str
     label: str
     hparams: dict[str, Any] = field(default_factory=dict)
+    #: train and select on inferred groups: ``{"inferrer": NAME, "hparams": {...}, "label": FOLDER}``; the groups
+    #: file of each dataset, ratio and seed is inferred once, under ``<out>/<dataset dir>/groups/<label>/``
+    groups: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,21 @@ class Suite:
                             progress=False,
                             num_threads=self.threads,
                         )
+                        if entry.groups is not None:
+                            cfg.groups = str(_groups_file(out, ds, ratio, entry.groups["label"], seed))
+                            cfg.groups_recipe = {
+                                "inferrer": entry.groups["inferrer"],
+                                "hparams": dict(entry.groups.get("hparams") or {}),
+                            }
                         deps = tuple(hparams[name] for name in refs)
                         runs.append(PlannedRun(entry.label, ds.dir, ratio, cfg, deps))
         return runs
+
+
+def _groups_file(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed: int) -> Path:
+    """``<out>/<dataset dir>/groups/<label>[/r<ratio>]/seed<seed>.npz``: shared by every run reading those groups."""
+    folder = out / ds.dir / "groups" / label
+    return (folder / f"r{ratio}" if ratio is not None else folder) / f"seed{seed}.npz"
 
 
 def _run_dir(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed: int) -> Path:
@@ -364,7 +380,33 @@ def _method(where: _Where, i: int, m: Any) -> MethodEntry:
     hparams = m.get("hparams") or {}
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
         raise where.error(f"{key}.hparams", hparams, "a mapping of hyperparameter names to values")
-    return MethodEntry(method=name, label=label, hparams=dict(hparams))
+    groups = _groups_entry(where, key, m.get("groups"))
+    return MethodEntry(method=name, label=label, hparams=dict(hparams), groups=groups)
+
+
+def _groups_entry(where: _Where, key: str, g: Any) -> dict[str, Any] | None:
+    """A method's ``groups:`` (an inferrer name, or a mapping with ``inferrer``, ``hparams`` and ``label``)."""
+    from debiaslab.inference.registry import get_inferrer, list_inferrers
+
+    if g is None:
+        return None
+    if isinstance(g, str):
+        g = {"inferrer": g}
+    if not isinstance(g, dict):
+        raise where.error(f"{key}.groups", g, "an inferrer name or a mapping with keys " + ", ".join(GROUPS_KEYS))
+    where.only_keys(f"{key}.groups", g, GROUPS_KEYS)
+    name = where.string(f"{key}.groups.inferrer", g.get("inferrer"))
+    known = sorted(cls.name for cls in list_inferrers())
+    if name not in known:
+        raise where.error(f"{key}.groups.inferrer", name, "a registered inferrer: " + ", ".join(known))
+    hparams = g.get("hparams") or {}
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise where.error(f"{key}.groups.hparams", hparams, "a mapping of inferrer settings to values")
+    get_inferrer(name).check_hparams(hparams)
+    label = g.get("label", name)
+    if not isinstance(label, str) or not _SAFE_NAME.match(label):
+        raise where.error(f"{key}.groups.label", label, "a label of letters, digits and _ . + = - (it names a folder)")
+    return {"inferrer": name, "hparams": dict(hparams), "label": label}
 
 
 def _check_hparams(suite: Suite, where: _Where) -> None:
