@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmnist_tables as ct
+import labelfree_tables as lf
 import tune_tables
 import ule_search_table
 
@@ -58,6 +59,9 @@ HEADLINE = (
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
 BMNIST = "bmnist-2*"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
+#: the label-free suites' committed outputs (``labelfree``: Colored MNIST, ``labelfree-bmnist``: Biased MNIST)
+LABELFREE = "labelfree-2*"
+LABELFREE_DIRS = {"cmnist": "cmnist", "bmnist": "bmnist-rho0.99"}
 TITLE = {"unbiased": "unbiased", "worst_group": "worst-group", "conflicting": "conflicting", "aligned": "aligned"}
 
 
@@ -406,6 +410,17 @@ def if_any(rec: Records, keep: Callable[[dict], bool], make: Callable[[], str]) 
 
 
 # ---------------------------------------------------------------------------------------------- pages
+def labelfree_root(rec: Records, key: str) -> Path | None:
+    """The newest committed label-free records of ``key`` (``cmnist`` or ``bmnist``), if any."""
+    found = sorted(p / LABELFREE_DIRS[key] for p in rec.root.glob(LABELFREE) if (p / LABELFREE_DIRS[key]).is_dir())
+    return found[-1] if found else None
+
+
+def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:
+    root = labelfree_root(rec, key)
+    return make(root) if root is not None else None
+
+
 def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
     """``{placeholder: function}``; a function returning None drops its placeholder's section."""
     p, jtt = rec.path, _method("jtt")
@@ -493,6 +508,22 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         "tuned_bmnist_index": lambda: (
             "| [Equal-budget tuning on Biased MNIST](tuned-biased-mnist.md) | the same search on Biased MNIST |"
             if tuned_budget(rec, "bmnist-tune") is not None
+            else None
+        ),
+        **{
+            f"labelfree_{name}:{key}": (lambda key=key, make=make: labelfree(rec, key, make))
+            for key in LABELFREE_DIRS
+            for name, make in (
+                ("quality", lf.quality_table),
+                ("unbiased", lambda r: lf.accuracy_table(r, "unbiased")),
+                ("worst_group", lambda r: lf.accuracy_table(r, "worst_group")),
+                ("gap", lambda r, key=key: lf.gap_sentence(r, "0.01" if key == "cmnist" else "all")),
+            )
+        },
+        "labelfree_index": lambda: (
+            "| [Without group labels](labelfree.md) | group inference scored against the truth; group methods on "
+            "inferred groups beside the same methods on true groups |"
+            if labelfree_root(rec, "cmnist") is not None
             else None
         ),
         "bmnist_published": bmnist_published_table,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ def load_reference(run: str | os.PathLike[str], dataset: str, options: dict[str,
 
 
 def default_groups_path(inferrer: str, dataset: str, options: dict[str, Any], seed: int) -> Path:
-    """``runs/groups/<dataset>[-<options>]/<inferrer>/seed<seed>.npz`` (option values only, never a path)."""
-    opts = "-".join(f"{k}{v}" for k, v in sorted(options.items()) if not isinstance(v, str) or "/" not in v)
+    """``runs/groups/<dataset>[-<options>]/<inferrer>/seed<seed>.npz``: numbers and short words name the folder; a
+    path (a user's data file) never does."""
+    opts = "-".join(f"{k}{v}" for k, v in sorted(options.items()) if _plain_option(k, v))
     return Path("runs") / "groups" / f"{dataset}{'-' + opts if opts else ''}" / inferrer / f"seed{seed}.npz"
+
+
+def _plain_option(key: str, value: Any) -> bool:
+    if isinstance(value, bool | int | float):
+        return True
+    return (
+        isinstance(value, str)
+        and key not in ("path", "root")
+        and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value) is not None
+    )
