@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from debiaslab import cli_deploy, cli_groups
+from debiaslab.audit import command as audit_command
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _tune_parser(sub)
     cli_groups.add_parser(sub, _data_args)
+    audit_command.add_parser(sub, _data_args)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
     methods = sub.add_parser("methods", help="list registered methods and the labels they need")
@@ -329,6 +331,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    for line in audit_command.cmd_audit(args):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
@@ -387,6 +395,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "tune": cmd_tune,
     "report": cmd_report,
+    "audit": cmd_audit,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
     **cli_deploy.COMMANDS,

@@ -1,0 +1,182 @@
+"""The audit page: Markdown around the figures, written from the audit's facts (``audit.json``) alone."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+METRICS = (
+    ("accuracy", "accuracy"),
+    ("worst_group", "worst group"),
+    ("unbiased", "unbiased (mean over groups)"),
+    ("aligned", "majority groups"),
+    ("conflicting", "minority groups"),
+)
+
+
+def pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{100 * float(value):.1f}"
+
+
+def audit_markdown(facts: dict[str, Any]) -> str:
+    """The whole page (figure links are relative: the page sits beside its PNGs)."""
+    parts = [_header(facts), _summary(facts)]
+    figs = facts.get("figures", {})
+    parts.append(_groups(facts, figs))
+    if "examples" in figs:
+        parts.append(
+            "## Hardest and easiest training images for the biased reference\n\n"
+            "Per class (rows), the training images with the highest loss under the reference (left: the "
+            "images its shortcut gets wrong) and the lowest (right: what the shortcut looks like); a red frame "
+            f"marks a minority example.\n\n![hardest and easiest]({figs['examples']})\n"
+        )
+    parts.append(_saliency(facts, figs))
+    parts.append(_accuracy(facts, figs))
+    parts.append(_health(facts))
+    return "\n".join(parts)
+
+
+def _header(facts: dict[str, Any]) -> str:
+    s = facts["subject"]
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(s["dataset_options"].items())) or "default options"
+    ref = facts["reference"]
+    settings = ref.get("settings", {})
+    if "epochs" in settings:
+        model = settings["model"] + (f" {settings['model_kwargs']}" if settings.get("model_kwargs") else "")
+        ref_line = (
+            f"{ref['source']}: {model}, {settings['epochs']} epoch(s) of ERM, {settings['optimizer']} at lr "
+            f"{settings['lr']:g}, weight decay {settings['weight_decay']:g}, batch {settings['batch_size']}, seed "
+            f"{settings['seed']} ({settings['train_time_s']:.1f} s)"
+        )
+    else:
+        ref_line = ref["source"]
+    if "run" in s:
+        title = f"# Audit of `{s['run']}`: {s['method']} on {s['dataset']}\n"
+        selected = s.get("selected") or {}
+        run_line = (
+            f"- Run: method `{s['method']}`, model `{s['model']}`, seed {s['seed']}, epochs per stage "
+            f"{s.get('epochs')}, deployed epoch {selected.get('epoch')} of stage `{selected.get('stage')}` "
+            f"selected by `{s['selection']}`\n"
+        )
+    else:
+        title = f"# Audit of dataset {s['dataset']}\n"
+        run_line = "- No run audited: the page shows the dataset and its biased reference only\n"
+    return (
+        f"{title}\n- Dataset: `{s['dataset']}` ({opts}; protocol {s['protocol']})\n{run_line}"
+        f"- Biased reference: {ref_line}\n"
+        f"- Written by `debiaslab audit` in {facts.get('time_s', 0):.0f} s (reference training included)\n"
+    )
+
+
+def _summary(facts: dict[str, Any]) -> str:
+    g, e = facts["groups"], facts["reference_errors"]
+    train = g["counts"]["train"]
+    n = sum(map(sum, train))
+    lines = ["## At a glance\n"]
+    if g["source"] == "attributes":
+        lines.append(
+            f"- Training set: {n} images; {g['minority_train']} ({pct(g['minority_train'] / max(n, 1))} %) are "
+            "in minority (bias-conflicting) groups"
+        )
+    else:
+        lines.append(
+            f"- Training set: {n} examples without attribute labels; groups are the reference's right / wrong "
+            "split of each class"
+        )
+    share = pct(e["n_wrong"] / max(e["n"], 1))
+    found = f"- Reference: wrong on {e['n_wrong']} of {e['n']} training examples ({share} %)"
+    if "error_set_precision" in e:
+        found += (
+            f"; {pct(e['error_set_precision'])} % of those are bias-conflicting (precision) and they hold "
+            f"{pct(e['error_set_recall'])} % of the conflicting examples (recall)"
+        )
+    lines.append(found)
+    for name, entry in facts["val"].items():
+        m = entry["metrics"]
+        lines.append(
+            f"- {name.capitalize()} on {facts['val_split']}: accuracy {pct(m.get('accuracy'))} %, "
+            f"worst group {pct(m.get('worst_group'))} %, unbiased {pct(m.get('unbiased'))} %"
+        )
+    health = facts.get("health")
+    if "run" in facts["subject"]:
+        if not health:
+            lines.append("- Health checks: the run records none")
+        else:
+            warned = [h.get("name", "?") for h in health if str(h.get("status", "")).lower() not in ("pass", "ok")]
+            lines.append(
+                f"- Health checks: {len(health)}, "
+                + (f"not passed: {', '.join(map(str, warned))}" if warned else "all passed")
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _groups(facts: dict[str, Any], figs: dict[str, str]) -> str:
+    g = facts["groups"]
+    if g["source"] == "attributes":
+        what = (
+            "Examples per class (rows) and bias attribute (columns) in each split, counts in the cells, colour on "
+            "a log scale. A biased training set has its mass on one attribute per class."
+        )
+    else:
+        what = (
+            "The data has no attribute labels, so the groups are the reference's right / wrong split of each "
+            "class (JTT's error set): the examples the biased model gets wrong stand in for the minority."
+        )
+    return f"## Groups\n\n{what}\n\n![counts]({figs['counts']})\n"
+
+
+def _saliency(facts: dict[str, Any], figs: dict[str, str]) -> str:
+    split = facts["val_split"]
+    text = [
+        "## Where the models look\n",
+        "Input-gradient saliency: the magnitude of the gradient of the true-class logit with respect to each input "
+        "value (summed over colour channels), the evidence each model reads. Where the reference and the run "
+        "light up the same places, the run reads the same cue as the biased model.\n",
+    ]
+    if "saliency_mean" in figs:
+        text.append(
+            f"Mean per class over {split} examples (top row: their mean image; each model's row on its own "
+            f"scale):\n\n![mean saliency]({figs['saliency_mean']})\n"
+        )
+    if "saliency_examples" in figs:
+        text.append(
+            "On the hardest and easiest training images of each class (image, then each model's map):\n\n"
+            f"![saliency on examples]({figs['saliency_examples']})\n"
+        )
+    if "saliency_features" in figs:
+        text.append(f"Mean per class and input feature:\n\n![feature saliency]({figs['saliency_features']})\n")
+    return "\n".join(text)
+
+
+def _accuracy(facts: dict[str, Any], figs: dict[str, str]) -> str:
+    split = facts["val_split"]
+    if split == "test":
+        split = "test (the dataset's protocol has no validation split)"
+    groups = "bias attribute" if facts["groups"]["source"] == "attributes" else "the reference's right / wrong split"
+    rows = ["| model | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for name, entry in facts["val"].items():
+        rows.append(f"| {name} | " + " | ".join(pct(entry["metrics"].get(k)) for k, _ in METRICS) + " |")
+    note = ""
+    if facts["groups"]["source"] == "reference":
+        note = "\nThe reference's own accuracy on its right / wrong split is 100 % and 0 % by construction.\n"
+    figure = f"\n![per-group accuracy]({figs['group_accuracy']})\n" if "group_accuracy" in figs else ""
+    return (
+        f"## Per-group accuracy on {split}\n\nGroups: class × {groups}; accuracy in %.\n\n"
+        + "\n".join(rows)
+        + f"\n{note}{figure}"
+    )
+
+
+def _health(facts: dict[str, Any]) -> str:
+    if "run" not in facts["subject"]:
+        return ""
+    health = facts.get("health")
+    if not health:
+        return "## Health checks\n\nThe run records no health checks (`health` is absent from its final.json).\n"
+    rows = ["| check | status | message |", "|---|---|---|"]
+    for check in health:
+        message = str(check.get("message", "")).replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| {check.get('name', '?')} | {check.get('status', '?')} | {message} |")
+    return "## Health checks\n\n" + "\n".join(rows) + "\n"
