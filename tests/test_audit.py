@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from toys import make_split, tiny_mlp
 
 from debiaslab.audit import figures, page
 from debiaslab.audit.reference import biased_reference, logits_of
@@ -18,6 +17,7 @@ from debiaslab.cli import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.methods.jtt import JTT
 from debiaslab.runs import RunConfig, train_run
+from toys import make_split, tiny_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

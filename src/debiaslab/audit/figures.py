@@ -35,8 +35,9 @@ def require_matplotlib() -> None:
 
 
 def panel_pad(side: int) -> int:
-    """Pixels of padding around each panel of a grid of images ``side`` pixels high (room for the red frame)."""
-    return max(3, round(0.1 * side))
+    """Pixels of padding around each panel of a grid of images ``side`` pixels high: room for a red frame set
+    apart from the image by a white line (so it shows on a red image too)."""
+    return max(4, round(0.14 * side))
 
 
 def grid_px(rows: int, cols: int, hw: tuple[int, int], group: int = 0) -> tuple[int, int]:
@@ -138,8 +139,9 @@ def image_grid(
                 continue
             x, y = _panel_origin(r, c, (h, w), group)
             if frames is not None and bool(frames[r, c]):
-                f = max(1, pad - 1)
+                f, gap = pad - 1, max(1, pad // 4)
                 canvas[y - f : y + h + f, x - f : x + w + f] = MINORITY_RGB
+                canvas[y - gap : y + h + gap, x - gap : x + w + gap] = 1.0
             canvas[y : y + h, x : x + w] = panel.numpy()
     width, height = grid_px(rows, cols, (h, w), group)
     fig = _figure(width, height, layout=None)

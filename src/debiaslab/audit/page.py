@@ -24,13 +24,20 @@ def audit_markdown(facts: dict[str, Any]) -> str:
     """The whole page (figure links are relative: the page sits beside its PNGs)."""
     parts = [_header(facts), _summary(facts)]
     figs = facts.get("figures", {})
+    n_classes = len(facts["groups"]["counts"]["train"])
+    if facts.get("classes_drawn", n_classes) < n_classes:
+        parts.append(
+            f"The image figures show classes 0 to {facts['classes_drawn'] - 1} of {n_classes}; `audit.json` "
+            "lists every class.\n"
+        )
     parts.append(_groups(facts, figs))
     if "examples" in figs:
         parts.append(
             "## Hardest and easiest training images for the biased reference\n\n"
-            "Per class (rows), the training images with the highest loss under the reference (left: the "
-            "images its shortcut gets wrong) and the lowest (right: what the shortcut looks like); a red frame "
-            f"marks a minority example.\n\n![hardest and easiest]({figs['examples']})\n"
+            "Per class (rows), the training images with the highest loss under the biased reference (left: what "
+            "it gets most wrong, where the minority should be) and the lowest (right: its prototypes of the class, "
+            "where the shortcut shows); a red frame marks a minority example.\n\n"
+            f"![hardest and easiest]({figs['examples']})\n"
         )
     parts.append(_saliency(facts, figs))
     parts.append(_accuracy(facts, figs))
@@ -55,10 +62,10 @@ def _header(facts: dict[str, Any]) -> str:
     if "run" in s:
         title = f"# Audit of `{s['run']}`: {s['method']} on {s['dataset']}\n"
         selected = s.get("selected") or {}
+        epochs = " + ".join(str(e) for e in s.get("epochs") or [])
         run_line = (
-            f"- Run: method `{s['method']}`, model `{s['model']}`, seed {s['seed']}, epochs per stage "
-            f"{s.get('epochs')}, deployed epoch {selected.get('epoch')} of stage `{selected.get('stage')}` "
-            f"selected by `{s['selection']}`\n"
+            f"- Run: method `{s['method']}`, model `{s['model']}`, seed {s['seed']}, {epochs} epoch(s); deployed: "
+            f"epoch {selected.get('epoch')} of stage `{selected.get('stage')}`, selected by `{s['selection']}`\n"
         )
     else:
         title = f"# Audit of dataset {s['dataset']}\n"
@@ -131,9 +138,11 @@ def _saliency(facts: dict[str, Any], figs: dict[str, str]) -> str:
     split = facts["val_split"]
     text = [
         "## Where the models look\n",
-        "Input-gradient saliency: the magnitude of the gradient of the true-class logit with respect to each input "
-        "value (summed over colour channels), the evidence each model reads. Where the reference and the run "
-        "light up the same places, the run reads the same cue as the biased model.\n",
+        "Input-gradient saliency of the true-class logit. Its magnitude |g| (summed over colour channels, heat "
+        "colours) shows where a model reads; g itself shows which way: on colour images g is a colour, the colour "
+        "change that raises the class's score most (mid-grey: no effect). A colour shortcut shows as each class's "
+        "g tinted with the colour of its majority group (the easiest images above), a shape cue as a grey pattern "
+        "of the shape. Where the run's maps look like the reference's, the run reads what the biased model reads.\n",
     ]
     if "saliency_mean" in figs:
         text.append(
