@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from debiaslab.audit import figures, page
+from debiaslab.audit import figures, page, panels
 from debiaslab.audit.reference import biased_reference, logits_of
 from debiaslab.cli import main
 from debiaslab.engine.trainer import Trainer
@@ -164,6 +164,16 @@ def test_dataset_audit_with_a_finished_run_as_reference(bars: Path, run_dir: Pat
     # mean image, |g| and g of the reference alone
     assert png(out / "saliency_mean.png").shape[:2] == figures.grid_px(3, N_CLASSES, (SIDE, SIDE))[::-1]
     assert "Health checks" not in (out / "audit.md").read_text()
+
+
+def test_many_classes_draw_the_first_ones(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(panels, "MAX_CLASSES", 2)
+    out = tmp_path / "audit"
+    assert main(["audit", str(run_dir), "--reference", str(run_dir), "--out", str(out), "--threads", "1"]) == 0
+    assert png(out / "examples.png").shape[:2] == figures.grid_px(2, 12, (SIDE, SIDE), group=6)[::-1]
+    assert "The figures show classes 0 to 1 of 3" in (out / "audit.md").read_text()
+    facts = json.loads((out / "audit.json").read_text())
+    assert len(facts["examples"]["hardest"]) == 3  # the numbers keep every class
 
 
 def test_features_without_attributes_get_pseudo_groups(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from debiaslab.audit import figures, page
-from debiaslab.audit.panels import MAX_CLASSES, Evidence, draw_figures
+from debiaslab.audit import figures, page, panels
+from debiaslab.audit.panels import Evidence, draw_figures
 from debiaslab.audit.reference import (
     Reference,
     audit_groups,
@@ -134,7 +134,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     out = cfg.out_dir()
     drawn = draw_figures(out, ev, saliency_examples=cfg.saliency_examples, per_class=cfg.saliency_per_class)
     facts["figures"] = {k: p.name for k, p in drawn.items()}
-    facts["classes_drawn"] = min(train.n_classes, MAX_CLASSES)
+    facts["classes_drawn"] = min(train.n_classes, panels.MAX_CLASSES)
     facts["time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / FACTS, _jsonable(facts))
     page_path = atomic_write_text(out / PAGE, page.audit_markdown(facts))

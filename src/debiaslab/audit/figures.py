@@ -2,7 +2,7 @@
 per-group validation accuracy.
 
 matplotlib is the optional extra ``plots`` (the same check and message as :mod:`debiaslab.bench.plots`). Figures
-use the object API on the Agg canvas, have a fixed size in pixels (:func:`panel_grid_px`), and are written
+use the object API on the Agg canvas; image grids have a fixed size in pixels (:func:`grid_px`), and are written
 atomically as 256-colour PNGs, so committed pages stay small.
 """
 

@@ -27,8 +27,8 @@ def audit_markdown(facts: dict[str, Any]) -> str:
     n_classes = len(facts["groups"]["counts"]["train"])
     if facts.get("classes_drawn", n_classes) < n_classes:
         parts.append(
-            f"The image figures show classes 0 to {facts['classes_drawn'] - 1} of {n_classes}; `audit.json` "
-            "lists every class.\n"
+            f"The figures show classes 0 to {facts['classes_drawn'] - 1} of {n_classes}; `audit.json` has every "
+            "class.\n"
         )
     parts.append(_groups(facts, figs))
     if "examples" in figs:

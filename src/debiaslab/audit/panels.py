@@ -28,7 +28,7 @@ FIGURE_FILES = {
     "saliency_features": "saliency_features.png",
     "group_accuracy": "group_accuracy.png",
 }
-MAX_CLASSES = 20  # classes drawn in the image figures (audit.json lists them all)
+MAX_CLASSES = 20  # classes drawn in the figures (the page's tables and audit.json have them all)
 
 
 @dataclass
@@ -57,10 +57,11 @@ def draw_figures(out: Path, ev: Evidence, *, saliency_examples: int, per_class: 
     """Every figure the inputs allow, into ``out``; returns ``{key: path}``."""
     path = {key: out / name for key, name in FIGURE_FILES.items()}
     grouping = ev.grouping
+    shown = min(ev.train.n_classes, MAX_CLASSES)
     source = "attribute" if grouping.source == "attributes" else "the reference's right / wrong split"
     title = f"examples per class and {source}"
-    drawn = {"counts": figures.counts_figure(ev.counts, grouping.names, title, path["counts"])}
-    shown = min(ev.train.n_classes, MAX_CLASSES)
+    counts = {split: table[:shown] for split, table in ev.counts.items()}
+    drawn = {"counts": figures.counts_figure(counts, grouping.names, title, path["counts"])}
     sample = per_class_sample(ev.val.y, shown, per_class, ev.seed)
     grads = {name: input_gradients(model, ev.val, sample, ev.trainer) for name, model in ev.models.items()}
     magnitudes = {name: class_means(magnitude_maps(g), ev.val.y[sample], shown) for name, g in grads.items()}
@@ -75,12 +76,12 @@ def draw_figures(out: Path, ev: Evidence, *, saliency_examples: int, per_class: 
         drawn["saliency_examples"] = example_saliency(ev, shown, saliency_examples, path["saliency_examples"])
     else:
         drawn["saliency_features"] = figures.feature_saliency_figure(magnitudes, path["saliency_features"])
-    matrices = {name: r.accuracy_matrix() for name, r in ev.reports.items()}
+    matrices = {name: r.accuracy_matrix()[:shown] for name, r in ev.reports.items()}
     if grouping.source == "reference":
         matrices.pop("reference")  # right / wrong by its own predictions: 100 % and 0 % by construction
     if matrices:
         drawn["group_accuracy"] = figures.group_accuracy_figure(
-            matrices, ev.counts[ev.split], grouping.names, path["group_accuracy"], split=ev.split
+            matrices, counts[ev.split], grouping.names, path["group_accuracy"], split=ev.split
         )
     return drawn
 

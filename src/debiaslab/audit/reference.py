@@ -61,14 +61,13 @@ def biased_reference(
         return Reference(model, f"the deployed model of the finished run {reference_run}", {"model": spec["name"]})
     method = JTT(dataset=dataset, **(hparams or {}))
     hp = method.hparams
+    optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
 
     def build() -> Any:
         model = method.build_model(train)
-        optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
         return method_ce_stage(method, REFERENCE_STAGE, model, train, "last", epochs=hp.identify_epochs, optim=optim)
 
     stage, result = trainer.run_stage(REFERENCE_STAGE, build, train, None)
-    optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
     settings = {
         "model": hp.model,
         "model_kwargs": dict(hp.model_kwargs),
@@ -87,9 +86,8 @@ def biased_reference(
 def check_input_shape(spec: dict[str, Any], data: GroupDataset, what: str) -> None:
     """A model file built for other inputs than ``data`` gives is a one-line error, not a shape traceback."""
     expected = list(data.input_shape)
-    if list(spec.get("input_shape", expected)) != expected or int(spec.get("n_classes", data.n_classes)) != int(
-        data.n_classes
-    ):
+    shape, n_classes = list(spec.get("input_shape", expected)), int(spec.get("n_classes", data.n_classes))
+    if shape != expected or n_classes != data.n_classes:
         raise ConfigError(
             f"{what}: its model takes inputs {spec.get('input_shape')} with {spec.get('n_classes')} classes; "
             f"dataset {data.name} gives {expected} with {data.n_classes}"
