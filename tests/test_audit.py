@@ -133,7 +133,9 @@ def test_audit_facts_match_the_data_and_the_run(audited: Path, run_dir: Path, ba
     for key in ("accuracy", "worst_group", "unbiased"):
         assert facts["val"]["run"]["metrics"][key] == pytest.approx(final["metrics"]["val"][key])
     errors = facts["reference_errors"]
-    assert errors["n"] == int(train.sum()) and "error_set_recall" in errors
+    assert errors["n"] == int(train.sum()) and 0 <= errors["n_wrong"] <= errors["n"]
+    quality = facts["inference_quality"]["reference (error_set)"]  # its error set against the attributes
+    assert quality["minority"] == errors["n_wrong"] and quality["conflicting"] == int((y != attr).sum())
     assert facts["reference"]["settings"]["model"] == "mlp"  # the run's architecture
     assert facts["reference"]["settings"]["model_kwargs"] == tiny_mlp()["model_kwargs"]
 
@@ -191,7 +193,7 @@ def test_features_without_attributes_get_pseudo_groups(tmp_path: Path) -> None:
     assert main(["audit", str(run), "--reference-hp", "batch_size=16", "--out", str(out), "--threads", "1"]) == 0
     facts = json.loads((out / "audit.json").read_text())
     assert set(facts["figures"]) == {"counts", "saliency_features", "group_accuracy"}
-    assert facts["groups"]["source"] == "reference"
+    assert facts["groups"]["source"] == "inferred" and facts["inference_quality"] == {}
     assert facts["groups"]["names"] == ["reference right", "reference wrong"]
     train_counts = np.array(facts["groups"]["counts"]["train"])
     assert train_counts.sum() == 60 and train_counts[:, 1].sum() == facts["reference_errors"]["n_wrong"]
@@ -200,6 +202,7 @@ def test_features_without_attributes_get_pseudo_groups(tmp_path: Path) -> None:
     assert facts["reference"]["settings"]["batch_size"] == 16
     assert png(out / "saliency_features.png").std() > 10
     assert "100 % and 0 % by construction" in (out / "audit.md").read_text()
+    assert facts["groups"]["label"] == "error_set pseudo-groups of the reference"
 
 
 def test_the_reference_is_jtts_identification_model() -> None:
@@ -208,11 +211,42 @@ def test_the_reference_is_jtts_identification_model() -> None:
     hp = {**tiny_mlp(), "identify_epochs": 2, "identify_lr": 3e-3, "epochs": 1}
     jtt = JTT(**hp).fit(train, val, trainer=Trainer(seed=3, progress=False))
     trainer = Trainer(seed=3, progress=False)
-    reference = biased_reference(train, trainer, dataset="toy", hparams=hp)
+    reference = biased_reference(train, val, trainer, dataset="toy", hparams=hp)
     wrong = torch.nonzero(logits_of(reference.model, train, trainer).argmax(dim=1) != train.y).flatten()
     assert jtt.error_set_ is not None and jtt.error_set_.numel() > 0
     assert torch.equal(wrong, jtt.error_set_)
+    assert torch.equal(torch.nonzero(reference.groups.splits["train"].minority).flatten(), jtt.error_set_)
     assert reference.settings["epochs"] == 2 and reference.settings["lr"] == 3e-3
+
+
+def test_groups_file_groups_are_shown(bars: Path, run_dir: Path, tmp_path: Path, capsys) -> None:
+    from debiaslab.inference.groups_file import read_groups
+    from debiaslab.inference.pipeline import infer_groups
+
+    path = tmp_path / "groups.npz"
+    hp = {**tiny_mlp(), "identify_epochs": 1}
+    infer_groups("error_set", "arrays", path, dataset_options={"path": str(bars)}, hparams=hp, seed=1)
+    out = tmp_path / "audit"
+    code = main(["audit", str(run_dir), "--groups", str(path), "--reference", str(run_dir), "--out", str(out)])
+    assert code == 0
+    facts = json.loads((out / "audit.json").read_text())
+    groups = read_groups(path)
+    assert facts["groups"]["source"] == "file" and facts["groups"]["label"].startswith("groups file groups.npz")
+    data = coloured_bars()
+    y = data["y"][data["split"] == "train"]
+    expected = np.zeros((N_CLASSES, 2), dtype=int)
+    np.add.at(expected, (y, groups.splits["train"].pseudo.numpy()), 1)
+    assert facts["groups"]["counts"]["train"] == expected.tolist()
+    assert set(facts["inference_quality"]) == {"reference (error_set)", facts["groups"]["label"]}
+    assert set(facts["val"]) == {"reference", "run"}  # the file's groups are not the reference's own
+    # a groups file of other data: one line, before anything is trained
+    other = tmp_path / "other.npz"
+    np.savez(other, **coloured_bars(seed=1))
+    options = {"path": str(other)}
+    infer_groups("error_set", "arrays", tmp_path / "g2.npz", dataset_options=options, hparams=hp)
+    capsys.readouterr()
+    assert main(["audit", str(run_dir), "--groups", str(tmp_path / "g2.npz"), "--out", str(tmp_path / "x")]) == 2
+    assert "was inferred with dataset options" in capsys.readouterr().err
 
 
 def test_one_line_errors(run_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:

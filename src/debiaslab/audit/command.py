@@ -19,6 +19,13 @@ def add_parser(sub: Any, data_args: Callable[[argparse.ArgumentParser], None]) -
     audit.add_argument("--ratio", type=float, help="with --dataset: bias-conflicting ratio (Colored MNIST)")
     audit.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="with --dataset: a dataset option")
     audit.add_argument("--out", help="output folder (default <RUN>/audit, or runs/audit/<dataset>-<options>)")
+    audit.add_argument("--groups", metavar="FILE", help="show a groups file's inferred groups (debiaslab infer-groups)")
+    audit.add_argument(
+        "--inferrer",
+        default="error_set",
+        help="the group inferrer giving the biased reference and its groups (default error_set: JTT's "
+        "identification model and its right / wrong split)",
+    )
     audit.add_argument(
         "--reference", metavar="RUN", help="use this finished run's model as the biased reference (none trained)"
     )
@@ -26,7 +33,7 @@ def add_parser(sub: Any, data_args: Callable[[argparse.ArgumentParser], None]) -
         "--reference-hp",
         action="append",
         metavar="KEY=VALUE",
-        help="a JTT hyperparameter of the trained reference (identify_epochs, identify_lr, model, ...)",
+        help="a setting of the inferrer or its reference model (error_set: identify_epochs, identify_lr, model, ...)",
     )
     audit.add_argument("--seed", type=int, help="seed of the reference and the samples (default: the run's, else 0)")
     audit.add_argument("--threads", type=int, help="torch CPU threads")
@@ -52,6 +59,8 @@ def audit_config(args: argparse.Namespace) -> Any:
         dataset=args.dataset,
         dataset_options=options,
         out=args.out,
+        groups=args.groups,
+        inferrer=args.inferrer,
         reference_run=args.reference,
         reference_hparams=parse_key_values(args.reference_hp, "--reference-hp", parse=False),
         seed=args.seed,

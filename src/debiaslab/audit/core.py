@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from debiaslab.audit import figures, page, panels
 from debiaslab.audit.panels import Evidence, draw_figures
 from debiaslab.audit.reference import (
+    DEFAULT_INFERRER,
     Reference,
     audit_groups,
     biased_reference,
@@ -34,8 +35,10 @@ from debiaslab.data.core import GroupDataset
 from debiaslab.data.registry import build_dataset, check_options
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.group_inference import inference_quality
 from debiaslab.evaluation.metrics import evaluate_predictions
-from debiaslab.methods.stages import error_set_quality
+from debiaslab.inference.apply import check_groups_for
+from debiaslab.inference.groups_file import GroupsFile, read_groups
 from debiaslab.run_dir import FINAL
 from debiaslab.runs import load_finished_run, load_run_config
 from debiaslab.utils.io import atomic_write_json, atomic_write_text
@@ -53,6 +56,8 @@ class AuditConfig:
     dataset: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
+    groups: str | None = None  # a groups file (``debiaslab infer-groups``) whose groups are shown
+    inferrer: str = DEFAULT_INFERRER  # the group inferrer that gives the reference and its pseudo-groups
     reference_run: str | None = None
     reference_hparams: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
@@ -104,7 +109,8 @@ def load_subject(cfg: AuditConfig) -> Subject:
     config = load_run_config(cfg.run_dir)
     final = json.loads((Path(cfg.run_dir) / FINAL).read_text())
     run = config["run"]
-    return Subject(run["dataset"], dict(run.get("dataset_options") or {}), model, final, config, spec)
+    options = check_options(run["dataset"], dict(run.get("dataset_options") or {}))
+    return Subject(run["dataset"], options, model, final, config, spec)
 
 
 def run_audit(cfg: AuditConfig) -> AuditResult:
@@ -113,15 +119,20 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     figures.require_matplotlib()  # before any data is built or model trained
     subject = load_subject(cfg)
     seed = cfg.seed if cfg.seed is not None else int(subject.config.get("run", {}).get("seed", 0))
+    groups_file = read_groups(cfg.groups) if cfg.groups is not None else None
     bundle = build_dataset(subject.dataset, cfg.data_root, cfg.cache_dir, **subject.options)
+    if groups_file is not None:
+        check_groups_for(groups_file, subject.dataset, subject.options, bundle)
     train, val = bundle.train, bundle.val
     if subject.model is not None:
         check_input_shape(subject.spec, train, f"run {cfg.run_dir}")
     trainer = Trainer(device=cfg.device, seed=seed, progress=False, num_threads=cfg.num_threads)
     reference = biased_reference(
         train,
+        val,
         trainer,
         dataset=subject.dataset,
+        inferrer=cfg.inferrer,
         reference_run=cfg.reference_run,
         hparams={**reference_architecture(subject), **cfg.reference_hparams},
     )
@@ -129,8 +140,8 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     if subject.model is not None:
         models["run"] = subject.model.to(trainer.device)
     split = "validation" if bundle.val is not bundle.test else "test"
-    ev = gather_evidence(train, val, split, models, trainer, cfg.examples, seed)
-    facts = audit_facts(cfg, subject, bundle.protocol, reference, ev)
+    ev = gather_evidence(train, val, split, models, reference, groups_file, trainer, cfg.examples, seed)
+    facts = audit_facts(cfg, subject, bundle.protocol, reference, groups_file, ev)
     out = cfg.out_dir()
     drawn = draw_figures(out, ev, saliency_examples=cfg.saliency_examples, per_class=cfg.saliency_per_class)
     facts["figures"] = {k: p.name for k, p in drawn.items()}
@@ -147,6 +158,8 @@ def gather_evidence(
     val: GroupDataset,
     split: str,
     models: dict[str, nn.Module],
+    reference: Reference,
+    groups_file: GroupsFile | None,
     trainer: Trainer,
     k: int,
     seed: int,
@@ -155,7 +168,7 @@ def gather_evidence(
     ref_train = logits_of(models["reference"], train, trainer)
     val_logits = {name: logits_of(model, val, trainer) for name, model in models.items()}
     wrong = ref_train.argmax(dim=1) != train.y
-    grouping = audit_groups(train, val, wrong, val_logits["reference"].argmax(dim=1) != val.y)
+    grouping = audit_groups(train, val, reference.groups, groups_file)
     train_counts = grouping.counts(train, "train")
     reports = {
         name: evaluate_predictions(
@@ -190,9 +203,19 @@ def gather_evidence(
 
 
 def audit_facts(
-    cfg: AuditConfig, subject: Subject, protocol: str, reference: Reference, ev: Evidence
+    cfg: AuditConfig,
+    subject: Subject,
+    protocol: str,
+    reference: Reference,
+    groups_file: GroupsFile | None,
+    ev: Evidence,
 ) -> dict[str, Any]:
     """Everything the page states, as plain data (written to ``audit.json``)."""
+    inferred = {f"reference ({reference.groups.inferrer})": reference.groups.splits["train"]}
+    n_pseudo = {f"reference ({reference.groups.inferrer})": reference.groups.n_per_class}
+    if groups_file is not None:
+        inferred[ev.grouping.label] = groups_file.splits["train"]
+        n_pseudo[ev.grouping.label] = groups_file.n_per_class
     return {
         "subject": describe_subject(cfg, subject, protocol),
         "reference": {"source": reference.source, "settings": reference.settings},
@@ -200,14 +223,16 @@ def audit_facts(
         "val_split": ev.split,
         "groups": {
             "source": ev.grouping.source,
+            "label": ev.grouping.label,
             "names": ev.grouping.names,
             "counts": {split: table.tolist() for split, table in ev.counts.items()},
             "minority_train": int(ev.minority.sum()),
         },
-        "reference_errors": {
-            "n_wrong": int(ev.wrong.sum()),
-            "n": len(ev.train),
-            **error_set_quality(ev.train, torch.nonzero(ev.wrong).flatten()),
+        "reference_errors": {"n_wrong": int(ev.wrong.sum()), "n": len(ev.train)},
+        "inference_quality": {
+            label: train_quality(ev.train, split.pseudo, split.minority, n_pseudo[label])
+            for label, split in inferred.items()
+            if ev.train.has_attrs and ev.train.aligned_groups
         },
         "examples": {
             "hardest": [h.tolist() for h in ev.hardest],
@@ -218,6 +243,13 @@ def audit_facts(
         "val": {name: {"metrics": r.metrics, "group_accuracy": r.accuracy_matrix()} for name, r in ev.reports.items()},
         "health": subject.final.get("health") if subject.model is not None else None,
     }
+
+
+def train_quality(train: GroupDataset, pseudo: Tensor, minority: Tensor, n_pseudo: int) -> dict[str, Any]:
+    """How well inferred groups of the training split match its attributes (read after inference): precision,
+    recall and F1 of the inferred minority against the bias-conflicting examples, ARI and NMI."""
+    scores = inference_quality(train.y, pseudo, minority, train.n_classes, n_pseudo, train.group, ~train.is_aligned)
+    return {k: v for k, v in scores.items() if k != "counts"}
 
 
 def reference_architecture(subject: Subject) -> dict[str, Any]:

@@ -342,10 +342,13 @@ def _cmap(name: str) -> Any:
 
 
 def _group_axes(ax: Any, names: Sequence[str], n_classes: int) -> None:
-    """Class rows and group columns, labelled: attribute ids, or the reference's right / wrong."""
-    attrs = all(n.startswith("attr ") for n in names)
-    labels = [n.removeprefix("attr ") for n in names] if attrs else [n.removeprefix("reference ") for n in names]
+    """Class rows and group columns, labelled by the groups' common prefix (``attr 3`` -> column ``3`` under
+    "bias attribute"; ``reference wrong`` -> ``wrong`` under "reference")."""
+    prefixes = {"attr": "bias attribute", "reference": "reference", "pseudo": "pseudo-group (0: majority)"}
+    first = names[0].split(" ")[0] if names else ""
+    common = first in prefixes and all(n.startswith(first + " ") for n in names)
+    labels = [n.removeprefix(first + " ") for n in names] if common else list(names)
     ax.set_xticks(range(len(names)), labels, fontsize=7)
-    ax.set_xlabel("bias attribute" if attrs else "reference", fontsize=8)
+    ax.set_xlabel(prefixes[first] if common else "group", fontsize=8)
     ax.set_yticks(range(n_classes), [str(c) for c in range(n_classes)], fontsize=7)
     ax.set_ylabel("class", fontsize=8)

@@ -50,15 +50,15 @@ def _header(facts: dict[str, Any]) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in sorted(s["dataset_options"].items())) or "default options"
     ref = facts["reference"]
     settings = ref.get("settings", {})
+    model = settings.get("model", "?") + (f" {settings['model_kwargs']}" if settings.get("model_kwargs") else "")
     if "epochs" in settings:
-        model = settings["model"] + (f" {settings['model_kwargs']}" if settings.get("model_kwargs") else "")
         ref_line = (
             f"{ref['source']}: {model}, {settings['epochs']} epoch(s) of ERM, {settings['optimizer']} at lr "
             f"{settings['lr']:g}, weight decay {settings['weight_decay']:g}, batch {settings['batch_size']}, seed "
-            f"{settings['seed']} ({settings['train_time_s']:.1f} s)"
+            f"{settings['seed']} ({settings['time_s']:.1f} s)"
         )
     else:
-        ref_line = ref["source"]
+        ref_line = f"{ref['source']}: {model}, seed {settings.get('seed')} (every setting in `audit.json`)"
     if "run" in s:
         title = f"# Audit of `{s['run']}`: {s['method']} on {s['dataset']}\n"
         selected = s.get("selected") or {}
@@ -79,27 +79,22 @@ def _header(facts: dict[str, Any]) -> str:
 
 def _summary(facts: dict[str, Any]) -> str:
     g, e = facts["groups"], facts["reference_errors"]
-    train = g["counts"]["train"]
-    n = sum(map(sum, train))
+    n = sum(map(sum, g["counts"]["train"]))
+    minority = f"{g['minority_train']} ({pct(g['minority_train'] / max(n, 1))} %)"
     lines = ["## At a glance\n"]
     if g["source"] == "attributes":
-        lines.append(
-            f"- Training set: {n} images; {g['minority_train']} ({pct(g['minority_train'] / max(n, 1))} %) are "
-            "in minority (bias-conflicting) groups"
-        )
+        lines.append(f"- Training set: {n} examples; {minority} are in minority (bias-conflicting) groups")
     else:
+        lines.append(f"- Training set: {n} examples; groups: the {g['label']}; {minority} in minority groups")
+    lines.append(
+        f"- Reference: wrong on {e['n_wrong']} of {e['n']} training examples ({pct(e['n_wrong'] / max(e['n'], 1))} %)"
+    )
+    for label, q in facts.get("inference_quality", {}).items():
         lines.append(
-            f"- Training set: {n} examples without attribute labels; groups are the reference's right / wrong "
-            "split of each class"
+            f"- Groups inferred by the {label}, scored against the attributes: a minority of {q['minority']}, "
+            f"{pct(q['precision'])} % of it bias-conflicting (precision), holding {pct(q['recall'])} % of the "
+            f"{q['conflicting']} conflicting examples (recall); ARI {q['ari']:.2f}"
         )
-    share = pct(e["n_wrong"] / max(e["n"], 1))
-    found = f"- Reference: wrong on {e['n_wrong']} of {e['n']} training examples ({share} %)"
-    if "error_set_precision" in e:
-        found += (
-            f"; {pct(e['error_set_precision'])} % of those are bias-conflicting (precision) and they hold "
-            f"{pct(e['error_set_recall'])} % of the conflicting examples (recall)"
-        )
-    lines.append(found)
     for name, entry in facts["val"].items():
         m = entry["metrics"]
         lines.append(
@@ -126,10 +121,16 @@ def _groups(facts: dict[str, Any], figs: dict[str, str]) -> str:
             "Examples per class (rows) and bias attribute (columns) in each split, counts in the cells, colour on "
             "a log scale. A biased training set has its mass on one attribute per class."
         )
+    elif g["source"] == "file":
+        what = (
+            f"Examples per class (rows) and pseudo-group (columns) of the {g['label']}; group 0 is each class's "
+            "majority."
+        )
     else:
         what = (
-            "The data has no attribute labels, so the groups are the reference's right / wrong split of each "
-            "class (JTT's error set): the examples the biased model gets wrong stand in for the minority."
+            f"The data has no attribute labels in both splits, so the groups are the {g['label']} (for `error_set`, "
+            "JTT's error set: its right / wrong split of each class); the examples the biased model gets wrong stand "
+            "in for the minority."
         )
     return f"## Groups\n\n{what}\n\n![counts]({figs['counts']})\n"
 
@@ -163,13 +164,16 @@ def _accuracy(facts: dict[str, Any], figs: dict[str, str]) -> str:
     split = facts["val_split"]
     if split == "test":
         split = "test (the dataset's protocol has no validation split)"
-    groups = "bias attribute" if facts["groups"]["source"] == "attributes" else "the reference's right / wrong split"
+    groups = facts["groups"]["label"]
     rows = ["| model | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for name, entry in facts["val"].items():
         rows.append(f"| {name} | " + " | ".join(pct(entry["metrics"].get(k)) for k, _ in METRICS) + " |")
     note = ""
-    if facts["groups"]["source"] == "reference":
-        note = "\nThe reference's own accuracy on its right / wrong split is 100 % and 0 % by construction.\n"
+    if facts["groups"]["source"] == "inferred":
+        note = (
+            "\nThe groups come from the reference's own predictions, so its accuracy on them says nothing (for "
+            "`error_set`: 100 % and 0 % by construction); the figure shows the run's.\n"
+        )
     figure = f"\n![per-group accuracy]({figs['group_accuracy']})\n" if "group_accuracy" in figs else ""
     return (
         f"## Per-group accuracy on {split}\n\nGroups: class × {groups}; accuracy in %.\n\n"

@@ -58,8 +58,7 @@ def draw_figures(out: Path, ev: Evidence, *, saliency_examples: int, per_class: 
     path = {key: out / name for key, name in FIGURE_FILES.items()}
     grouping = ev.grouping
     shown = min(ev.train.n_classes, MAX_CLASSES)
-    source = "attribute" if grouping.source == "attributes" else "the reference's right / wrong split"
-    title = f"examples per class and {source}"
+    title = f"examples per class and {grouping.label}"
     counts = {split: table[:shown] for split, table in ev.counts.items()}
     drawn = {"counts": figures.counts_figure(counts, grouping.names, title, path["counts"])}
     sample = per_class_sample(ev.val.y, shown, per_class, ev.seed)
@@ -77,8 +76,8 @@ def draw_figures(out: Path, ev: Evidence, *, saliency_examples: int, per_class: 
     else:
         drawn["saliency_features"] = figures.feature_saliency_figure(magnitudes, path["saliency_features"])
     matrices = {name: r.accuracy_matrix()[:shown] for name, r in ev.reports.items()}
-    if grouping.source == "reference":
-        matrices.pop("reference")  # right / wrong by its own predictions: 100 % and 0 % by construction
+    if grouping.source == "inferred":
+        matrices.pop("reference")  # its accuracy on groups made from its own predictions says nothing
     if matrices:
         drawn["group_accuracy"] = figures.group_accuracy_figure(
             matrices, counts[ev.split], grouping.names, path["group_accuracy"], split=ev.split
@@ -89,11 +88,12 @@ def draw_figures(out: Path, ev: Evidence, *, saliency_examples: int, per_class: 
 def examples(ev: Evidence, shown: int, path: Path) -> Path:
     k = max((h.numel() for h in ev.hardest), default=0)
     index = [padded(h, k) + padded(e, k) for h, e in zip(ev.hardest[:shown], ev.easiest[:shown])]
-    minority_label = (
-        "bias-conflicting (attribute not the class's aligned one)"
-        if ev.grouping.source == "attributes"
-        else "the reference gets it wrong"
-    )
+    if ev.grouping.source == "attributes":
+        minority_label = "bias-conflicting (attribute not the class's aligned one)"
+    elif ev.grouping.names == ["reference right", "reference wrong"]:
+        minority_label = "the reference gets it wrong"
+    else:
+        minority_label = f"in a minority group of the {ev.grouping.label}"
     return figures.examples_figure(
         gather_images(ev.train, index), gather(ev.minority, index), k, path, minority_label=minority_label
     )
