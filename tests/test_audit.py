@@ -205,6 +205,27 @@ def test_features_without_attributes_get_pseudo_groups(tmp_path: Path) -> None:
     assert facts["groups"]["label"] == "error_set pseudo-groups of the reference"
 
 
+def test_another_inferrer_gives_the_reference_and_its_groups(tmp_path: Path) -> None:
+    """``--inferrer gce`` on data without attributes: the GCE model is the reference, its pseudo-groups are shown."""
+    g = np.random.default_rng(1)
+    y = (np.arange(80) // 4) % 2
+    x = g.normal(size=(80, 3, 4, 4)).astype(np.float32)
+    x[:, 0] += (2 * y - 1)[:, None, None]
+    np.savez(tmp_path / "i.npz", x=x, y=y, split=np.array(["train", "train", "val", "test"] * 20))
+    out = tmp_path / "audit"
+    code = main(
+        ["audit", "--dataset", "arrays", "--data-opt", "path=i.npz", "--data-root", str(tmp_path), "--inferrer",
+         "gce", "--reference-hp", "epochs=2", "--reference-hp", "batch_size=16", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    facts = json.loads((out / "audit.json").read_text())
+    assert facts["reference"]["settings"]["inferrer"] == "gce"
+    assert facts["groups"]["source"] == "inferred" and facts["groups"]["names"][0] == "pseudo 0"
+    assert set(facts["figures"]) == {"counts", "examples", "saliency_mean", "saliency_examples"}
+    text = (out / "audit.md").read_text()
+    assert "gce pseudo-groups of the reference" in text
+
+
 def test_the_reference_is_jtts_identification_model() -> None:
     """Same data, seed and hyperparameters: the reference's training errors are JTT's error set."""
     train, val = make_split(256, 0, "train", 0.1), make_split(128, 1, "val", 0.5)

@@ -97,10 +97,10 @@ def _summary(facts: dict[str, Any]) -> str:
         )
     for name, entry in facts["val"].items():
         m = entry["metrics"]
-        lines.append(
-            f"- {name.capitalize()} on {facts['val_split']}: accuracy {pct(m.get('accuracy'))} %, "
-            f"worst group {pct(m.get('worst_group'))} %, unbiased {pct(m.get('unbiased'))} %"
-        )
+        line = f"- {name.capitalize()} on {facts['val_split']}: accuracy {pct(m.get('accuracy'))} %"
+        if not _circular(facts, name):
+            line += f", worst group {pct(m.get('worst_group'))} %, unbiased {pct(m.get('unbiased'))} %"
+        lines.append(line)
     health = facts.get("health")
     if "run" in facts["subject"]:
         if not health:
@@ -128,9 +128,9 @@ def _groups(facts: dict[str, Any], figs: dict[str, str]) -> str:
         )
     else:
         what = (
-            f"The data has no attribute labels in both splits, so the groups are the {g['label']} (for `error_set`, "
-            "JTT's error set: its right / wrong split of each class); the examples the biased model gets wrong stand "
-            "in for the minority."
+            f"Without attribute labels on both splits, the groups are the {g['label']} (for `error_set`, JTT's "
+            "error set: its right / wrong split of each class): the inferred minority stands in for the "
+            "bias-conflicting examples."
         )
     return f"## Groups\n\n{what}\n\n![counts]({figs['counts']})\n"
 
@@ -167,7 +167,9 @@ def _accuracy(facts: dict[str, Any], figs: dict[str, str]) -> str:
     groups = facts["groups"]["label"]
     rows = ["| model | " + " | ".join(label for _, label in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for name, entry in facts["val"].items():
-        rows.append(f"| {name} | " + " | ".join(pct(entry["metrics"].get(k)) for k, _ in METRICS) + " |")
+        shown = ("accuracy",) if _circular(facts, name) else tuple(k for k, _ in METRICS)
+        cells = [pct(entry["metrics"].get(k)) if k in shown else "–" for k, _ in METRICS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     note = ""
     if facts["groups"]["source"] == "inferred":
         note = (
@@ -180,6 +182,11 @@ def _accuracy(facts: dict[str, Any], figs: dict[str, str]) -> str:
         + "\n".join(rows)
         + f"\n{note}{figure}"
     )
+
+
+def _circular(facts: dict[str, Any], model: str) -> bool:
+    """The reference scored on groups made from its own predictions (its group metrics say nothing)."""
+    return model == "reference" and facts["groups"]["source"] == "inferred"
 
 
 def _health(facts: dict[str, Any]) -> str:
