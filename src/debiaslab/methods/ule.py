@@ -3,7 +3,8 @@
 What is verified (the paper's abstract; its full text was not available to us): a student S and a teacher T are
 trained in parallel on the same minibatches; S is trained with no constraints (plain ERM) and picks up the
 spurious correlation; T solves the same task while "using the gradient of the student's output with respect to
-its input to unlearn mistakes made by the student"; training uses no group labels; T is deployed.
+its input to unlearn mistakes made by the student"; training uses no group labels; T is deployed. (Here T's
+epoch is chosen by the validation rule; the presets' ``val_unbiased`` reads validation group labels.)
 
 **The exact published teacher loss was not available**, so the teacher's loss is a reconstruction with a
 pluggable regulariser Ω that always depends on the student's input gradient g (the paper's mechanism)::
