@@ -340,3 +340,16 @@ def test_imagenet_weights_fetched_by_name_map_onto_our_resnet18(tmp_path, monkey
     assert "put resnet18-f37072fd.pth in" in msg and "pretrained: /path/to/resnet18-f37072fd.pth" in msg
     with pytest.raises(ConfigError, match="no published ImageNet weights for ResNet-20"):
         load_pretrained(build_model("resnet20", (3, 32, 32), 10), "imagenet")
+
+
+def test_a_saved_model_rebuilds_without_its_pretrained_weights(tmp_path) -> None:
+    """model.pt holds every weight: loading it fetches no ``pretrained`` start again (here: a file long gone)."""
+    from debiaslab.engine.checkpoint import load_model_file, save_model_file
+
+    kwargs = {"base": "resnet18", "base_kwargs": {"pretrained": str(tmp_path / "gone.pth")}, "dim": 8}
+    model = build_model("projected", (3, 32, 32), 2, base="resnet18", dim=8)
+    spec = {"name": "projected", "kwargs": kwargs, "input_shape": [3, 32, 32], "n_classes": 2}
+    save_model_file(tmp_path / "model.pt", model, spec)
+    loaded, got_spec = load_model_file(tmp_path / "model.pt")
+    assert got_spec["kwargs"] == kwargs  # the record keeps where the run started from
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -131,6 +131,12 @@ def resolve_weights(source: str | Path, arch: str) -> Path:
     return Path(source).expanduser()
 
 
+def without_pretrained(kwargs: Mapping[str, object]) -> dict[str, object]:
+    """Model options with every ``pretrained`` (nested ones in ``base_kwargs`` too) left out: rebuilding a saved
+    model whose state dict replaces every weight needs neither the weights file nor a download."""
+    return {k: (without_pretrained(v) if isinstance(v, Mapping) else v) for k, v in kwargs.items() if k != "pretrained"}
+
+
 def load_pretrained(model: M, path: str | Path, *, strict_backbone: bool = True) -> M:
     """Load pretrained weights into ``model`` (in place) and return it. ``path`` is a local state-dict file, a
     URL, or ``"imagenet"`` (see :func:`resolve_weights`).
