@@ -416,6 +416,17 @@ def labelfree_root(rec: Records, key: str) -> Path | None:
     return found[-1] if found else None
 
 
+def labelfree_count(rec: Records) -> str | None:
+    """How many of each label-free suite's runs are recorded (a page built before a suite finished says so)."""
+    parts = []
+    for key, suite in (("cmnist", "labelfree"), ("bmnist", "labelfree-bmnist")):
+        root = labelfree_root(rec, key)
+        if root is not None:
+            done = len(list(root.rglob("final.json")))
+            parts.append(f"`{suite}`: {done} of its {len(load_suite(suite).plan())} runs")
+    return "Runs recorded: " + "; ".join(parts) + "." if parts else None
+
+
 def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:
     root = labelfree_root(rec, key)
     return make(root) if root is not None else None
@@ -520,6 +531,7 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
                 ("gap", lambda r, key=key: lf.gap_sentence(r, "0.01" if key == "cmnist" else "all")),
             )
         },
+        "labelfree_count": lambda: labelfree_count(rec),
         "labelfree_index": lambda: (
             "| [Without group labels](labelfree.md) | group inference scored against the truth; group methods on "
             "inferred groups beside the same methods on true groups |"
