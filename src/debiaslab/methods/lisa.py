@@ -63,35 +63,46 @@ def mix_pair(a: Tensor, b: Tensor, ya: Tensor, yb: Tensor, alpha: float, method:
     return inputs, kept * targets + (1.0 - kept) * targets[partner]
 
 
+def selective_pairs(outer: Tensor, inner: Tensor, size: int, per_pair: int = 1) -> list[tuple[Tensor, Tensor]]:
+    """Index pairings in batch order: in each pass, for every value of ``outer`` with two or more values of ``inner``,
+    two random distinct ``inner`` values and their examples paired up to the shorter list; passes repeat until the
+    pairings give ``size`` mixed examples (``per_pair`` per pair: 2 for CutMix). Empty when no value has a pair."""
+    members: list[list[Tensor]] = []
+    for value in torch.unique(outer):
+        inside = outer == value
+        members.append([torch.nonzero(inside & (inner == v)).flatten() for v in torch.unique(inner[inside])])
+    members = [lists for lists in members if len(lists) >= 2]
+    if not members:
+        return []
+    pairs: list[tuple[Tensor, Tensor]] = []
+    total = 0
+    while total < size:
+        for lists in members:
+            first, second = (lists[int(i)] for i in torch.randperm(len(lists))[:2])
+            n = min(len(first), len(second))
+            pairs.append((first[:n], second[:n]))
+            total += per_pair * n
+    return pairs
+
+
 def selective_mix(
     x: Tensor, onehot: Tensor, outer: Tensor, inner: Tensor, alpha: float, method: str
 ) -> tuple[Tensor, Tensor]:
-    """Mix, within each value of ``outer``, the examples of two random distinct values of ``inner``; repeat until a
-    batch's worth of mixed examples exists, shuffle and cut to the batch size. ``(x, onehot)`` unchanged when no value
-    of ``outer`` has two values of ``inner``."""
-    size = len(x)
-    mixed_x: list[Tensor] = []
-    mixed_y: list[Tensor] = []
-    total = 0
-    while total < size:
-        before = total
-        for value in torch.unique(outer):
-            members = outer == value
-            choices = torch.unique(inner[members])
-            if len(choices) < 2:
-                continue
-            first, second = choices[torch.randperm(len(choices))[:2].to(choices.device)]
-            i1 = torch.nonzero(members & (inner == first)).flatten()
-            i2 = torch.nonzero(members & (inner == second)).flatten()
-            n = min(len(i1), len(i2))
-            mx, my = mix_pair(x[i1[:n]], x[i2[:n]], onehot[i1[:n]], onehot[i2[:n]], alpha, method)
-            mixed_x.append(mx)
-            mixed_y.append(my)
-            total += len(mx)
-        if total == before:
-            return x, onehot
-    order = torch.randperm(total)[:size].to(x.device)
-    return torch.cat(mixed_x)[order], torch.cat(mixed_y)[order]
+    """Mix, within each value of ``outer``, the examples of two random distinct values of ``inner``
+    (:func:`selective_pairs`), shuffle and cut to the batch size; ``(x, onehot)`` unchanged when no value of
+    ``outer`` has two values of ``inner``. Mixup draws one weight per pair; CutMix one box per pairing."""
+    pairs = selective_pairs(outer, inner, len(x), per_pair=2 if method == "cutmix" else 1)
+    if not pairs:
+        return x, onehot
+    if method == "mixup":  # one λ per pair: draw the kept pairs first and mix only those
+        first, second = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        keep = torch.randperm(len(first))[: len(x)].to(first.device)
+        first, second = first[keep], second[keep]
+        return mix_pair(x[first], x[second], onehot[first], onehot[second], alpha, method)
+    parts = [mix_pair(x[i], x[j], onehot[i], onehot[j], alpha, method) for i, j in pairs]
+    mixed_x, mixed_y = torch.cat([m for m, _ in parts]), torch.cat([t for _, t in parts])
+    order = torch.randperm(len(mixed_x))[: len(x)].to(x.device)
+    return mixed_x[order], mixed_y[order]
 
 
 @dataclass
