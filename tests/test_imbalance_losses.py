@@ -1,4 +1,4 @@
-"""Class-imbalance losses, square-root reweighting and CVaR-DRO: each loss against a hand computation, the presets
+"""Class-imbalance losses, square-root reweighting, CVaR- and χ²-DRO: each loss against a hand computation, the presets
 pinned to their sources (SubpopBench hparams_registry.py / algorithms.py, the LDAM-DRW code), the labels they need,
 and a fit end to end."""
 
@@ -14,6 +14,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods import get_method
 from debiaslab.methods.bsoftmax import log_prior
+from debiaslab.methods.chi2_dro import chi2_divergence, chi2_weights
 from debiaslab.methods.class_balanced import effective_number_weights
 from debiaslab.methods.cvar_dro import cvar_loss, cvar_weights
 from debiaslab.methods.focal import focal_loss
@@ -32,6 +33,7 @@ NAMES = [
     "sqrt_reweight_group",
     "sqrt_reweight_class",
     "cvar_dro",
+    "chi2_dro",
 ]
 
 
@@ -78,6 +80,17 @@ def test_cvar_weights_put_one_over_alpha_m_on_the_largest_losses() -> None:
     assert torch.isclose(cvar_loss(losses, 1.0), losses.mean())  # α = 1 is ERM
 
 
+def test_chi2_weights_sit_on_the_ball_and_grow_with_the_loss() -> None:
+    losses = torch.linspace(0.1, 3.0, 50)
+    for rho in (0.1, 1.0):
+        p = chi2_weights(losses, rho)
+        assert math.isclose(float(p.sum()), 1.0, rel_tol=1e-5) and bool((p >= 0).all())
+        assert float(chi2_divergence(p.double())) == pytest.approx(rho, abs=1e-3)
+        assert bool((p[1:] >= p[:-1]).all()) and float((p * losses).sum()) > float(losses.mean())
+    assert torch.allclose(chi2_weights(torch.full((4,), 2.0), 1.0), torch.full((4,), 0.25))  # equal losses
+    assert torch.equal(chi2_weights(torch.tensor([1.0, 3.0]), 1.0), torch.tensor([0.0, 1.0]))  # m <= 1 + 2ρ
+
+
 # ---------------------------------------------------------------------------------------------- presets
 def test_presets_are_subpopbench_and_ldam_drw_defaults_with_their_sources() -> None:
     checks = {
@@ -89,6 +102,7 @@ def test_presets_are_subpopbench_and_ldam_drw_defaults_with_their_sources() -> N
         "bsoftmax": ("tau", 1.0, "algorithms.py"),
         "sqrt_reweight_group": ("power", 0.5, "algorithms.py"),
         "cvar_dro": ("alpha", 0.1, "hparams_registry.py"),
+        "chi2_dro": ("rho", 1.0, "mnist_final_cs.yaml"),
     }
     for name, (field, value, source) in checks.items():
         method = get_method(name)()

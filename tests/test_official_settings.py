@@ -241,7 +241,7 @@ def test_methods_name_shows_every_preset_value_and_source(capsys) -> None:
 
 
 SUBPOP_SPUCO_METHODS = {
-    "irm", "vrex", "coral", "mmd", "cvar_dro", "mixup", "lisa", "focal", "cb_loss", "cb_loss_group", "ldam",
+    "irm", "vrex", "coral", "mmd", "cvar_dro", "chi2_dro", "mixup", "lisa", "focal", "cb_loss", "cb_loss_group", "ldam",
     "ldam_drw", "bsoftmax", "sqrt_reweight_group", "sqrt_reweight_class", "crt", "crt_group", "reweight_crt",
     "reweight_crt_group", "afr", "ssa",
 }  # fmt: skip
