@@ -73,6 +73,7 @@ def test_presets_follow_spuco() -> None:
     assert hp.eta == 0.01 and "group_DRO" in ssa.hparam_sources["eta"]  # GroupDRO's own settings
     cmnist = get_method("ssa")(dataset="colored_mnist")
     assert cmnist.hparams.ssa_iters == 500 and "spuco_mnist_ssa.py" in cmnist.hparam_sources["ssa_iters"]
+    assert cmnist.hparams.ssa_lr == 0.1 and cmnist.hparam_sources["ssa_lr"].startswith("ours:")
     assert not ssa.requires.train_attrs and ssa.requires.val_attrs
     with pytest.raises(ConfigError, match="ssa_folds"):
         get_method("ssa")(ssa_folds=1)

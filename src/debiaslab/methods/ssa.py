@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 SPUCO_SSA = "SpuCo (BigML-CS-UCLA/SpuCo, src/spuco/group_inference/ssa.py)"
 SPUCO_WB = "SpuCo (BigML-CS-UCLA/SpuCo, quickstart/waterbirds/waterbirds_ssa.py)"
+OURS_CMNIST_LR = (
+    "ours: Colored MNIST 1 %, seed 0, attribute accuracy of the predictors on the selecting half of validation: "
+    "1.000 at SGD lr 0.1 (reached by step 200 of 500) against 0.195 at 0.01 and 0.105 at SpuCo's 1e-3 (chance 0.1)"
+)
 SPUCO_MNIST = "SpuCo (BigML-CS-UCLA/SpuCo, quickstart/spuco_mnist/spuco_mnist_ssa.py), its MNIST-with-colour setting"
 
 
@@ -171,6 +175,7 @@ class SSA(GroupDRO):
             **GroupDRO.hparam_table["colored_mnist"],
             "ssa_iters": Default(500, f"{SPUCO_MNIST}: --infer_num_iters 500"),
             "ssa_weight_decay": Default(1e-5, f"{SPUCO_MNIST}: --infer_weight_decay 1e-5"),
+            "ssa_lr": Default(0.1, OURS_CMNIST_LR),
         },
     }
 
