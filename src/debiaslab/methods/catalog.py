@@ -74,14 +74,13 @@ def training_labels(method: type[Method]) -> str:
 def selection_summary(method: type[Method]) -> str:
     """The default selection rule in a few words: the generic rule, then the datasets whose preset changes it."""
     generic = method(dataset=None).hparams.selection
-    if method.requires.val_attrs:
-        return f"{generic} (validation attributes are also trained on)"
     by_rule: dict[str, list[str]] = {}
     for dataset in preset_datasets(method):
         rule = method(dataset=dataset).hparams.selection
         if rule != generic:
             by_rule.setdefault(rule, []).append(dataset)
-    return "; ".join([generic, *(f"{rule} on {', '.join(names)}" for rule, names in by_rule.items())])
+    text = "; ".join([generic, *(f"{rule} on {', '.join(names)}" for rule, names in by_rule.items())])
+    return f"{text} (validation attributes are also trained on)" if method.requires.val_attrs else text
 
 
 def grouped(methods: list[type[Method]], by: str = "family") -> list[tuple[str, str, list[type[Method]]]]:
