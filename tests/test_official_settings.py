@@ -16,9 +16,11 @@ from debiaslab.engine.optim import OptimConfig, build_scheduler
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
-from debiaslab.methods.catalog import label_needs, method_card
+from debiaslab.methods.catalog import TRAINING_LABELS, grouped, label_needs, method_card, training_labels
 from debiaslab.methods.dett import DeTT, map_mse
 from debiaslab.methods.dfr import DFR, DFRClass
+from debiaslab.methods.families import FAMILIES
+from debiaslab.methods.registry import list_methods
 from debiaslab.models import build_model
 from debiaslab.models.pretrained import IMAGENET_WEIGHTS
 from toys import RecordingTrainer, hash_named_weights, make_split, torchvision_resnet18_state, toy_splits
@@ -320,3 +322,42 @@ def test_methods_name_shows_every_preset_value_and_source(capsys) -> None:
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert "val_unbiased: needs validation attributes" in rows["lff"]["labels"]
     assert main(["methods", "nope"]) == 2
+
+
+SUBPOP_SPUCO_METHODS = {
+    "irm", "vrex", "coral", "mmd", "cvar_dro", "chi2_dro", "mixup", "lisa", "focal", "cb_loss", "cb_loss_group", "ldam",
+    "ldam_drw", "bsoftmax", "sqrt_reweight_group", "sqrt_reweight_class", "crt", "crt_group", "reweight_crt",
+    "reweight_crt_group", "afr", "ssa",
+}  # fmt: skip
+
+
+def test_every_method_has_a_family_and_the_list_groups_by_family_or_labels(capsys) -> None:
+    builtin = [m for m in list_methods() if m.__module__.startswith("debiaslab.methods.")]
+    assert all(m.family in FAMILIES for m in builtin), [m.name for m in builtin if m.family not in FAMILIES]
+    assert {m.name for m in builtin} >= SUBPOP_SPUCO_METHODS
+    by_family = grouped(builtin, "family")
+    assert [g for g, _, _ in by_family] == [f for f in FAMILIES if any(m.family == f for m in builtin)]
+    assert sum(len(members) for _, _, members in by_family) == len(builtin)
+    labels = {g: {m.name for m in members} for g, _, members in grouped(builtin, "labels")}
+    assert list(labels) == list(TRAINING_LABELS)
+    assert {"irm", "lisa", "groupdro"} <= labels["training attributes"]
+    assert {"dfr", "ssa"} <= labels["validation attributes"] and {"afr", "crt", "focal"} <= labels["none"]
+    assert training_labels(get_method("ssa")) == "validation attributes"
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "invariance" in out and "last-layer retraining" in out and "pseudo attribute labels" in out
+    assert main(["methods", "--by", "labels", "--format", "json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= SUBPOP_SPUCO_METHODS and rows["irm"]["family"] == "invariance"
+    assert rows["afr"]["training_labels"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [("irm", "hparams_registry.py"), ("vrex", "DomainBed"), ("lisa", "huaxiuyao/LISA"), ("afr", "AndPotap/afr"),
+     ("ssa", "SpuCo"), ("ldam_drw", "LDAM-DRW"), ("crt", "SubpopBench")],
+)  # fmt: skip
+def test_methods_name_shows_the_presets_with_their_sources(capsys, name: str, source: str) -> None:
+    assert main(["methods", name]) == 0
+    out = capsys.readouterr().out
+    assert f"{name} on (no dataset)" in out and source in out.replace("\n", "")

@@ -114,8 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit_command.add_parser(sub, _data_args)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
-    methods = sub.add_parser("methods", help="list registered methods and the labels they need")
+    methods = sub.add_parser("methods", help="list registered methods by family and the labels they need")
     methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
+    methods.add_argument(
+        "--by",
+        choices=("family", "labels"),
+        default="family",
+        help="group the list by method family (default) or by the labels a method trains with",
+    )
     methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     return parser
 
@@ -353,8 +359,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     import json
+    from collections import Counter
 
-    from debiaslab.methods.catalog import label_needs, method_card
+    from debiaslab.methods.catalog import (
+        family_of,
+        grouped,
+        label_needs,
+        method_card,
+        selection_summary,
+        training_labels,
+    )
     from debiaslab.methods.registry import get_method, list_methods
 
     if args.name is not None:
@@ -378,15 +392,42 @@ def cmd_methods(args: argparse.Namespace) -> int:
         return 0
     methods = list_methods()
     if args.format == "json":
-        rows = [{"name": m.name, "summary": m.summary, "labels": label_needs(m)} for m in methods]
+        rows = [
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "family": family_of(m),
+                "training_labels": training_labels(m),
+                "labels": label_needs(m),
+            }
+            for m in methods
+        ]
         console.print_json(json.dumps(rows))
         return 0
-    table = Table(title="methods")
-    for col in ("name", "what it does", "labels it needs (training; epoch selection by default)"):
+    by_family = args.by == "family"
+    selections = {m.name: selection_summary(m) for m in methods}
+    usual = Counter(selections.values()).most_common(1)[0][0] if methods else ""
+    groups = grouped(methods, args.by)
+    table = Table(title=f"methods by {'family' if by_family else 'the labels they train with'}")
+    heading = "family" if by_family else "training labels"
+    for col in (heading, "name", "what it does", "training labels" if by_family else "family", "selection if unusual"):
         table.add_column(col)
-    for method in methods:
-        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], label_needs(method))
+    for group, _, members in groups:
+        table.add_section()
+        for i, method in enumerate(members):
+            summary = method.summary or (method.__doc__ or "").split("\n")[0]
+            other = training_labels(method) if by_family else family_of(method)
+            selection = selections[method.name]
+            shown = "" if selection == usual else escape(selection)
+            table.add_row(escape(group) if i == 0 else "", method.name, escape(summary), other, shown)
     console.print(table)
+    for group, description, _ in groups:
+        console.print(f"  [bold]{escape(group)}[/]: {escape(description)}")
+    console.print(
+        f"  usual selection: {escape(usual)} (auto = val_worst_group when validation has attribute labels, else the"
+        " label-free val_worst_class). `debiaslab methods NAME` shows every preset with its sources.",
+        highlight=False,
+    )
     return 0
 
 

@@ -210,6 +210,8 @@ def aux_memory(n: int, n_classes: int, optim: OptimConfig) -> dict[str, int]:
 class BAM(Method):
     """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
 
+    family = "inferred minority"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "auxiliary-logit bias amplification, then error upsampling; label-free ClassDiff selection (Li 2024)"

@@ -166,6 +166,8 @@ class DistillationSetup(nn.Module):
 class DeNetDM(Method):
     """Deep and shallow branches as a product of experts, then distillation of the shallow expert into a target."""
 
+    family = "distillation"
+
     summary = "depth-modulated product of experts, then distillation into a target branch (Sreelatha 2024)"
     #: searched by `debiaslab tune`: the experts' training length, the PoE and distillation weights, τ
     search_space: ClassVar[SearchSpace] = {

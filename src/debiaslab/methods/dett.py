@@ -226,6 +226,8 @@ def map_size(model: Backbone, input_shape: tuple[int, ...]) -> list[int]:
 class DeTT(Method):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
 
+    family = "distillation"
+
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     #: searched by `debiaslab tune`: the detector's epochs, λ_up, the feature-distillation and CE weights
     search_space: ClassVar[SearchSpace] = {

@@ -130,6 +130,8 @@ class PredictionLog(nn.Module):
 class JTT(Method):
     """Just Train Twice: ERM for T epochs, then a fresh model with its errors upweighted by λ_up + 1."""
 
+    family = "inferred minority"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "ERM error set, then a fresh model with errors upweighted (Liu et al. 2021)"

@@ -88,3 +88,8 @@ DATASET_PRESETS: dict[str, dict[str, Default]] = {
     "corrupted_cifar10": CCIFAR10_RESNET20,
     "bffhq": BFFHQ_RESNET18,
 }
+
+#: Where the SubpopBench and DomainBed settings of the methods they implement are read (file names cited per value).
+SUBPOP_REGISTRY = "SubpopBench (YyzHarry/SubpopBench, subpopbench/hparams_registry.py)"
+SUBPOP_ALGORITHMS = "SubpopBench (YyzHarry/SubpopBench, subpopbench/learning/algorithms.py)"
+DOMAINBED_REGISTRY = "DomainBed (facebookresearch/DomainBed, domainbed/hparams_registry.py)"

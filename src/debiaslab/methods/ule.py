@@ -411,6 +411,8 @@ class ULE(Method):
     loss depends on the student's input gradient; the teacher is deployed (``model_``), the trained student is kept
     as ``student_``. Exact published loss unavailable (module docstring)."""
 
+    family = "inferred minority"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "teacher unlearns a parallel ERM student's input-gradient evidence (Mitchell et al. 2024, reconstructed)"
