@@ -100,13 +100,13 @@ class Records:
         return [self.root / r for r in HEADLINE if (self.root / r).is_dir()]
 
     def finals(self, roots: Sequence[Path]) -> list[tuple[Path, dict]]:
-        out = []
-        for root in roots:
-            for final in sorted(root.rglob("final.json")):
-                if final not in self._finals:
-                    self._finals[final] = ct.read_final(final)
-                out.append((final.parent, self._finals[final]))
-        return out
+        return [(final.parent, self._final(final)) for root in roots for final in sorted(root.rglob("final.json"))]
+
+    def _final(self, path: Path) -> dict:
+        """A record, read once (not to be changed in place: tables share it)."""
+        if path not in self._finals:
+            self._finals[path] = ct.read_final(path)
+        return self._finals[path]
 
     def run_records(self, roots: Sequence[Path], dataset: str, protocol: str = "default") -> list[RunRecord]:
         """Library records (one row per recorded method) of ``dataset`` runs under ``roots``."""
@@ -140,7 +140,7 @@ class Records:
             found = near or found
             if len(found) > 1:
                 raise SystemExit(f"{run_dir}: {path!r} names two records ({found[0].parent}, {found[1].parent})")
-            return ct.read_final(found[0]) if found else None
+            return self._final(found[0]) if found else None
 
         return resolve
 

@@ -55,6 +55,11 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
     assert "Optional" not in text and "## Kept\n\n| a |" in text and "intro" in text
     with pytest.raises(SystemExit, match="unknown placeholder"):
         make_docs.render("{{nope}}\n", {}, "t.md")
+    # a placeholder inside a sentence: filled in place, or its section dropped when it has nothing to say
+    inline = "<!-- section -->\nA differs by {{d}}.\n<!-- section -->\nB by {{none}}.\n"
+    assert make_docs.render(inline, {"d": lambda: "+1.0 [+0.2, +1.8] ▲ 3/3", "none": lambda: None}, "t.md") == (
+        "A differs by +1.0 [+0.2, +1.8] ▲ 3/3.\n"
+    )
 
     records = make_docs.Records(tmp_path)
     assert make_docs.bmnist_table(records) is None  # no Biased MNIST records: no section, no invented numbers

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slurm-mem-gb", type=int, help="memory per job (default: the partition's)")
     bench.add_argument("--slurm-folder", help="submitit's job files and logs (default <out>/slurm)")
     bench.add_argument("--only", nargs="+", metavar="METHOD", help="only these methods (labels or names)")
+    bench.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only the runs of these seeds")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
     bench.add_argument("--report-only", action="store_true", help="aggregate finished runs; train nothing")
     bench.add_argument("--no-progress", action="store_true")
@@ -309,6 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         executor=args.executor,
         only=args.only,
+        seeds=args.seeds,
         dry_run=args.dry_run,
         report_only=args.report_only,
         data_root=args.data_root,
