@@ -20,12 +20,13 @@ def _text(final: dict, rule: str | None = None, inputs=lambda path: None) -> str
 
 
 def test_recorded_labels_are_used_as_written_and_checked() -> None:
-    recorded = {"train": "inferred", "select": "inferred", "train_source": "runs/x/groups.csv", "select_source": None}
+    source = "inferred:error_set-seed0.npz sha256:0123456789ab"  # how runs name a groups file
+    recorded = {"train": "inferred", "select": "inferred", "train_source": source, "select_source": source}
     final = _final("groupdro", labels=recorded)
     assert label_ledger(final) == recorded
-    assert _text(final) == "train: inferred groups (groups.csv) · select: inferred groups"
+    assert _text(final) == "train: inferred groups · select: inferred groups"
     # another rule reported from the same training keeps the training's labels, with that rule's selection
-    assert _text(final, "val_worst_class") == "train: inferred groups (groups.csv) · select: none"
+    assert _text(final, "val_worst_class") == "train: inferred groups · select: none"
     with pytest.raises(DataError, match=r"labels\.select = 'val'; expected one of groups, inferred, none"):
         check_labels({"train": "none", "select": "val"})
 
@@ -52,7 +53,8 @@ def test_runs_built_on_other_runs_carry_their_labels() -> None:
         "stages": [],
         "extras": {"variant": "group", "tune_metric": "worst_group"},
     }
-    assert _text(dfr, inputs=runs.get) == "train: val groups · select: val groups"
+    # DFR's last layer is fitted on validation groups: counted as selection, as runs record it
+    assert _text(dfr, inputs=runs.get) == "train: none · select: val groups"
     dfr_class = {**dfr, "method": "dfr_class", "extras": {"variant": "class", "tune_metric": "worst_class"}}
     assert _text(dfr_class, inputs=runs.get) == "train: none · select: val groups (base run)"
     free_base = {**dfr_class, "hparams": {"base_run": "runs/erm-free/seed0"}}
@@ -62,5 +64,10 @@ def test_runs_built_on_other_runs_carry_their_labels() -> None:
     assert _text(dett, inputs=runs.get) == "train: train groups (teacher) · select: val groups"
     with pytest.raises(DataError, match=r"base_run 'runs/erm-free/seed0'.*not found"):
         label_ledger(free_base, inputs=runs.get)
+    # a run that recorded its own labels still reads its teacher's where that run is found
+    recorded = {"train": "none", "select": "groups", "train_source": None, "select_source": None}
+    student = {**dett, "labels": recorded}
+    assert _text(student, inputs=runs.get) == "train: train groups (teacher) · select: val groups"
+    assert _text(student) == "train: none · select: val groups"  # teacher not found: the record as written
     with pytest.raises(DataError, match="no selection rule"):
         label_ledger({**dfr, "extras": {}}, inputs=runs.get)

@@ -1,10 +1,11 @@
 """The label ledger of a finished run (:mod:`debiaslab.evaluation.ledger`): ``final.json["labels"]`` when the run
-recorded it, otherwise derived from the rest of its record.
+recorded it, otherwise derived from the rest of its record the way runs record it.
 
-Derived from what the record says: the method's declared needs (``requires``: group labels on the training split,
-or on the validation split, as DFR's group-balanced head does), the selection rule of every stage, the split it
-selected on (``test`` under the papers' protocol), and the runs it was built on (a DFR base run, a DeTT/KD
-teacher), whose own ledgers fold in: a student distilled from a GroupDRO teacher trained on group labels.
+Derived from what the record says: the method's declared needs (``requires``: group labels on the training split;
+on the validation split, which counts as selection, as DFR's last layer fitted on validation groups does), the
+selection rule of every stage, and the split it selected on (``test`` under the papers' protocol). Either way the
+runs it was built on (a DFR base run, a DeTT/KD teacher) fold in where they are found: a student distilled from a
+GroupDRO teacher read group labels through it.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ def label_ledger(final: Mapping[str, Any], rule: str | None = None, inputs: Inpu
     same training, as in ``final["selections"]``). Raises :class:`DataError` when a run it was built on is
     needed and ``inputs`` cannot find it."""
     recorded = final.get("labels")
-    if recorded is not None and rule in (None, final.get("selection")):
-        return check_labels(recorded, "final.json labels")
-    if recorded is not None:  # another rule of the same training: the training's labels, that rule's selection
-        labels = check_labels(recorded, "final.json labels")
+    if recorded is None:
+        return _derive(final, rule, inputs)
+    labels = check_labels(recorded, "final.json labels")
+    if rule not in (None, final.get("selection")):  # another rule of the same training: that rule's selection
         own = {**labels, **_selection(final, rule)}
-        if labels["select_source"] not in GROUP_SOURCES:  # what the runs it was built on read stays
+        if labels["select"] != "none" and _reads_on_validation(final):  # a head fitted on validation stays
             own = _fold(own, labels, "select", None)
-        return own
-    return _derive(final, rule, inputs)
+        labels = own
+    return _with_inputs(final, check_labels(labels, "labels"), inputs, required=False)
 
 
 def _derive(final: Mapping[str, Any], rule: str | None, inputs: InputReader) -> dict[str, Any]:
@@ -55,22 +56,40 @@ def _derive(final: Mapping[str, Any], rule: str | None, inputs: InputReader) -> 
 
     method = get_method(final["method"])
     hparams = final.get("hparams") or {}
-    variant = (final.get("extras") or {}).get("variant")
     labels: dict[str, Any] = {"train": "none", "train_source": None}
     if method.requires.train_attrs:
-        labels.update(train="groups", train_source="train")
-    elif method.requires.val_attrs and variant != "class":  # fits on validation groups (DFR's balanced head)
-        labels.update(train="groups", train_source="val")
+        labels.update(train="groups")
     teacher = hparams.get("teacher_method")
     if teacher and not hparams.get("teacher_run") and get_method(teacher).requires.train_attrs:
-        labels = _fold(labels, {"train": "groups", "train_source": "train"}, "train", "teacher")
+        labels = _fold(labels, {"train": "groups", "train_source": None}, "train", "teacher")
     labels.update(_selection(final, rule))
-    for name in sorted(method.run_inputs):
+    if _reads_on_validation(final):
+        labels = _fold(labels, {"select": "groups", "select_source": None}, "select", None)
+    return _with_inputs(final, check_labels(labels, "derived labels"), inputs, required=True)
+
+
+def _reads_on_validation(final: Mapping[str, Any]) -> bool:
+    """Whether the method itself fits on validation groups (DFR's head; not its ``class`` variant)."""
+    from debiaslab.methods.registry import get_method
+
+    variant = (final.get("extras") or {}).get("variant")
+    return get_method(final["method"]).requires.val_attrs and variant != "class"
+
+
+def _with_inputs(final: Mapping[str, Any], labels: dict, inputs: InputReader, required: bool) -> dict[str, Any]:
+    """``labels`` with the ledgers of the runs the run was built on folded in (``required``: one not found is an
+    error; otherwise it is left out)."""
+    from debiaslab.methods.registry import get_method
+
+    hparams = final.get("hparams") or {}
+    for name in sorted(get_method(final["method"]).run_inputs):
         path = hparams.get(name)
         if not path:
             continue
         found = inputs(str(path))
         if found is None:
+            if not required:
+                continue
             raise DataError(
                 f"{final['method']} run built on {name} {path!r}: that run's final.json is not found, so the labels "
                 "it read are unknown"
@@ -79,7 +98,7 @@ def _derive(final: Mapping[str, Any], rule: str | None, inputs: InputReader) -> 
         via = INPUT_NAMES.get(name, name.replace("_", " "))
         labels = _fold(labels, theirs, "train", via)
         labels = _fold(labels, theirs, "select", via)
-    return check_labels(labels, "derived labels")
+    return check_labels(labels, "labels")
 
 
 def _selection(final: Mapping[str, Any], rule: str | None) -> dict[str, Any]:

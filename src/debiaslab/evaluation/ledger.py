@@ -4,9 +4,12 @@ A number in this field means little without it: a method that chose its checkpoi
 not comparable with one that read none. Every run records it as ``final.json["labels"]``::
 
     {"train": "none" | "groups" | "inferred",    # group labels the training read
-     "select": "groups" | "inferred" | "none",   # group labels the deployed checkpoint's selection read
-     "train_source": str | None,                 # the split ("train", "val"), the run it came through
-     "select_source": str | None}                # ("teacher run", "base run") or the inferred groups file
+     "select": "groups" | "inferred" | "none",   # group labels the deployed model's selection read (a rule on
+                                                 # validation groups, or a head fitted on them: DFR)
+     "train_source": str | None,                 # None for the dataset's own groups; the inferred groups file
+     "select_source": str | None}                # (``inferred:<file> sha256:<hash>``); or the run it came
+                                                 # through (``teacher``, ``base run``); ``test`` under the
+                                                 # papers' protocol
 
 ``inferred`` means groups read from a file of inferred groups rather than the dataset's annotations. This module
 checks and prints the schema; :mod:`debiaslab.bench.ledger` derives it for records written before the key.
@@ -15,7 +18,6 @@ checks and prints the schema; :mod:`debiaslab.bench.ledger` derives it for recor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import PurePath
 from typing import Any
 
 from debiaslab.errors import DataError
@@ -67,7 +69,7 @@ def _train_text(labels: dict[str, Any]) -> str:
     if kind == "none":
         return "none"
     if kind == "inferred":
-        return "inferred groups" + (f" ({PurePath(source).name})" if source else "")
+        return "inferred groups" + _via(source)
     if source in (None, "train"):
         return "train groups"
     if source in ("val", "test"):
@@ -80,9 +82,16 @@ def _select_text(labels: dict[str, Any]) -> str:
     if kind == "none":
         return "none"
     if kind == "inferred":
-        return "inferred groups" + (f" ({PurePath(source).name})" if source else "")
+        return "inferred groups" + _via(source)
     if source in (None, "val"):
         return "val groups"
     if source == "test":
         return "test groups"
     return f"val groups ({source})"
+
+
+def _via(source: str | None) -> str:
+    """`` (teacher)`` when inferred groups came through another run (``teacher, inferred:<file> ...``); the file
+    itself stays in the record (a table row names its inferrer)."""
+    via = (source or "").rpartition(", ")[0]
+    return f" ({via})" if via else ""
