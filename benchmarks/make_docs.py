@@ -8,7 +8,7 @@ are absent (e.g. Biased MNIST before its runs are committed) is left out, never 
 Tables that compare configurations show validation scores only; test scores appear only for the configurations
 a method deploys, over seeds.
 
-    python benchmarks/make_docs.py                 # rewrite docs/results/*.md and README.md's blocks
+    python benchmarks/make_docs.py                 # rewrite docs/results/*.md and the blocks of README.md, docs/ule.md
     python benchmarks/make_docs.py --check         # exit 1 and name the stale files instead of writing
 """
 
@@ -789,7 +789,8 @@ def _sections(lines: list[str]) -> list[list[str]]:
 
 
 def pages(repo: Path = REPO, rec: Records | None = None) -> dict[str, str]:
-    """Every generated file: ``{path relative to the repository: text}`` (README.md with its blocks filled)."""
+    """Every generated file: ``{path relative to the repository: text}`` (README.md and docs/ule.md with their
+    blocks filled)."""
     rec = rec if rec is not None else Records(repo / RESULTS)
     gens = generators(rec)
     out = {}
@@ -806,15 +807,20 @@ def pages(repo: Path = REPO, rec: Records | None = None) -> dict[str, str]:
         body = render((repo / TEMPLATES / f"_readme-{name}.md").read_text(), readme_gens, name)
         readme = splice(readme, name, body if body.strip() else "")
     out["README.md"] = readme
+    # the ULE page shows the validation comparison that chose its default
+    ule_table = ule_search(rec)
+    out["docs/ule.md"] = splice(
+        (repo / "docs/ule.md").read_text(), "ule-search", ule_table + "\n" if ule_table else "", "docs/ule.md"
+    )
     return out
 
 
-def splice(text: str, name: str, body: str) -> str:
+def splice(text: str, name: str, body: str, where: str = "README.md") -> str:
     """Replace the block between ``<!-- generated:NAME:start -->`` and ``<!-- generated:NAME:end -->``."""
     start, end = f"<!-- generated:{name}:start -->", f"<!-- generated:{name}:end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md: no block {start} ... {end}; add the two markers where the block belongs")
+        raise SystemExit(f"{where}: no block {start} ... {end}; add the two markers where the block belongs")
     return pattern.sub(lambda _: f"{start}\n{body}{end}", text, count=1)
 
 

@@ -136,6 +136,22 @@ def test_exempt_baseline_runs(case) -> None:
     assert math.isfinite(worst_group(method, toy_name, hparams))
 
 
+def test_ule_shipped_default_debiases_the_toy() -> None:
+    """ULE as shipped (no ULE setting given): the default chosen on Colored MNIST and Biased MNIST validation
+    (docs/ule.md) masks the student's top 10 % predicted-class saliency on its mistakes, λ 1, and its teacher beats
+    ERM's test worst-group accuracy on the shortcut toy."""
+    hp = get_method("ule")(**BASE).hparams
+    assert (hp.omega, hp.saliency, hp.weighting, hp.mask_fraction, hp.omega_weight) == (
+        "mask",
+        "pred_logit",
+        "student_wrong",
+        0.1,
+        1.0,
+    )
+    erm, ours = erm_worst_group("shortcut"), worst_group("ule", "shortcut", {})
+    assert ours >= erm + MARGIN, f"ule default: test worst-group {ours:.3f}, ERM {erm:.3f} (+{MARGIN} needed)"
+
+
 def test_denetdm_beats_erm_conflicting_on_a_colored_mnist_slice(data_root, cache_dir) -> None:
     """DeNetDM's depth effect needs images: on a 3 000-image slice of Colored MNIST (5 % conflicting, the
     dataset's own presets, 3 + 3 epochs against ERM's 5) its test conflicting accuracy beats ERM's."""

@@ -231,7 +231,8 @@ def train_config(args: argparse.Namespace) -> Any:
         num_threads=args.threads,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
-        groups=args.groups,
+        groups=args.groups or (run.groups if run else None),
+        groups_recipe=None if args.groups else (run.groups_recipe if run else None),
     )
 
 

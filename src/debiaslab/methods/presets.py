@@ -21,7 +21,10 @@ CMNIST_MLP: dict[str, Default] = {
 GROUPDRO_PAPER = "GroupDRO paper (Sagawa et al. 2020): standard training of an ImageNet-pretrained ResNet-50"
 LFF_CONFIG_CIFAR = "LfF official config (corrupted_cifar10: ResNet20, Adam 1e-3, batch 256, 196 x 200 steps)"
 DFA_PAPER = "DFA paper (Lee et al. 2021), BFFHQ: ResNet-18, Adam 1e-4, batch 64, 50K iterations (~160 epochs)"
-PRETRAINED_NOTE = "; pass model_kwargs={pretrained: /path/to/imagenet-weights.pth} for the ImageNet start"
+PRETRAINED_NOTE = (
+    "; pass model_kwargs={pretrained: imagenet} (torchvision's weights, fetched with their checksum) or a local "
+    "file for the ImageNet start"
+)
 
 #: Waterbirds / CelebA with a ResNet-50 (224 x 224 crops, ImageNet normalisation by the dataset).
 WATERBIRDS_RESNET50: dict[str, Default] = {
