@@ -18,20 +18,20 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import cmnist_tables as ct
 import numpy as np
+
+from debiaslab.bench.stats import difference_cell
+from debiaslab.evaluation.ledger import ledger_text as ledger_line
 
 INFERRERS = ("error_set", "gce", "amplified", "cluster", "eiil")
 GROUP_METHODS = ("reweight_group", "groupdro", "dfr")
 RATIOS = ("0.005", "0.01", "0.02", "0.05")
-LEDGER_WORDS = {"none": "none", "groups": "groups", "inferred": "inferred groups"}
 
 
 def ledger_text(labels: dict | None) -> str:
-    """``train: inferred groups · select: inferred groups`` from a record's ``labels``."""
-    if not labels:
-        return "–"
-    select = LEDGER_WORDS[labels["select"]]
-    return f"train: {LEDGER_WORDS[labels['train']]} · select: {'val ' + select if select != 'none' else 'none'}"
+    """``train: inferred groups (<file>) · select: inferred groups (<file>)`` from a record's ``labels``."""
+    return ledger_line(labels) if labels else "–"
 
 
 def row_key(final: dict) -> str:
@@ -48,7 +48,7 @@ def load_runs(root: Path) -> dict[str, dict[str, list[dict]]]:
     """``{row: {setting: [final, ...]}}``; the setting is the ratio (Colored MNIST) or ``all``."""
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(root.rglob("final.json")):
-        final = json.loads(path.read_text())
+        final = {**json.loads(path.read_text()), "_dir": str(path.parent)}
         setting = str(final.get("dataset_options", {}).get("ratio", "all"))
         out.setdefault(row_key(final), {}).setdefault(setting, []).append(final)
     return out
@@ -115,7 +115,8 @@ def ordered_rows(rows: dict[str, dict[str, list[dict]]]) -> list[str]:
 
 
 def accuracy_table(root: Path, metric: str) -> str | None:
-    """Test ``metric`` (%, mean ± std over seeds) of every row, with the labels each row used."""
+    """Test ``metric`` (%, mean and 95 % interval over seeds and test examples) of every row, with the labels each
+    row used."""
     rows = load_runs(root)
     if not rows:
         return None
@@ -124,14 +125,14 @@ def accuracy_table(root: Path, metric: str) -> str | None:
     for key in ordered_rows(rows):
         finals = [f for fs in rows[key].values() for f in fs]
         ledgers = {ledger_text(f.get("labels")) for f in finals}
-        cells = [_mean_std([f["metrics"]["test"][metric] for f in rows[key].get(s, [])]) for s in settings]
+        cells = [ct.interval_cell_of(rows[key].get(s, []), ct.test_metric(metric)) for s in settings]
         lines.append(f"| {key} | {' / '.join(sorted(ledgers))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def gap_sentence(root: Path, setting: str = "0.01", metric: str = "unbiased") -> str | None:
     """The best pipeline without group labels at ``setting`` against the same method on the true groups, paired by
-    seed (the difference's mean and its range over seeds)."""
+    seed (the difference, its 95 % interval and the seeds where the pipeline scored higher)."""
     rows = load_runs(root)
     best: tuple[float, str, str] | None = None
     for method in GROUP_METHODS:
@@ -149,14 +150,17 @@ def gap_sentence(root: Path, setting: str = "0.01", metric: str = "unbiased") ->
     seeds = sorted(set(labelled) & set(pipeline))
     if not seeds:
         return None
-    diffs = np.array([pipeline[s]["metrics"]["test"][metric] - labelled[s]["metrics"]["test"][metric] for s in seeds])
+    get = ct.test_metric(metric)
+    diff = ct.STATS.difference(
+        [ct.scores_of(pipeline[s], get) for s in seeds], [ct.scores_of(labelled[s], get) for s in seeds], metric
+    )
     ref = statistics.fmean(labelled[s]["metrics"]["test"][metric] for s in seeds)
     where = f"{100 * float(setting):g} %" if setting != "all" else "this dataset"
     return (
-        f"At {where}, the best pipeline without group labels is **{method} on {name} groups**: test {metric} "
-        f"{100 * mean:.1f} against {100 * ref:.1f} for {method} on the true groups, a difference of "
-        f"{100 * diffs.mean():+.1f} points (seeds {', '.join(map(str, seeds))}: "
-        f"{', '.join(f'{100 * d:+.1f}' for d in diffs)})."
+        f"At {where}, the highest mean without group labels is **{method} on {name} groups**: test {metric} "
+        f"{100 * mean:.1f} against {100 * ref:.1f} for {method} on the true groups; paired by seed "
+        f"({', '.join(map(str, seeds))}), the difference is {difference_cell(diff)} points (95 % interval; ○: not "
+        "told apart from the true groups)."
     )
 
 

@@ -168,7 +168,7 @@ def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
     out = capsys.readouterr().out
     # the label carries the user-set hyperparameters, so different settings are never pooled as seeds
     assert "| erm (batch_size=512, epochs=2, model_kwargs=" in out
-    assert "| ratio=0.05 | default | val_unbiased | 0 |" in out
+    assert "| ratio=0.05 | default | val_unbiased | train: none · select: val groups | 0 |" in out
 
 
 def test_plain_log_lines_follow_the_current_stderr(monkeypatch) -> None:

@@ -79,11 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(evaluate)
     cli_deploy.add_parsers(sub, _data_args)
 
-    report = sub.add_parser("report", help="summarise finished run directories: mean ± std over seeds")
+    report = sub.add_parser(
+        "report", help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read"
+    )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
     report.add_argument("--split", default="test", choices=["val", "test"])
     report.add_argument("--pivot", metavar="METRIC", help="methods x ratios table of one metric, e.g. unbiased")
     report.add_argument("--paper", action="store_true", help="with --pivot: add published CMNIST numbers")
+    report.add_argument(
+        "--reference",
+        metavar="METHOD",
+        default="erm",
+        help="paired differences with this method's runs of the same seeds (default erm; 'none' for no column)",
+    )
 
     bench = sub.add_parser("bench", help="run a benchmark suite (methods x datasets x ratios x seeds) and report it")
     bench.add_argument("suite", help=f"a shipped suite ({_shipped('bench')}) or a path to a suite YAML file")
@@ -104,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slurm-mem-gb", type=int, help="memory per job (default: the partition's)")
     bench.add_argument("--slurm-folder", help="submitit's job files and logs (default <out>/slurm)")
     bench.add_argument("--only", nargs="+", metavar="METHOD", help="only these methods (labels or names)")
+    bench.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only the runs of these seeds")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
     bench.add_argument("--report-only", action="store_true", help="aggregate finished runs; train nothing")
     bench.add_argument("--no-progress", action="store_true")
@@ -263,13 +272,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from debiaslab.bench.aggregate import find_runs, markdown_table, summarise
+    from debiaslab.bench.aggregate import add_differences, find_runs, markdown_table, summarise, table_notes
+    from debiaslab.bench.stats import Stats
 
     records = find_runs(args.roots)
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1
-    rows = summarise(records, split=args.split)
+    stats = Stats()
+    rows = summarise(records, split=args.split, stats=stats)
+    if args.reference != "none" and args.split == "test":
+        metrics = (
+            (args.pivot,) if args.pivot in ("unbiased", "worst_group", "conflicting") else ("unbiased", "worst_group")
+        )
+        add_differences(rows, args.reference, stats, metrics)
     if args.pivot:
         from debiaslab.bench.aggregate import pivot_markdown
         from debiaslab.bench.paper import cmnist_reference
@@ -277,7 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = pivot_markdown(rows, args.pivot, reference=cmnist_reference if args.paper else None)
     else:
         text = markdown_table(rows)
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(text + "\n\n" + table_notes(rows), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -301,6 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         executor=args.executor,
         only=args.only,
+        seeds=args.seeds,
         dry_run=args.dry_run,
         report_only=args.report_only,
         data_root=args.data_root,

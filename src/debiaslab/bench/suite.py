@@ -35,10 +35,10 @@ SUITE_KEYS = {
     "precision": "fp32 or bf16 (default fp32)",
     "paper_budget": "true (default) when the runs use the papers' training budget, so the report puts the published "
     "numbers beside ours; false for a shortened budget (no paper columns)",
-    "datasets": "list of datasets: {name, options, ratios, dir}",
+    "datasets": "list of datasets: {name, options, ratios, seeds, dir}",
     "methods": "list of methods: a name, or {method, label, hparams}",
 }
-DATASET_KEYS = ("name", "options", "ratios", "dir")
+DATASET_KEYS = ("name", "options", "ratios", "seeds", "dir")
 METHOD_KEYS = ("method", "label", "hparams", "groups")
 GROUPS_KEYS = ("inferrer", "hparams", "label")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
@@ -71,12 +71,14 @@ class MethodEntry:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One dataset of a suite: fixed ``options``, optional conflicting ``ratios`` (a grid), the folder name."""
+    """One dataset of a suite: fixed ``options``, optional conflicting ``ratios`` (a grid), its own ``seeds``
+    (None: the suite's), the folder name."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     ratios: tuple[float, ...] | None = None
     dir: str = ""
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,19 @@ class Suite:
         only: Sequence[str] | None = None,
         data_root: str | None = None,
         cache_dir: str | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[PlannedRun]:
         """Every run of the grid, in a stable order (dataset, ratio, method, seed); ``only`` keeps the methods
-        whose label or registered name is listed."""
+        whose label or registered name is listed, ``seeds`` the runs of those seeds (e.g. seeds added later)."""
         out = Path(out) if out is not None else self.default_out()
+        if seeds:
+            known_seeds = set(self.seeds).union(*(ds.seeds or () for ds in self.datasets))
+            missing = sorted(set(seeds) - known_seeds)
+            if missing:
+                raise ConfigError(
+                    f"--seeds {', '.join(map(str, missing))}: not a seed of suite {self.name!r} ({self.source}); "
+                    f"expected some of: {', '.join(map(str, sorted(known_seeds)))}"
+                )
         wanted = set(only or [])
         if wanted:
             known = {m.label for m in self.methods} | {m.method for m in self.methods}
@@ -164,7 +175,9 @@ class Suite:
                 for entry in self.methods:
                     if wanted and entry.label not in wanted and entry.method not in wanted:
                         continue
-                    for seed in self.seeds:
+                    for seed in ds.seeds or self.seeds:
+                        if seeds and seed not in seeds:
+                            continue
                         run_dir = _run_dir(out, ds, ratio, entry.label, seed)
                         hparams = self.hparams_for(entry)
                         refs = run_refs(hparams)
@@ -269,10 +282,15 @@ def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
     suite.precision = where.choice("precision", doc.get("precision", "fp32"), ("fp32", "bf16"))
     suite.paper_budget = where.boolean("paper_budget", doc.get("paper_budget", True))
     suite.datasets = [_dataset(where, i, d) for i, d in enumerate(where.nonempty_list("datasets", doc.get("datasets")))]
-    dirs = [d.dir for d in suite.datasets]
-    for i, d in enumerate(dirs):
-        if d in dirs[:i]:
-            raise where.error(f"datasets[{i}]", d, "datasets with distinct folders (give one a different `dir`)")
+    for i, d in enumerate(suite.datasets):
+        for earlier in suite.datasets[:i]:
+            if d.dir == earlier.dir and not _share_folder(d, earlier):
+                raise where.error(
+                    f"datasets[{i}]",
+                    d.dir,
+                    "datasets with distinct folders (give one a different `dir`), or the same dataset and options "
+                    "with ratios in common to neither",
+                )
     suite.methods = [_method(where, i, m) for i, m in enumerate(where.nonempty_list("methods", doc.get("methods")))]
     labels = [m.label for m in suite.methods]
     for i, label in enumerate(labels):
@@ -283,6 +301,13 @@ def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
     _check_run_refs(suite, where)
     _check_hparams(suite, where)
     return suite
+
+
+def _share_folder(a: DatasetEntry, b: DatasetEntry) -> bool:
+    """Two entries may share a folder when they split one dataset's ratios (e.g. more seeds at one ratio): their
+    runs' folders (``r<ratio>``) never meet."""
+    same = a.name == b.name and a.options == b.options
+    return same and a.ratios is not None and b.ratios is not None and not set(a.ratios) & set(b.ratios)
 
 
 def _check_run_refs(suite: Suite, where: _Where) -> None:
@@ -358,7 +383,8 @@ def _dataset(where: _Where, i: int, d: Any) -> DatasetEntry:
     folder = d.get("dir", default_dir)
     if not isinstance(folder, str) or not _SAFE_NAME.match(folder):
         raise where.error(f"{key}.dir", folder, "a folder name of letters, digits and _ . + = -")
-    return DatasetEntry(name=name, options=dict(options), ratios=ratios, dir=folder)
+    seeds = tuple(where.int_list(f"{key}.seeds", d["seeds"], low=0)) if "seeds" in d else None
+    return DatasetEntry(name=name, options=dict(options), ratios=ratios, dir=folder, seeds=seeds)
 
 
 def _method(where: _Where, i: int, m: Any) -> MethodEntry:
