@@ -15,10 +15,22 @@ from typing import Any
 
 import yaml
 
+from debiaslab.errors import OutputError, output_error
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it over ``path``."""
+    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it over ``path``; a place that cannot be
+    written is an :class:`~debiaslab.errors.OutputError` naming ``path``."""
     path = Path(path)
+    try:
+        return _atomic_write(path, write, mode)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
