@@ -135,14 +135,9 @@ def build_celeba(
     out = size or centre  # image_size=None keeps the crop's size
     if augment and out is None:
         raise ConfigError("augment=true needs image_size or crop (the size of the random crops)")
-    loading = image_loading(
-        DecodeSpec(size=size, center_crop=centre),
-        normalize=normalize,
-        workers=workers,
-        preload=preload,
-        verify=verify,
-        augment_ops=[RandomResizedCrop(out, scale=(0.7, 1.0), ratio=(1.0, 4 / 3))] if augment else None,
-    )
+    crops = [RandomResizedCrop(out, scale=(0.7, 1.0), ratio=(1.0, 4 / 3))] if augment else None
+    decode = DecodeSpec(size=size, center_crop=centre)
+    loading = image_loading(decode, normalize, workers, preload, verify, augment_ops=crops)
     folder = find_dataset_dir(data_root, root, FOLDERS, IMAGES, NAME)
     images = folder / IMAGES
     if (images / IMAGES).is_dir():  # the Kaggle copy nests the folder

@@ -165,7 +165,7 @@ def build_dfa_cmnist(
     preload: bool | str = "auto",
 ) -> DatasetBundle:
     """Colored MNIST as released by DFA (<root>/cmnist/{pct}/...): digit = class, colour = bias."""
-    loading = image_loading(DecodeSpec(), normalize=normalize, workers=workers, preload=preload)
+    loading = image_loading(DecodeSpec(), normalize, workers, preload)
     return build_dfa(
         "dfa_cmnist", "cmnist", data_root, loading, root=root, ratio=ratio, n_classes=10, valid_at_top=False,
         default_model="mlp",
@@ -189,7 +189,7 @@ def build_dfa_cifar10c(
     ``augment``: random 32 x 32 crops of the 4-pixel padded image and horizontal flips (the DFA/LfF recipe).
     """
     crops = [RandomCrop(32, padding=4)] if check_bool(augment, "augment") else None
-    loading = image_loading(DecodeSpec(), normalize=normalize, workers=workers, preload=preload, augment_ops=crops)
+    loading = image_loading(DecodeSpec(), normalize, workers, preload, augment_ops=crops)
     return build_dfa(
         "dfa_cifar10c", "cifar10c", data_root, loading, root=root, ratio=ratio, n_classes=10, valid_at_top=False,
         default_model="resnet18",
@@ -222,9 +222,7 @@ def build_bffhq(
         if size is None:
             raise ConfigError("augment=true needs an image_size (the crop size)")
         crops = [RandomCrop(size, padding=4)]
-    loading = image_loading(
-        DecodeSpec(size=size), normalize=normalize, workers=workers, preload=preload, augment_ops=crops
-    )
+    loading = image_loading(DecodeSpec(size=size), normalize, workers, preload, augment_ops=crops)
     return build_dfa(
         "bffhq", "bffhq", data_root, loading, root=root, ratio=ratio, n_classes=2, valid_at_top=True,
         default_model="resnet18", test_conflicting_only=test_conflicting_only,

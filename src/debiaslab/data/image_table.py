@@ -65,11 +65,11 @@ class ImageLoading:
 
 def image_loading(
     decode: DecodeSpec,
-    *,
     normalize: object,
     workers: object,
     preload: bool | str,
     verify: object = False,
+    *,
     eval_ops: Sequence[BatchTransform] = (),
     augment_ops: Sequence[BatchTransform] | None = None,
 ) -> ImageLoading:
@@ -159,14 +159,7 @@ def user_image_loading(
         if size is None:
             raise ConfigError("augment=true needs image_size (the crop size)")
         crops = [RandomCrop(size, padding=max(1, size[0] // 8))]
-    loading = image_loading(
-        DecodeSpec(size=size, mode=mode),
-        normalize=normalize,
-        workers=workers,
-        preload=preload,
-        verify=verify,
-        augment_ops=crops,
-    )
+    loading = image_loading(DecodeSpec(size=size, mode=mode), normalize, workers, preload, verify, augment_ops=crops)
     loading.recipe.update(image_size=list(size) if size else None, mode=mode)
     return loading
 

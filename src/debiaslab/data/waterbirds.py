@@ -69,14 +69,9 @@ def build_waterbirds(
     if crop[0] > load[0] or crop[1] > load[1]:
         raise ConfigError(f"image_size {image_size} is larger than resize {resize}; the crop must fit")
     augment = check_bool(augment, "augment")
+    crops = [RandomResizedCrop(crop, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3))] if augment else None
     loading = image_loading(
-        DecodeSpec(size=load),
-        normalize=normalize,
-        workers=workers,
-        preload=preload,
-        verify=verify,
-        eval_ops=[CenterCrop(crop)],
-        augment_ops=[RandomResizedCrop(crop, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3))] if augment else None,
+        DecodeSpec(size=load), normalize, workers, preload, verify, eval_ops=[CenterCrop(crop)], augment_ops=crops
     )
     folder = find_dataset_dir(data_root, root, FOLDERS, METADATA, NAME)
     table = folder / METADATA
