@@ -19,6 +19,7 @@ from rich.table import Table
 
 from debiaslab import cli_deploy, cli_groups
 from debiaslab.audit import command as audit_command
+from debiaslab.cli_options import add_imports, import_plugins, positive_int, with_shortcuts
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -60,13 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default runs/<dataset>-<options>/<method>/seed<seed>)")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.add_argument("--precision", choices=["fp32", "bf16"], help="default fp32")
-    train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    again.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument(
         "--groups", metavar="FILE", help="train and select on a groups file's inferred groups (infer-groups)"
     )
+    add_imports(train)
     cli_deploy.add_tracking_args(train)
     _data_args(train)
 
@@ -168,13 +171,8 @@ def _tune_parser(sub: Any) -> None:
     tune.add_argument("--no-final", action="store_true", help="search only; train no final runs")
     tune.add_argument("--search-seed", type=int, default=0, help="seed of the sampler and of every trial")
     tune.add_argument("--only", nargs="+", metavar="METHOD", help="with --suite: only these methods")
-    tune.add_argument(
-        "--imports",
-        nargs="+",
-        metavar="MODULE",
-        help="plugin modules (registering datasets or methods) imported here and in every worker",
-    )
-    tune.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial (default 1)")
+    add_imports(tune)
+    tune.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per trial (default 1)")
     tune.add_argument("--device", default="auto")
     tune.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     tune.add_argument("--no-progress", action="store_true")
@@ -202,15 +200,9 @@ def train_config(args: argparse.Namespace) -> Any:
     if args.protocol is not None:
         dataset_options["protocol"] = args.protocol
     hparams = dict(run.hparams) if run else {}
-    hparams.update(parse_key_values(args.hp, "--hp", parse=False))
-    for key, value in (
-        ("epochs", args.epochs),
-        ("batch_size", args.batch_size),
-        ("lr", args.lr),
-        ("selection", args.selection),
-    ):
-        if value is not None:
-            hparams[key] = value
+    given = parse_key_values(args.hp, "--hp", parse=False)
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "selection": args.selection}
+    hparams = with_shortcuts({**hparams, **given}, given, flags)
     method = args.method or (run.method if run else None)
     dataset = args.dataset or (run.dataset if run else None)
     for flag, value in (("--method", method), ("--dataset", dataset)):
@@ -243,9 +235,10 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from debiaslab.runs import train_run
+    from debiaslab.runs import checked_config, train_run
 
-    cfg = train_config(args)
+    import_plugins(args.imports)
+    cfg = checked_config(train_config(args))
     from debiaslab.utils import dist
 
     dist.init_from_env()  # launched by torchrun: one process per device, gradients averaged across them

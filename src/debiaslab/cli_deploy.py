@@ -29,6 +29,7 @@ def add_evaluate_args(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--split", choices=["val", "test"], help="only this split (default: both)")
     evaluate.add_argument("--ratio", type=float, help="bias-conflicting ratio (Colored MNIST)")
     evaluate.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="a dataset option")
+    evaluate.add_argument("--out", metavar="FILE", help="also save the result (metrics and group tables) as JSON")
 
 
 def add_parsers(sub: Any, data_args: Any) -> None:
@@ -90,6 +91,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print(reports[last].render_auto())
     for split, report in reports.items():
         console.print(f"{name}{f' ({opts})' if opts else ''} {split}: {report.summary_line()}")
+    if args.out:
+        from debiaslab.utils.io import atomic_write_json
+
+        doc = {"run_dir": str(args.run_dir), "dataset": name, "dataset_options": used}
+        path = atomic_write_json(args.out, {**doc, "splits": {s: r.to_dict() for s, r in reports.items()}})
+        console.print(f"result written to {path}")
     return 0
 
 

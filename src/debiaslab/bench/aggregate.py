@@ -317,13 +317,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
     """Every row: its labels, seeds, each column (95 % interval where the runs give one, else mean ± std) and,
     after :func:`add_differences`, the paired differences with the reference."""
     compared = list(rows[0].get("vs") or {}) if rows else []
-    header = ["method", "dataset options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
+    header = ["method", "dataset", "options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
     header += [f"{m} − {rows[0]['reference']} (points)" for m in compared] + ["time s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k != "protocol")
         cells = [
             row["method"],
+            row["dataset"],
             opts,
             row["protocol"],
             row["selection"],

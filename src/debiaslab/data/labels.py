@@ -251,12 +251,10 @@ def user_labels(
             f"{source} has no attribute labels (no attribute column, attr array or attributes CSV): group "
             "metrics are undefined and only methods that need no attribute labels can run"
         )
-    else:
-        log.info("%s: aligned pairing %s", dataset, pairing)
-        if isinstance(aligned, str) and aligned.strip().lower() == "auto" and groups:
-            notes.append(
-                f"{dataset}: aligned / conflicting accuracy take attribute id c as the aligned attribute of class c "
-                "(the default); if your attribute ids mean something else, declare --data-opt "
-                "aligned={class: attribute, ...} or aligned=none"
-            )
+    elif isinstance(aligned, str) and aligned.strip().lower() == "auto" and groups:
+        notes.append(
+            f"{dataset}: aligned / conflicting accuracy take attribute id c as the aligned attribute of class c "
+            "(the default); if your attribute ids mean something else, declare --data-opt "
+            "aligned={class: attribute, ...} or aligned=none"
+        )
     return UserLabels(ids, k, attr_ids, n_a, split, how, groups, pairing, notes)

@@ -19,8 +19,8 @@ from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
-from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, obtain_teacher, student_stage
+from debiaslab.methods.base import FitResult, Method, PlannedStage
+from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, obtain_teacher, student_stage, teacher_plan
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -51,6 +51,10 @@ class KnowledgeDistillation(Method):
     """Logit distillation of a (debiased) teacher into a student on the biased training set."""
 
     family = "distillation"
+    final_stage = ("kd_student", None)
+
+    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
+        return [*teacher_plan(self, val), *super().stage_plan(val)]
 
     summary = "plain logit knowledge distillation from a teacher (baseline for DeTT)"
     #: searched by `debiaslab tune`: the distillation weight and temperature

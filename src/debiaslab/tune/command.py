@@ -60,7 +60,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
     )
     rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
     spec = SearchSpec(
-        method=args.method,
+        method=method_cls.name,
         dataset=args.dataset,
         dataset_options=options,
         space=space,
@@ -89,7 +89,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
     if best is None:
         return [*lines, f"no complete trial under {rule}: no final runs"]
     ratios = args.final_ratios or ([options["ratio"]] if "ratio" in options else None)
-    chosen = [Chosen(args.method, args.method, chosen_hparams(fixed, best, spec.epochs, rule))]
+    chosen = [Chosen(spec.method, spec.method, chosen_hparams(fixed, best, spec.epochs, rule))]
     suite = final_suite(
         spec.name,
         rule,
@@ -101,7 +101,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         threads=args.threads,
         device=args.device,
         precision=args.precision,
-        description=f"{args.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
+        description=f"{spec.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
         imports=spec.imports,
     )
     bench = train_chosen(
@@ -125,6 +125,8 @@ def search_lines(result: SearchResult) -> list[str]:
     for rule, best in result.best.items():
         values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
         lines.append(f"  {rule}: trial {best['trial']} (val {best['score']:.4f}): {values}")
+    if result.tie_note():
+        lines.append(f"  note: {result.tie_note()}")
     lines.append(f"report: {Path(spec.out) / 'search.md'}")
     return lines
 

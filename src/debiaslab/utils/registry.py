@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from debiaslab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` Did you mean a, b?`` for the names of ``known`` closest to ``name`` (case aside), else ``""``."""
+    names = list(known)
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=3)
+    return f" Did you mean {', '.join(lowered[c] for c in close)}?" if close else ""
 
 
 class Registry(Generic[T]):
@@ -30,14 +38,20 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._items, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; expected one of: {', '.join(sorted(self._items))}.{hint}"
-            ) from None
+        """The object registered as ``name``, or as ``name`` in another case (``ERM`` is ``erm``) when that is
+        unambiguous."""
+        return self._items[self.canonical(name)]
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name`` (case-insensitive when unambiguous); a ConfigError suggesting the
+        closest names when there is none."""
+        if name in self._items:
+            return name
+        folded = [n for n in self._items if isinstance(name, str) and n.lower() == name.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        hint = did_you_mean(name, self._items)
+        raise ConfigError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(sorted(self._items))}.{hint}")
 
     def names(self) -> list[str]:
         return sorted(self._items)

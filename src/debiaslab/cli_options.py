@@ -1,0 +1,63 @@
+"""Command-line options shared by several commands, and the checks argparse cannot make alone: a whole number
+of at least 1, ``--imports`` of plugin modules, and a shortcut (``--epochs``) that contradicts the same
+hyperparameter given with ``--hp``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from debiaslab.errors import ConfigError
+
+#: ``--epochs`` and its kind: a flag that sets one hyperparameter
+SHORTCUTS: dict[str, str] = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "selection": "--selection",
+}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--threads 0`` is refused in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_imports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--imports",
+        nargs="+",
+        metavar="MODULE",
+        help="plugin modules (registering datasets, models or methods) imported first (and in every worker)",
+    )
+
+
+def import_plugins(modules: Sequence[str] | None) -> None:
+    """Import ``--imports``; a module that does not import is one error line."""
+    import importlib
+
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"--imports {module}: cannot import it ({exc}); is its folder on PYTHONPATH?") from exc
+
+
+def with_shortcuts(hparams: dict[str, Any], given: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the shortcut flags' values (``flags``: hyperparameter -> value or None) on top; a flag that
+    contradicts the same hyperparameter in ``given`` (the ``--hp`` pairs) is a ConfigError naming both."""
+    out = dict(hparams)
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name in given and str(given[name]).strip() != str(value):
+            raise ConfigError(f"{SHORTCUTS[name]} {value} and --hp {name}={given[name]} both set {name}; give it once")
+        out[name] = value
+    return out
