@@ -19,7 +19,7 @@ from rich.table import Table
 
 from debiaslab import cli_deploy, cli_groups
 from debiaslab.audit import command as audit_command
-from debiaslab.cli_options import add_imports, import_plugins, positive_int, with_shortcuts
+from debiaslab.cli_options import OneLineParser, add_imports, import_plugins, positive_int, with_shortcuts
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -33,7 +33,7 @@ def _shipped(package: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="debiaslab", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="debiaslab", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"debiaslab {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -457,7 +457,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error, already printed as one line; --help and --version exit 0
+        if not exc.code:
+            raise
+        return int(exc.code)
     setup_logging(logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO))
     try:
         return COMMANDS[args.command](args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from debiaslab.errors import ConfigError
 
@@ -17,6 +17,14 @@ SHORTCUTS: dict[str, str] = {
     "lr": "--lr",
     "selection": "--selection",
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a bad flag, a value of the wrong type) as one ``error:`` line with status 2, like
+    every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
