@@ -125,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_groups.add_parser(sub, _data_args)
     audit_command.add_parser(sub, _data_args)
 
-    sub.add_parser("datasets", help="list registered datasets and their options")
+    add_imports(sub.add_parser("datasets", help="list registered datasets and their options"))
     methods = sub.add_parser("methods", help="list registered methods by family and the labels they need")
     methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
+    methods.add_argument("--dataset", help="with NAME: only the preset for this dataset")
     methods.add_argument(
         "--by",
         choices=("family", "labels"),
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="group the list by method family (default) or by the labels a method trains with",
     )
     methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    add_imports(methods)
     return parser
 
 
@@ -357,6 +359,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
+    import_plugins(args.imports)
     table = Table(title="datasets")
     for col in ("name", "description", "options (defaults)"):
         table.add_column(col)
@@ -381,8 +384,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     )
     from debiaslab.methods.registry import get_method, list_methods
 
+    import_plugins(args.imports)
     if args.name is not None:
-        card = method_card(get_method(args.name))
+        from debiaslab.data.registry import dataset_name
+
+        card = method_card(get_method(args.name), dataset_name(args.dataset) if args.dataset else None)
         if args.format == "json":
             console.print_json(json.dumps(card, default=str))
             return 0
