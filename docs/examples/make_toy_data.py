@@ -46,7 +46,7 @@ def main(out: str) -> None:
     rng = np.random.default_rng(0)
     pets(root / "pets", 60, rng)
     shapes(root / "shapes.npz", 1000, rng)
-    print(f"wrote {root / 'pets'} (120 images in cat/ and dog/) and {root / 'shapes.npz'} (1000 examples)")
+    sys.stdout.write(f"wrote {root / 'pets'} (120 images in cat/ and dog/) and {root / 'shapes.npz'} (1000 examples)\n")
 
 
 if __name__ == "__main__":
