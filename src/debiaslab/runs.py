@@ -49,7 +49,7 @@ from debiaslab.run_dir import (
     read_config,
 )
 from debiaslab.utils import dist
-from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml, finite_or_none
 from debiaslab.utils.paths import options_slug
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ def _evaluate_and_write(
     if groups is not None:
         final["groups"] = groups_record(groups)
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
-    atomic_write_json(run_dir / FINAL, _jsonable(final))
+    atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
 
 
@@ -563,18 +563,6 @@ def _plain(obj: Any) -> Any:
         return str(obj)
     if hasattr(obj, "item") and not isinstance(obj, bool | int | float):
         return obj.item()
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
     return obj
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from debiaslab.data.array_cache import cached_arrays, protocol_bundle, split_names
+from debiaslab.data.array_cache import ArrayCache, protocol_bundle, split_names
 from debiaslab.data.core import BatchTransform, DatasetBundle, GroupDataset
 from debiaslab.errors import ConfigError
 
@@ -167,7 +167,7 @@ def derived_bundle(
         return derive(clean)
 
     path = Path(cache_dir) / name / f"{key}.npz"
-    arrays = cached_arrays(path, _canonical(recipe), split_names(protocol), title, image_shape_ok, build)
+    arrays = ArrayCache(path, _canonical(recipe), split_names(protocol), title, image_shape_ok).arrays(build)
     splits = {
         s: GroupDataset(
             x=torch.from_numpy(arrays[f"{s}_x"]),

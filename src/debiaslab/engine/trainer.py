@@ -36,7 +36,7 @@ from debiaslab.errors import ConfigError, TrainingError
 from debiaslab.evaluation.metrics import EvalReport, PredictionCollector
 from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.utils import dist
-from debiaslab.utils.io import atomic_write_text
+from debiaslab.utils.io import atomic_write_text, finite_or_none
 from debiaslab.utils.logs import OncePerRun, show_progress_logs
 from debiaslab.utils.seed import derive_seed, rng_state, seed_everything, set_rng_state
 
@@ -443,7 +443,7 @@ class Trainer:
             return
         import json
 
-        text = "".join(json.dumps(_jsonable(line)) + "\n" for line in lines)
+        text = "".join(json.dumps(finite_or_none(line)) + "\n" for line in lines)
         atomic_write_text(self.run_dir / "metrics.jsonl", text)
 
 
@@ -452,13 +452,3 @@ def _scored_metrics(stage: Stage, record: dict[str, Any]) -> dict[str, Any] | No
     if stage.selection_predictor is not None and stage.selection_predictor in stage.extra_predictors:
         return record.get(f"val_{stage.selection_predictor}")
     return record.get("val")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -171,6 +171,16 @@ def teacher_plan(method: Method, val: GroupDataset | None) -> list[PlannedStage]
     return [dataclasses.replace(s, name=f"teacher {s.name}") for s in teacher.stage_plan(val)]
 
 
+class TeacherStudentMethod(Method):
+    """A method distilling a teacher (a finished run's model, ``teacher_run``, or one trained on the spot) into a
+    student; its plan starts with the teacher's stages when the teacher is trained here."""
+
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
+
+    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
+        return [*teacher_plan(self, val), *super().stage_plan(val)]
+
+
 class StudentWithTeacher(nn.Module):
     """The student (trained) next to the frozen teacher, which stays in eval mode."""
 
@@ -235,15 +245,12 @@ def map_size(model: Backbone, input_shape: tuple[int, ...]) -> list[int]:
 
 
 @register_method("dett")
-class DeTT(Method):
+class DeTT(TeacherStudentMethod):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
 
     family = "distillation"
     earlier_stages = (("dett_detector", "detector_epochs", None, False),)
     final_stage = ("dett_student", None)
-
-    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
-        return [*teacher_plan(self, val), *super().stage_plan(val)]
 
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     #: searched by `debiaslab tune`: the detector's epochs, λ_up, the feature-distillation and CE weights
@@ -255,7 +262,6 @@ class DeTT(Method):
         "ce_weight": uniform(0.0, 1.0),
     }
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
-    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "detector_epochs": Default(2, REIMPL),

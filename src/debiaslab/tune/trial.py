@@ -29,8 +29,8 @@ from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.run_dir import claimed_run_dir, plan_run_dir
-from debiaslab.runs import FINAL, RunConfig, _jsonable, _plain, check_resumable, with_dataset_model
-from debiaslab.utils.io import atomic_write_json, atomic_write_yaml
+from debiaslab.runs import FINAL, RunConfig, _plain, check_resumable, with_dataset_model
+from debiaslab.utils.io import atomic_write_json, atomic_write_yaml, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
             "total_time_s": round(time.perf_counter() - started, 2),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(run_dir / FINAL, _jsonable(final))
+        atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
 
 

@@ -19,22 +19,19 @@ def user_cache_dir() -> Path:
 
 def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
     """``--data-root`` > ``$DEBIASLAB_DATA`` > ``<user cache>/data``."""
-    if data_root is not None:
-        return Path(data_root).expanduser()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir() / "data"
+    return _resolve(data_root, DATA_ENV, "data")
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``--cache-dir`` > ``$DEBIASLAB_CACHE`` > ``<user cache>/cache``. The data root may be read-only."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir() / "cache"
+    return _resolve(cache_dir, CACHE_ENV, "cache")
+
+
+def _resolve(given: str | os.PathLike[str] | None, env: str, default: str) -> Path:
+    if given is not None:
+        return Path(given).expanduser()
+    value = os.environ.get(env)
+    return Path(value).expanduser() if value else user_cache_dir() / default
 
 
 def shipped_suites(package: str) -> list[str]:
