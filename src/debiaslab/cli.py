@@ -19,7 +19,14 @@ from rich.table import Table
 
 from debiaslab import cli_deploy, cli_groups
 from debiaslab.audit import command as audit_command
-from debiaslab.cli_options import OneLineParser, add_imports, import_plugins, positive_int, with_shortcuts
+from debiaslab.cli_options import (
+    OneLineParser,
+    add_imports,
+    import_plugins,
+    positive_int,
+    run_places,
+    with_shortcuts,
+)
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -223,16 +230,14 @@ def train_config(args: argparse.Namespace) -> Any:
         device=pick(args.device, base.device if base else None, "auto"),
         precision=pick(args.precision, run.precision if run else None, "fp32"),
         out=args.out,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
         overwrite=args.overwrite,
         resume=args.resume,
-        progress=not args.no_progress,
         num_threads=args.threads,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
         groups=args.groups or (run.groups if run else None),
         groups_recipe=None if args.groups else (run.groups_recipe if run else None),
+        **run_places(args),
     )
 
 
@@ -298,14 +303,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from debiaslab.bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_min=args.slurm_time,
-        gpus_per_job=args.gpus_per_run,
-        array_parallelism=args.slurm_array_parallelism,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-    )
+    slurm = SlurmOptions(  # in the order of its fields: partition, time, GPUs, array parallelism, memory, folder
+        args.slurm_partition, args.slurm_time, args.gpus_per_run, args.slurm_array_parallelism, args.slurm_mem_gb,
+        args.slurm_folder,
+    )  # fmt: skip
     result = run_suite(
         suite,
         args.out,
@@ -315,11 +316,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         dry_run=args.dry_run,
         report_only=args.report_only,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
         slurm=slurm,
         gpus_per_run=args.gpus_per_run,
+        **run_places(args),
     )
     if args.dry_run:
         table = Table(title=f"suite {suite.name}: {len(result.states)} runs under {result.out}")

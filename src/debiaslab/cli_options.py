@@ -69,3 +69,8 @@ def with_shortcuts(hparams: dict[str, Any], given: Mapping[str, Any], flags: Map
             raise ConfigError(f"{SHORTCUTS[name]} {value} and --hp {name}={given[name]} both set {name}; give it once")
         out[name] = value
     return out
+
+
+def run_places(args: argparse.Namespace) -> dict[str, Any]:
+    """What every command that trains passes on from its options: where data and caches live, and progress."""
+    return {"data_root": args.data_root, "cache_dir": args.cache_dir, "progress": not args.no_progress}

@@ -315,11 +315,7 @@ def _evaluate_and_write(
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
     final = {
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "dataset_options": _plain(cfg.dataset_options),
-        "hparams": _plain(cfg.hparams),
-        "seed": cfg.seed,
+        **run_record(cfg),
         "world_size": dist.world_size(),
         "global_batch_size": getattr(method.hparams, "batch_size", None),
         "protocol": bundle.protocol,
@@ -356,6 +352,18 @@ def _evaluate_and_write(
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
     atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
+
+
+def run_record(cfg: RunConfig) -> dict[str, Any]:
+    """What a result record says of the run it comes from: method, dataset, options, the user's hyperparameters
+    and the seed (the first keys of ``final.json``)."""
+    return {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "dataset_options": _plain(cfg.dataset_options),
+        "hparams": _plain(cfg.hparams),
+        "seed": cfg.seed,
+    }
 
 
 def groups_record(groups: GroupsFile) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def dataset_name(name: str) -> str:
 
 def list_datasets() -> list[DatasetSpec]:
     _import_builtin_datasets()
-    return [DATASETS.get(n) for n in DATASETS.names()]
+    return DATASETS.values()
 
 
 def _import_builtin_datasets() -> None:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from debiaslab.cli_options import run_places
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import parse_key_values
@@ -44,9 +45,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
             only=args.only,
             no_final=args.no_final,
             storage=args.storage,
-            data_root=args.data_root,
-            cache_dir=args.cache_dir,
-            progress=not args.no_progress,
+            **run_places(args),
         )
     if not args.dataset:
         raise ConfigError("--dataset is required with --method")
@@ -108,9 +107,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         suite,
         Path(spec.out) / "final" / rule,
         workers=args.workers,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        **run_places(args),
     )
     return [*lines, bench.tables.get("results", ""), f"final runs: {bench.out / 'report.md'}"]
 
