@@ -22,6 +22,7 @@ from debiaslab.audit import command as audit_command
 from debiaslab.cli_options import (
     OneLineParser,
     add_imports,
+    from_args,
     import_plugins,
     positive_int,
     run_places,
@@ -307,19 +308,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.slurm_partition, args.slurm_time, args.gpus_per_run, args.slurm_array_parallelism, args.slurm_mem_gb,
         args.slurm_folder,
     )  # fmt: skip
-    result = run_suite(
-        suite,
-        args.out,
-        workers=args.workers,
-        executor=args.executor,
-        only=args.only,
-        seeds=args.seeds,
-        dry_run=args.dry_run,
-        report_only=args.report_only,
-        slurm=slurm,
-        gpus_per_run=args.gpus_per_run,
-        **run_places(args),
-    )
+    passed = from_args(args, "workers", "executor", "only", "seeds", "dry_run", "report_only", "gpus_per_run")
+    result = run_suite(suite, args.out, slurm=slurm, **passed, **run_places(args))
     if args.dry_run:
         table = Table(title=f"suite {suite.name}: {len(result.states)} runs under {result.out}")
         for col in ("run", "status", "directory"):

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from debiaslab.cli_options import from_args
+
 console = Console()
 
 
@@ -77,15 +79,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = parse_key_values(args.data_opt, "--data-opt")
     if args.ratio is not None:
         options["ratio"] = args.ratio
-    reports, name, used = evaluate_on(
-        args.run_dir,
-        dataset=args.dataset,
-        dataset_options=options,
-        split=args.split,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        device=args.device,
-    )
+    passed = from_args(args, "dataset", "split", "data_root", "cache_dir", "device")
+    reports, name, used = evaluate_on(args.run_dir, dataset_options=options, **passed)
     opts = ", ".join(f"{k}={v}" for k, v in sorted(used.items()))
     last = list(reports)[-1]
     console.print(reports[last].render_auto())

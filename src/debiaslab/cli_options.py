@@ -74,3 +74,8 @@ def with_shortcuts(hparams: dict[str, Any], given: Mapping[str, Any], flags: Map
 def run_places(args: argparse.Namespace) -> dict[str, Any]:
     """What every command that trains passes on from its options: where data and caches live, and progress."""
     return {"data_root": args.data_root, "cache_dir": args.cache_dir, "progress": not args.no_progress}
+
+
+def from_args(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """``{name: args.name}`` for options passed on unchanged under their own names."""
+    return {name: getattr(args, name) for name in names}

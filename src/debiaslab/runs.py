@@ -96,6 +96,10 @@ class RunConfig:
                 identity["groups_recipe"] = self.groups_recipe
         return identity
 
+    def trainer_options(self) -> dict[str, Any]:
+        """The :class:`~debiaslab.engine.trainer.Trainer` settings of this run (its directory aside)."""
+        return {k: getattr(self, k) for k in ("device", "precision", "seed", "resume", "progress", "num_threads")}
+
     def comparable_identity(self) -> dict[str, Any]:
         """:meth:`identity` as compared with a run directory's ``config.yaml`` (see :func:`comparable_identity`)."""
         return comparable_identity(_plain(self.identity()))
@@ -268,17 +272,7 @@ def _train_in(
     for note in bundle.notes:
         log.warning("%s", note)
 
-    trainer = Trainer(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        resume=cfg.resume,
-        progress=cfg.progress,
-        num_threads=cfg.num_threads,
-        report_rules=report_rules,
-        callbacks=callbacks,
-    )
+    trainer = Trainer(run_dir=run_dir, report_rules=report_rules, callbacks=callbacks, **cfg.trainer_options())
     trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
     trainer.callbacks.extend(trackers)
     try:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from debiaslab.cli_options import run_places
+from debiaslab.cli_options import from_args, run_places
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import parse_key_values
@@ -17,6 +17,9 @@ from debiaslab.tune.space import load_space_file, resolve_space
 from debiaslab.tune.study import SearchSpec
 
 log = logging.getLogger(__name__)
+
+#: the options of how every trial and final run trains, passed on as they are
+ENGINE = ("threads", "device", "precision")
 
 
 def default_rule(dataset: str, options: dict[str, Any], data_root: str | None, cache_dir: str | None) -> str:
@@ -38,15 +41,8 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         from debiaslab.tune.suite_runner import run_tune_suite
 
         suite = load_tune_suite(args.suite)
-        return run_tune_suite(
-            suite,
-            args.out,
-            workers=args.workers,
-            only=args.only,
-            no_final=args.no_final,
-            storage=args.storage,
-            **run_places(args),
-        )
+        passed = from_args(args, "workers", "only", "no_final", "storage")
+        return run_tune_suite(suite, args.out, **passed, **run_places(args))
     if not args.dataset:
         raise ConfigError("--dataset is required with --method")
     options = parse_key_values(args.data_opt, "--data-opt")
@@ -58,27 +54,10 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         method_cls, overrides, parse_key_values(args.hp, "--hp"), source=f"space file {args.space}"
     )
     rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
-    spec = SearchSpec(
-        method=method_cls.name,
-        dataset=args.dataset,
-        dataset_options=options,
-        space=space,
-        fixed=fixed,
-        rule=rule,
-        trials=args.trials,
-        epochs=args.epochs_cap,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        seed=args.search_seed,
-        storage=args.storage,
-        study_name=args.study,
-        threads=args.threads,
-        device=args.device,
-        precision=args.precision,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        imports=tuple(args.imports or ()),
-    )
+    named = {"dataset_options": options, "fixed": fixed, "seed": args.search_seed, "study_name": args.study}
+    passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
+    named["imports"] = tuple(args.imports or ())
+    spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
     spec.out = args.out or str(Path("runs") / "tune" / spec.name)
     result = run_search(spec, workers=args.workers)
     lines = search_lines(result)
@@ -97,9 +76,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         options=options,
         ratios=ratios,
         seeds=args.seeds,
-        threads=args.threads,
-        device=args.device,
-        precision=args.precision,
+        **from_args(args, *ENGINE),
         description=f"{spec.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
         imports=spec.imports,
     )
