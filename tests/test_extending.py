@@ -40,11 +40,11 @@ def test_the_plugin_runs_through_train_bench_and_tune(plugin: None, tmp_path: Pa
     assert "two_blobs" in capsys.readouterr().out
 
     run = tmp_path / "train"
-    args = ["train", "--imports", "my_extension", "--method", "focal", "--dataset", "two_blobs", "--epochs", "3",
+    args = ["train", "--imports", "my_extension", "--method", "flood", "--dataset", "two_blobs", "--epochs", "3",
             "--lr", "0.01", "--batch-size", "64", "--no-progress", "--out", str(run)]  # fmt: skip
     assert main(args) == 0
     final = json.loads((run / "final.json").read_text())
-    assert final["method"] == "focal" and final["hparams"]["epochs"] == 3
+    assert final["method"] == "flood" and final["hparams"]["epochs"] == 3
     assert "small_mlp" in (run / "config.yaml").read_text()  # the dataset's default model
 
     suite = yaml.safe_load((EXAMPLES / "my_suite.yaml").read_text())
@@ -52,10 +52,10 @@ def test_the_plugin_runs_through_train_bench_and_tune(plugin: None, tmp_path: Pa
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     assert main(["bench", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "bench"), "--no-progress"]) == 0
     table = capsys.readouterr().out
-    assert "| erm | two_blobs |" in table and "| focal | two_blobs |" in table
+    assert "| erm | two_blobs |" in table and "| flood | two_blobs |" in table
 
-    tune = ["tune", "--imports", "my_extension", "--method", "focal", "--dataset", "two_blobs", "--trials", "2",
+    tune = ["tune", "--imports", "my_extension", "--method", "flood", "--dataset", "two_blobs", "--trials", "2",
             "--epochs-cap", "2", "--seeds", "0", "--out", str(tmp_path / "tune"), "--no-progress"]  # fmt: skip
     assert main(tune) == 0
     out = capsys.readouterr().out
-    assert "search focal-two_blobs: 2/2 trials done" in out and "final runs:" in out
+    assert "search flood-two_blobs: 2/2 trials done" in out and "final runs:" in out

@@ -72,33 +72,33 @@ def small_mlp(input_shape: tuple[int, ...], n_classes: int, *, width: int = 16) 
 
 # ---------------------------------------------------------------------------------------------- a method
 @dataclass
-class FocalHparams(TrainHparams):
-    """The usual hyperparameters (model, optimiser, epochs, selection) plus the focusing parameter."""
+class FloodHparams(TrainHparams):
+    """The usual hyperparameters (model, optimiser, epochs, selection) plus the flood level."""
 
-    gamma: float = 2.0
+    flood: float = 0.1
 
 
-@register_method("focal")
-class Focal(Method):
-    """Focal loss: the cross-entropy of each example scaled by (1 - p_correct)^gamma."""
+@register_method("flood")
+class Flood(Method):
+    """Flooding: once the mean training loss falls below the flood level b, it is pushed back up to b."""
 
-    summary = "focal loss (Lin et al. 2017): easy, shortcut-following examples count less"
-    Hparams: ClassVar[type[TrainHparams]] = FocalHparams
-    hparam_table: ClassVar[dict] = {"*": {"gamma": Default(2.0, "Lin et al. 2017, focal loss paper: gamma = 2")}}
-    search_space: ClassVar[dict] = {**COMMON_SPACE, "gamma": uniform(0.0, 5.0)}  # what `debiaslab tune` searches
+    summary = "flooding (Ishida et al. 2020): the training loss is kept from going below a level b"
+    Hparams: ClassVar[type[TrainHparams]] = FloodHparams
+    hparam_table: ClassVar[dict] = {"*": {"flood": Default(0.1, "example value, not tuned")}}
+    search_space: ClassVar[dict] = {**COMMON_SPACE, "flood": uniform(0.0, 0.5)}  # what `debiaslab tune` searches
 
     def _fit(self, train, val, trainer):
         rule = self.selection_rule(val)  # the epoch is selected on validation by this rule
-        gamma = self.hparams.gamma
+        b = self.hparams.flood
 
         def build():
             model = self.build_model(train)
 
             def loss(batch, ctx: StepContext) -> Tensor:
-                ce = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-                return ((1 - torch.exp(-ce)) ** gamma * ce).mean()
+                ce = F.cross_entropy(model(batch.x), batch.y)
+                return (ce - b).abs() + b
 
-            return method_stage(self, "focal", train, rule, modules=model, loss_fn=loss, predict_fn=model)
+            return method_stage(self, "flood", train, rule, modules=model, loss_fn=loss, predict_fn=model)
 
-        stage, result = trainer.run_stage("focal", build, train, val)  # the engine trains, selects, checkpoints
+        stage, result = trainer.run_stage("flood", build, train, val)  # the engine trains, selects, checkpoints
         return self.fit_result(train, stage.modules, [result], rule)
