@@ -150,3 +150,17 @@ def test_train_imports_plugins(data: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
     assert main(train(data, out, "--method", "erm_again", "--epochs", "1", "--imports", "tiny_plugin")) == 0
     assert json.loads((out / "final.json").read_text())["method"] == "erm_again"
+
+
+def test_a_warning_validation_would_repeat_every_epoch_is_shown_once(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    y, attr = np.arange(96) % 2, (np.arange(96) // 2) % 2
+    split = np.where(np.arange(96) % 5 == 0, "val", "train")
+    split[(split == "val") & (y == 1) & (attr == 0)] = "test"  # validation lacks group (1, 0)
+    split[-8:] = "test"
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.normal(size=(96, 5)).astype(np.float32), y=y, attr=attr, split=split)
+    assert main(["-q", *train(data, tmp_path / "run", "--method", "erm", "--epochs", "4")]) == 0
+    err = capsys.readouterr().err
+    # once for the four validation epochs, once for the final evaluation of the selected model
+    assert err.count("1 of 4 groups have no examples (ids 2)") == 2, err
