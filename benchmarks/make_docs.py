@@ -69,7 +69,7 @@ BMNIST = "bmnist-2*"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
 #: the label-free suites' committed outputs (``labelfree``: Colored MNIST, ``labelfree-bmnist``: Biased MNIST)
 LABELFREE = "labelfree-2*"
-LABELFREE_DIRS = {"cmnist": "cmnist", "bmnist": "bmnist-rho0.99"}
+LABELFREE_DIRS = {"cmnist": "labelfree/cmnist", "bmnist": "labelfree/bmnist-rho0.99"}
 SEEDS_ONLY = SEEDS_ONLY_MARK
 #: the README's generated blocks (``<!-- generated:NAME:start -->``), each from ``docs_templates/_readme-NAME.md``
 README_BLOCKS = ("cmnist",)
