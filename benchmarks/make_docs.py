@@ -30,6 +30,7 @@ import tune_tables
 import ule_search_table
 
 from debiaslab.bench.aggregate import RunRecord, read_run, summarise
+from debiaslab.bench.health_marks import HealthNotes
 from debiaslab.bench.paper import (
     BMNIST_RHOS,
     BMNIST_UNBIASED,
@@ -247,6 +248,7 @@ def bmnist_table(rec: Records) -> str | None:
     rhos = sorted({r["options"].get("rho", 0.99) for r in rows}, reverse=True)
     order = [m.method for m in load_suite("bmnist").methods]
     rows = sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["method"]))
+    notes = HealthNotes()
     lines = [
         "**Biased MNIST, test unbiased / worst-group accuracy** (%, mean ± std over n seeds; [published unbiased]"
         " where a paper has it)",
@@ -263,9 +265,11 @@ def bmnist_table(rec: Records) -> str | None:
             row = match[0]
             text = f"{row['unbiased'].format()} / {row['worst_group'].format()} (n={len(row['seeds'])})"
             ref = next((x for x in references(row["method_name"], "biased_mnist", row["options"])), None)
-            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else ""))
+            mark = notes.mark(f"{row['method_name']}, ρ {rho:g}", row["health"])
+            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else "") + (f" {mark}" if mark else ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def cost_tables(rec: Records) -> str:

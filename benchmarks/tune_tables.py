@@ -17,6 +17,8 @@ from pathlib import Path
 
 import cmnist_tables as ct
 
+from debiaslab.bench.health_marks import HealthNotes, recorded_checks
+
 #: the rules of the tables, in order, and what each one may read
 RULE_TITLE = {
     "val_unbiased": "tuned with validation group labels (objective of the choice: validation unbiased accuracy)",
@@ -141,18 +143,24 @@ def tuned_table(
     methods = _ordered({r["method"] for r in tuned}, order)
     preset = [r for r in load_runs(presets) if (dataset is None or r["dataset"] == dataset) and r["method"] in methods]
     columns = axis.columns(tuned)
+    notes = HealthNotes()
     lines = [ct.table_head("method", "settings", *[axis.title(float(c)) for c in columns])]
     for method in methods:
         for label, runs in (("tuned", tuned), ("preset", preset)):
             mine = {c: [r for r in runs if r["method"] == method and axis.key(r) == c] for c in columns}
             if not any(mine.values()):
                 continue
-            cells = [" / ".join(_cell(mine[c], m) for m in metrics) if mine[c] else "–" for c in columns]
+            cells = [
+                _marked(" / ".join(_cell(mine[c], m) for m in metrics), notes, f"{method} ({label})", mine[c])
+                if mine[c]
+                else "–"
+                for c in columns
+            ]
             lines.append(f"| {method if label == 'tuned' else ''} | {label} | " + " | ".join(cells) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def rules_table(
@@ -174,17 +182,19 @@ def rules_table(
         raise SystemExit(f"{root}: final runs at {len(columns)} settings of {axis.option}; expected one")
     where = columns[0]
     heads = ["preset", *[RULE_SHORT.get(rule, rule) for rule in names]]
+    notes = HealthNotes()
     lines = [ct.table_head("method", *heads)]
     for method in methods:
         cells = []
-        for runs in (preset, *tuned.values()):
+        for head, runs in zip(heads, (preset, *tuned.values())):
             mine = [r for r in runs if r["method"] == method and axis.key(r) == where]
-            cells.append(" / ".join(_cell(mine, m) for m in metrics) if mine else "–")
+            text = " / ".join(_cell(mine, m) for m in metrics)
+            cells.append(_marked(text, notes, f"{method} ({head})", mine) if mine else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no tuned runs recorded: {', '.join(missing)}."]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def load_runs(roots: Sequence[Path]) -> list[dict]:
@@ -215,6 +225,17 @@ def rule_runs(root: Path, rule: str) -> list[dict]:
             picked = run["selections"][rule]
             out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}})
     return out
+
+
+def _marked(text: str, notes: HealthNotes, label: str, runs: list[dict]) -> str:
+    """``text`` followed by the premise-check mark of ``runs`` (nothing for runs that recorded no checks)."""
+    mark = notes.mark(label, [(r.get("seed", 0), recorded_checks(r)) for r in runs])
+    return f"{text} {mark}" if mark else text
+
+
+def _with_notes(lines: list[str], notes: HealthNotes) -> str:
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def _cell(runs: list[dict], metric: str) -> str:

@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(evaluate)
     cli_deploy.add_parsers(sub, _data_args)
 
-    report = sub.add_parser("report", help="summarise finished run directories: mean ± std over seeds")
+    report = sub.add_parser(
+        "report",
+        help="summarise finished run directories: mean ± std over seeds, and a mark for the runs' premise checks "
+        "(runs that recorded none are re-scored from their final.json where it allows)",
+    )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
     report.add_argument("--split", default="test", choices=["val", "test"])
     report.add_argument("--pivot", metavar="METRIC", help="methods x ratios table of one metric, e.g. unbiased")
@@ -251,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from debiaslab.bench.aggregate import find_runs, markdown_table, summarise
 
-    records = find_runs(args.roots)
+    records = find_runs(args.roots, rescore=True)
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1

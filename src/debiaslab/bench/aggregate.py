@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from debiaslab.bench.health_marks import HealthNotes, recorded_checks
 from debiaslab.errors import DataError
+from debiaslab.evaluation.health import Check
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class RunRecord:
     #: processes the run trained on, and its global batch (None: not recorded): runs differing in them never pool
     world_size: int = 1
     global_batch_size: int | None = None
+    #: the run's premise checks (``final.json["health"]``, or re-scored from the record); None: not checked
+    health: list[Check] | None = None
 
     @property
     def row_label(self) -> str:
@@ -82,16 +86,17 @@ class Cell:
         return f"{scale * self.mean:.{digits}f}"
 
 
-def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
+def find_runs(roots: Iterable[str | Path], rescore: bool = False) -> list[RunRecord]:
     """Every ``final.json`` below ``roots`` (unfinished runs are skipped, and so are hidden folders such as the
-    ``.previous-run`` a run being replaced with ``--overwrite`` is kept in)."""
+    ``.previous-run`` a run being replaced with ``--overwrite`` is kept in). ``rescore``: runs that recorded no
+    premise checks get those their record still supports (see :func:`read_run`)."""
     records = []
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise DataError(f"run root {root} does not exist")
         finals = [f for f in sorted(root.rglob("final.json")) if not _hidden(f.relative_to(root))]
-        records.extend(read_run(final.parent) for final in finals)
+        records.extend(read_run(final.parent, rescore=rescore) for final in finals)
     return records
 
 
@@ -99,8 +104,9 @@ def _hidden(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts[:-1])
 
 
-def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
-    """The :class:`RunRecord` of one finished run directory (``label`` names its row)."""
+def read_run(run_dir: str | Path, label: str | None = None, rescore: bool = False) -> RunRecord:
+    """The :class:`RunRecord` of one finished run directory (``label`` names its row). ``rescore``: a run that
+    recorded no premise checks gets those its method computes from the record (``Method.record_health``)."""
     final = Path(run_dir) / "final.json"
     try:
         d = json.loads(final.read_text())
@@ -123,6 +129,7 @@ def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
         selections=d.get("selections") or {},
         label=label,
         total_time_s=_number(d.get("total_time_s")),
+        health=recorded_checks(d, rescore=rescore),
         **_scale(d, final.parent),
     )
 
@@ -224,6 +231,7 @@ def summarise(
         }
         for col in columns:
             row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])
+        row["health"] = [(r.seed, r.health) for r in runs]
         row["train_time_s"] = Cell([r.train_time_s for r in runs])
         row["peak_memory_mb"] = Cell([r.peak_memory_mb for r in runs])
         rows.append(row)
@@ -241,7 +249,12 @@ def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    """One line per row; a ``health`` column (premise checks: a mark, and footnotes under the table) when some
+    run of the rows has checks."""
+    notes = HealthNotes()
+    checked = any(checks is not None for row in rows for _, checks in row.get("health", []))
     header = ["method", "dataset options", "protocol", "selection", "seeds", *[f"{c} %" for c in columns], "time s"]
+    header += ["health"] if checked else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k != "protocol")
@@ -254,8 +267,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
             *[row[c].format() for c in columns],
             row["train_time_s"].format(scale=1.0, digits=0),
         ]
+        if checked:
+            cells.append(
+                notes.mark(f"{row['method_name']} ({row['dataset']}{', ' + opts if opts else ''})", row["health"])
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def pivot_markdown(
@@ -266,8 +284,10 @@ def pivot_markdown(
 ) -> str:
     """Methods as rows, values of ``option`` (e.g. the conflicting ratio) as columns: ``metric`` mean ± std.
 
-    ``reference(method, value) -> float | None`` adds the published number and our difference to each cell.
+    ``reference(method, value) -> float | None`` adds the published number and our difference to each cell; a
+    cell whose runs have premise checks ends with their mark (footnotes under the table).
     """
+    notes = HealthNotes()
     values = sorted({r["options"].get(option) for r in rows if option in r["options"]})
     keys = sorted({(r["method"], r["protocol"], r["selection"]) for r in rows})
     header = ["method", "protocol", "selection", *[f"{option} {v}" for v in values]]
@@ -289,6 +309,8 @@ def pivot_markdown(
             ref = reference(method, v) if reference is not None else None
             if ref is not None and not math.isnan(cell.mean):
                 text += f" [paper {ref:.1f}, {100 * cell.mean - ref:+.1f}]"
-            cells.append(text)
+            mark = notes.mark(f"{method}, {option} {v}", match[0].get("health", []))
+            cells.append(f"{text} {mark}" if mark else text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from debiaslab.bench.aggregate import Cell
+from debiaslab.bench.health_marks import HealthNotes
 from debiaslab.bench.paper import Reference, headline_metric, references
 
 COLUMNS = ("unbiased", "conflicting", "aligned", "worst_group", "accuracy")
@@ -157,6 +158,7 @@ def ratio_pivot_markdown(
     """Methods x ratios of the headline metric (deployed rules), ours (n) [paper, ours − paper] (the bracket only
     when ``compare_paper``)."""
     metric = metric or headline_metric(dataset)
+    notes = HealthNotes()
     rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
     ratios = sorted({r["options"]["ratio"] for r in rows})
     keys = list(dict.fromkeys((r["method"], r["selection"]) for r in rows))
@@ -175,9 +177,11 @@ def ratio_pivot_markdown(
             ref = next((x for x in refs if x.metric == metric), None)
             if ref is not None and not math.isnan(row[metric].mean):
                 text += f" [paper {ref.value:.1f}, {_signed(_diff(row[metric], ref))}]"
-            cells.append(text)
+            mark = notes.mark(f"{row['method_name']}, ratio {v:g}", row.get("health", []))
+            cells.append(f"{text} {mark}" if mark else text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def rule_pivot_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:

@@ -33,8 +33,10 @@ from debiaslab.engine.sampling import WeightedSampler
 from debiaslab.engine.stage import Stage, StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import error_set_health
 from debiaslab.methods.presets import OURS_CMNIST_SELECTION
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
@@ -148,9 +150,28 @@ class _RESTBase(Method):
     Hparams: ClassVar[type[TrainHparams]] = RESTHparams
     hparam_table: ClassVar[HparamTable] = {"*": dict(_STAR), "colored_mnist": dict(_CMNIST)}
 
+    #: whether the upweighted set is found without attribute labels (then it is scored against them)
+    label_free: ClassVar[bool] = False
+
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        super().__init__(dataset, **hparams)
+        self.upweighted_: Tensor | None = None
+        self.draw_probabilities_: Tensor | None = None
+
     def conflicting(self, train: GroupDataset, trainer: Trainer) -> tuple[Tensor, list[StageResult], dict[str, Any]]:
         """Boolean per training example, the stages that found it, and what to report about it."""
         raise NotImplementedError
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the upweighted set is non-empty, a minority, spread over classes (label-free: scored against the
+        bias-conflicting examples), and the effective sample size of the sampler's draw probabilities."""
+        checks = super().health(train, val, trainer)
+        if self.upweighted_ is not None:
+            errors = torch.nonzero(self.upweighted_).flatten()
+            checks += error_set_health(errors, train, "upweighted set", labelled=self.label_free)
+        if self.draw_probabilities_ is not None:
+            checks += weight_checks(self.draw_probabilities_, None, "draw probabilities")
+        return checks
 
     def resolve_lambda(self, train: GroupDataset) -> tuple[float, str]:
         """``lambda_up`` and where it comes from: the hyperparameter, or (``by_ratio``) the README's value for the
@@ -176,6 +197,7 @@ class _RESTBase(Method):
         lambda_up, lambda_source = self.resolve_lambda(train)  # fails before any training
         conflicting, stages, info = self.conflicting(train, trainer)
         sampler = rest_sampler(conflicting, lambda_up)
+        self.upweighted_, self.draw_probabilities_ = conflicting, upweight_probabilities(conflicting, lambda_up)
 
         def build() -> Stage:
             model = self.build_model(train)
@@ -214,6 +236,7 @@ class RESTFree(_RESTBase):
     """Label-free REST: an ERM model's training errors stand in for the bias-conflicting examples."""
 
     summary = "REST with an ERM error set as the conflicting examples (no training labels)"
+    label_free: ClassVar[bool] = True
 
     def conflicting(self, train: GroupDataset, trainer: Trainer) -> tuple[Tensor, list[StageResult], dict[str, Any]]:
         hp: RESTHparams = self.hparams  # type: ignore[assignment]
