@@ -37,7 +37,6 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.premises import conflicting_mask
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
@@ -121,11 +120,10 @@ class Balancing(Method):
     # ------------------------------------------------------------------ premise checks
     def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
         """Also: the effective sample size of what each example counts for (loss weight, draw probability, or
-        kept / not kept); balancing by class is also scored against the bias-conflicting examples."""
+        kept / not kept): a tiny group (class) makes a few examples carry the whole training signal."""
         checks = super().health(train, val, trainer)
         if self.example_weights_ is not None:
-            labelled = conflicting_mask(train) if self.by == "class" else None
-            checks += weight_checks(self.example_weights_, labelled, f"{self.scheme} weights")
+            checks += weight_checks(self.example_weights_, None, f"{self.scheme} weights")
         return checks
 
     # ------------------------------------------------------------------ fit
