@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmnist_tables as ct
+import denetdm_tables
 import tune_tables
 import ule_search_table
 
@@ -58,6 +59,8 @@ HEADLINE = (
 #: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
 BMNIST = "bmnist-2*"
+#: a short DeNetDM run on Biased MNIST (2 + 1 epochs, seed 0) whose per-epoch log shows when its experts split
+DENETDM_FIRST_EPOCHS = "denetdm-bmnist-2026-12-07/first-epochs/denetdm/seed0"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
 TITLE = {"unbiased": "unbiased", "worst_group": "worst-group", "conflicting": "conflicting", "aligned": "aligned"}
 
@@ -463,6 +466,8 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         ),
         "denetdm": lambda: ct.denetdm_table(rec.headline()),
         "denetdm_paper": lambda: ct.denetdm_paper_table(p("cmnist-2026-11-24/denetdm-paper")),
+        "denetdm_bmnist": lambda: denetdm_tables.premise_table(bmnist_roots(rec)),
+        "denetdm_bmnist_epochs": lambda: denetdm_tables.epochs_table(p(DENETDM_FIRST_EPOCHS)),
         "dett": lambda: ct.dett_table(rec.headline()),
         "kd_sweep": lambda: ct.kd_sweep_table(p("cmnist-2026-11-24/kd-sweep")),
         "kd_label_heavy": lambda: ct.kd_table(p("cmnist-2026-11-24/kd-a0.1-t1"), split="val"),
