@@ -21,6 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from debiaslab.bench.ledger import label_ledger
+from debiaslab.bench.stats import RunScores, Stats, interval_cell, run_scores
+from debiaslab.evaluation.intervals import COUNT_METRICS
+from debiaslab.evaluation.ledger import ledger_text
+
 RATIOS = ("0.005", "0.01", "0.02", "0.05")
 
 
@@ -68,9 +73,41 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f}{suffix}"
 
 
+#: intervals of every table of this process (each set of runs computed once)
+STATS = Stats()
+
+
 def row(label: str, runs: dict[str, list[dict]], get: Callable[[dict], float | None]) -> str:
-    cells = [cell([v for v in (get(run) for run in runs[r]) if v is not None]) for r in RATIOS]
+    """One table row over the ratios: a 95 % interval per cell for a test metric (:func:`test_metric`,
+    :func:`readout`), mean ± std for anything else."""
+    cells = [interval_cell_of(runs[r], get) for r in RATIOS]
     return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def run_labels(run: dict) -> str:
+    """The label ledger of ``run`` (a ``final.json`` read by :func:`load`; ``_rule``: a rule it reports) as one
+    line; runs it was built on are looked up where their hyperparameters name them."""
+    return ledger_text(label_ledger(run, run.get("_rule")))
+
+
+def interval_cell_of(runs: list[dict], get: Callable[[dict], float | None], style: str = "bracket") -> str:
+    """The cell of ``runs`` (one per seed) for ``get``: an interval when ``get`` reads a test metric that has one."""
+    metric = getattr(get, "metric", None)
+    if metric not in COUNT_METRICS or not runs:
+        return cell([v for v in (get(run) for run in runs) if v is not None])
+    scores = [scores_of(run, get) for run in runs]
+    return interval_cell(STATS.interval(scores, metric), style)
+
+
+def scores_of(run: dict, get: Callable[[dict], float | None]) -> RunScores:
+    """What the statistics need of ``run`` for ``get``: the deployed model's per-group counts, or (a readout, a
+    rule reported beside the deployed one) its values only."""
+    if getattr(get, "readout", None) is None:
+        return run_scores(run, run.get("_dir"), run.get("_rule"))
+    value = get(run)
+    values = {} if value is None else {get.metric: value}  # type: ignore[attr-defined]
+    key = f"{run['_dir']}#{get.readout}" if "_dir" in run else None  # type: ignore[attr-defined]
+    return RunScores(key, int(run.get("seed", 0)), values)
 
 
 def table_head(*columns: str) -> str:
@@ -83,11 +120,23 @@ def header(first: str = "") -> str:
 
 
 def test_metric(name: str) -> Callable[[dict], float]:
-    return lambda run: run["metrics"]["test"][name]
+    """The deployed model's test ``name`` (a table cell shows its interval)."""
+
+    def get(run: dict) -> float:
+        return run["metrics"]["test"][name]
+
+    get.metric = name  # type: ignore[attr-defined]
+    return get
 
 
 def readout(key: str, name: str) -> Callable[[dict], float | None]:
-    return lambda run: run.get("readouts", {}).get(key, {}).get("test", {}).get(name)
+    """Test ``name`` of a further model the run reports (an expert, a teacher): its interval over seeds only."""
+
+    def get(run: dict) -> float | None:
+        return run.get("readouts", {}).get(key, {}).get("test", {}).get(name)
+
+    get.metric, get.readout = name, key  # type: ignore[attr-defined]
+    return get
 
 
 def bam_table(root: Path) -> str:
@@ -135,6 +184,7 @@ def denetdm_paper_table(root: Path) -> str:
             if run["selection_split"] != "test":
                 raise SystemExit(f"{final}: selected on {run['selection_split']!r}; this table needs protocol=paper")
             log = history(final.parent)
+            run["_dir"] = str(final.parent)
             run["last"] = {"target": last_epoch(log, "distill"), "shallow": last_epoch(log, "experts", "val_shallow")}
             runs[ratio].append(run)
     lines = [header("DeNetDM, paper protocol, test unbiased %")]

@@ -8,7 +8,7 @@ are absent (e.g. Biased MNIST before its runs are committed) is left out, never 
 Tables that compare configurations show validation scores only; test scores appear only for the configurations
 a method deploys, over seeds.
 
-    python benchmarks/make_docs.py                 # rewrite docs/results/*.md and README.md's blocks
+    python benchmarks/make_docs.py                 # rewrite docs/results/*.md and the blocks of README.md, docs/ule.md
     python benchmarks/make_docs.py --check         # exit 1 and name the stale files instead of writing
 """
 
@@ -22,16 +22,20 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmnist_tables as ct
 import denetdm_tables
+import labelfree_tables as lf
+import statistics_tables as st
 import tune_tables
 import ule_search_table
 
-from debiaslab.bench.aggregate import RunRecord, read_run, summarise
+from debiaslab.bench.aggregate import RunRecord, add_differences, metric_cell, read_run, summarise
 from debiaslab.bench.health_marks import HealthNotes
+from debiaslab.bench.ledger import label_ledger
 from debiaslab.bench.paper import (
     BMNIST_RHOS,
     BMNIST_UNBIASED,
@@ -40,11 +44,16 @@ from debiaslab.bench.paper import (
     references,
 )
 from debiaslab.bench.results import order_rows, ratio_pivot_markdown
+from debiaslab.bench.stats import MARKS_LEGEND, SEEDS_ONLY_LEGEND, SEEDS_ONLY_MARK, difference_cell, mark, method_line
 from debiaslab.bench.suite import load_suite
+from debiaslab.errors import DataError
+from debiaslab.evaluation.ledger import ledger_text
 from debiaslab.tune.suite import load_tune_suite
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path("benchmarks/results")
+#: the critical-difference figure of the statistics page (written by ``main``, linked from the page)
+FIGURE = Path("docs/img/critical-difference.png")
 TEMPLATES = Path("benchmarks/docs_templates")
 COMMAND = "python benchmarks/make_docs.py"
 
@@ -62,6 +71,10 @@ BMNIST = "bmnist-2*"
 #: a short DeNetDM run on Biased MNIST (2 + 1 epochs, seed 0) whose per-epoch log shows when its experts split
 DENETDM_FIRST_EPOCHS = "denetdm-bmnist-2026-12-07/first-epochs/denetdm/seed0"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
+#: the label-free suites' committed outputs (``labelfree``: Colored MNIST, ``labelfree-bmnist``: Biased MNIST)
+LABELFREE = "labelfree-2*"
+LABELFREE_DIRS = {"cmnist": "cmnist", "bmnist": "bmnist-rho0.99"}
+SEEDS_ONLY = SEEDS_ONLY_MARK
 TITLE = {"unbiased": "unbiased", "worst_group": "worst-group", "conflicting": "conflicting", "aligned": "aligned"}
 
 
@@ -71,6 +84,15 @@ class Records:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._finals: dict[Path, dict] = {}
+        self._all: dict[tuple[str, ...], list[Path]] | None = None
+        self._once: dict[str, Any] = {}
+        self.stats = ct.STATS
+
+    def once(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per key (tables of several pages share their rows)."""
+        if key not in self._once:
+            self._once[key] = make()
+        return self._once[key]
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -82,13 +104,13 @@ class Records:
         return [self.root / r for r in HEADLINE if (self.root / r).is_dir()]
 
     def finals(self, roots: Sequence[Path]) -> list[tuple[Path, dict]]:
-        out = []
-        for root in roots:
-            for final in sorted(root.rglob("final.json")):
-                if final not in self._finals:
-                    self._finals[final] = ct.read_final(final)
-                out.append((final.parent, self._finals[final]))
-        return out
+        return [(final.parent, self._final(final)) for root in roots for final in sorted(root.rglob("final.json"))]
+
+    def _final(self, path: Path) -> dict:
+        """A record, read once (not to be changed in place: tables share it)."""
+        if path not in self._finals:
+            self._finals[path] = ct.read_final(path)
+        return self._finals[path]
 
     def run_records(self, roots: Sequence[Path], dataset: str, protocol: str = "default") -> list[RunRecord]:
         """Library records (one row per recorded method) of ``dataset`` runs under ``roots``."""
@@ -98,27 +120,93 @@ class Records:
             if f["dataset"] == dataset and f.get("protocol", "default") == protocol
         ]
 
+    def summarise(self, records: Sequence[RunRecord]) -> list[dict]:
+        """Rows of the deployed runs, with intervals and the labels each read (runs they were built on looked up
+        among the records)."""
+        return summarise(records, rules=False, stats=self.stats, inputs=self.resolver)
+
+    def resolver(self, run_dir: Path | str) -> Callable[[str], dict | None]:
+        """Finds the committed record of a run that the run in ``run_dir`` names by its training-time path (a DFR
+        base run, a teacher): a record whose path inside its results folder (``<suite>-<date>/``) is a tail of
+        that path, one of the same results folder first."""
+        if self._all is None:
+            self._all = {}
+            for final in self.root.rglob("final.json"):
+                self._all.setdefault(self._inside(final)[-3:], []).append(final)
+        home = Path(run_dir).resolve().relative_to(self.root.resolve()).parts[0]
+
+        def resolve(path: str) -> dict | None:
+            parts = Path(path).parts
+            found = [
+                f for f in self._all.get(tuple(parts[-3:]), []) if parts[-len(self._inside(f)) :] == self._inside(f)
+            ]
+            near = [f for f in found if f.relative_to(self.root).parts[0] == home]
+            found = near or found
+            if len(found) > 1:
+                raise SystemExit(f"{run_dir}: {path!r} names two records ({found[0].parent}, {found[1].parent})")
+            return self._final(found[0]) if found else None
+
+        return resolve
+
+    def _inside(self, final: Path) -> tuple[str, ...]:
+        return final.parent.relative_to(self.root).parts[1:]
+
+    def labels(self, run: dict) -> str:
+        """A run's label ledger as one line (``run["_rule"]``: a rule it reports), from its record."""
+        try:
+            return ledger_text(label_ledger(run, run.get("_rule"), self.resolver(run["_dir"])))
+        except DataError as exc:
+            raise SystemExit(f"{run.get('_dir', run['method'])}: {exc}") from exc
+
     def methods(self, roots: Sequence[Path]) -> set[str]:
         return {f["method"] for _, f in self.finals(roots)}
 
 
 # ---------------------------------------------------------------------------------------------- tables
-def headline_tables(rec: Records, metrics: Sequence[str] = ("unbiased", "worst_group")) -> str:
-    """Methods x ratios of Colored MNIST test metrics (mean ± std over seeds), the published number beside."""
+def headline_tables(rec: Records, metrics: Sequence[str] = ("unbiased", "worst_group"), style: str = "bracket") -> str:
+    """Methods x ratios of Colored MNIST test metrics (95 % interval over seeds and test examples, marked against
+    ERM of the same seeds), the published number beside."""
     rows = _headline_rows(rec)
     parts = []
     for metric in metrics:
-        parts += [f"**Colored MNIST, test {TITLE[metric]} accuracy** (%, mean ± std over n seeds"
-                  + ("; [published, ours − published] where a paper has the number)" if metric == "unbiased" else ")"),
-                  "", ratio_pivot_markdown(rows, "colored_mnist", metric), ""]  # fmt: skip
+        parts += [f"**Colored MNIST, test {TITLE[metric]} accuracy** (%, {interval_words(style)}; "
+                  + ("[published, ours − published] where a paper has the number; " if metric == "unbiased" else "")
+                  + "marks against ERM below)",
+                  "", ratio_pivot_markdown(rows, "colored_mnist", metric, style=style), ""]  # fmt: skip
+    parts.append(legend("ERM", style))
     return "\n".join(parts).rstrip()
 
 
+def interval_words(style: str) -> str:
+    if style == "pm":
+        return "mean ± half-width of its 95 % interval over n seeds and the test examples"
+    return "mean [95 % interval] over n seeds and the test examples"
+
+
+def legend(reference: str, style: str = "bracket", seeds_only: bool = False) -> str:
+    """The line under a table with intervals and marks; in the README (``style="pm"``) short, with a link to the
+    statistics page."""
+    marks = MARKS_LEGEND.format(reference=reference)
+    extra = f" {SEEDS_ONLY_LEGEND}." if seeds_only else ""
+    if style == "pm":
+        return (
+            f"± is the half-width of the 95 % interval over seeds and test examples "
+            f"([how it is computed](docs/results/statistics.md)). {marks}.{extra}"
+        )
+    return f"{marks}.{extra} Intervals: {method_line()} [How they are computed](statistics.md)."
+
+
 def _headline_rows(rec: Records) -> list[dict]:
+    return rec.once("headline", lambda: _read_headline_rows(rec))
+
+
+def _read_headline_rows(rec: Records) -> list[dict]:
     records = rec.run_records(rec.headline(), "colored_mnist")
     _no_duplicates(records)
     order = [m.method for m in load_suite("cmnist").methods]
-    return order_rows(summarise(records, rules=False), order)
+    rows = order_rows(rec.summarise(records), order)
+    add_differences(rows, "erm", rec.stats, ("unbiased", "worst_group", "conflicting"))
+    return rows
 
 
 def _no_duplicates(records: Sequence[RunRecord]) -> None:
@@ -182,11 +270,39 @@ def method_table(rec: Records, method: str, roots: Sequence[Path] | None = None,
     runs = ct.load(roots if roots is not None else rec.headline(), method)
     lines = [ct.header(f"{method}, {split} %")]
     for metric in METRICS:
-        lines.append(ct.row(TITLE[metric], runs, lambda r, m=metric: r["metrics"][split][m]))
+        get = ct.test_metric(metric) if split == "test" else (lambda r, m=metric: r["metrics"][split][m])
+        lines.append(ct.row(TITLE[metric], runs, get))
     for key, name in (("error_set_precision", "error-set precision"), ("error_set_recall", "error-set recall")):
         if any(key in r.get("extras", {}) for rs in runs.values() for r in rs):
             lines.append(ct.row(f"{name} (training set, %)", runs, lambda r, k=key: r["extras"].get(k)))
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + ledger_line(rec, [r for rs in runs.values() for r in rs])
+
+
+def ledger_line(rec: Records, runs: Sequence[dict]) -> str:
+    """``Labels read (from the run records): train: none · select: val groups.`` for the runs of a table, each
+    distinct ledger once (per method when the table holds several)."""
+    by_method: dict[str, list[str]] = {}
+    for run in runs:
+        text = rec.labels(run)
+        if text not in by_method.setdefault(run["method"], []):
+            by_method[run["method"]].append(text)
+    if not by_method:
+        return ""
+    if len(by_method) == 1:
+        return f"Labels read (from the run records): {' / '.join(next(iter(by_method.values())))}."
+    parts = [f"`{m}`: {' / '.join(texts)}" for m, texts in by_method.items()]
+    return f"Labels read (from the run records): {'; '.join(parts)}."
+
+
+def labelled(
+    rec: Records, text: str | None, roots: Sequence[Path], keep: Callable[[dict], bool] | None = None
+) -> str | None:
+    """``text`` (a table) followed by the labels its runs read: every record under ``roots`` ``keep`` accepts."""
+    if text is None:
+        return None
+    runs = [{**f, "_dir": str(d)} for d, f in rec.finals(roots) if keep is None or keep(f)]
+    line = ledger_line(rec, runs)
+    return f"{text}\n\n{line}" if line else text
 
 
 def erm_protocol_table(rec: Records) -> str:
@@ -237,42 +353,85 @@ def bmnist_roots(rec: Records) -> list[Path]:
     return sorted(p for p in rec.root.glob(BMNIST) if p.is_dir())
 
 
-def bmnist_table(rec: Records) -> str | None:
-    """Biased MNIST (by training correlation rho), test unbiased and worst-group, when records exist."""
+def bmnist_rows(rec: Records) -> list[dict]:
+    """The deployed Biased MNIST rows (suite order), marked against ERM."""
+    return rec.once("bmnist", lambda: _read_bmnist_rows(rec))
+
+
+def _read_bmnist_rows(rec: Records) -> list[dict]:
     records = [
         read_run(d, label=f["method"])
         for d, f in rec.finals(bmnist_roots(rec))
         if f["dataset"] == "biased_mnist" and f.get("protocol", "default") == "default"
     ]
-    if not records:
-        return None
     _no_duplicates(records)
-    rows = [r for r in summarise(records, rules=False) if r["deployed"]]
-    rhos = sorted({r["options"].get("rho", 0.99) for r in rows}, reverse=True)
+    rows = [r for r in rec.summarise(records) if r["deployed"]]
     order = [m.method for m in load_suite("bmnist").methods]
     rows = sorted(rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["method"]))
+    add_differences(rows, "erm", rec.stats, ("unbiased", "worst_group", "conflicting"))
+    return rows
+
+
+def bmnist_table(rec: Records, style: str = "bracket") -> str | None:
+    """Biased MNIST (by training correlation rho), test unbiased and worst-group, when records exist."""
+    rows = bmnist_rows(rec)
+    if not rows:
+        return None
+    rhos = sorted({r["options"].get("rho", 0.99) for r in rows}, reverse=True)
     notes = HealthNotes()
     lines = [
-        "**Biased MNIST, test unbiased / worst-group accuracy** (%, mean ± std over n seeds; [published unbiased]"
-        " where a paper has it)",
+        f"**Biased MNIST, test unbiased / worst-group accuracy** (%, {interval_words(style)}; marks against ERM "
+        "below; [published unbiased] where a paper has it)",
         "",
-        ct.table_head("method", *[f"ρ {rho:g}" for rho in rhos]),
+        ct.table_head("method", "labels", *[f"ρ {rho:g}" for rho in rhos]),
     ]
     for method in dict.fromkeys(r["method"] for r in rows):
         cells = []
+        mine = [r for r in rows if r["method"] == method]
         for rho in rhos:
-            match = [r for r in rows if r["method"] == method and r["options"].get("rho", 0.99) == rho]
+            match = [r for r in mine if r["options"].get("rho", 0.99) == rho]
             if not match:
                 cells.append("–")
                 continue
             row = match[0]
-            text = f"{row['unbiased'].format()} / {row['worst_group'].format()} (n={len(row['seeds'])})"
+            text = " / ".join(
+                f"{metric_cell(row, m, style, show_n=False)} {mark(row['vs'][m])}".rstrip()
+                for m in ("unbiased", "worst_group")
+            )
+            text += f" (n={len(row['seeds'])})"
             ref = next((x for x in references(row["method_name"], "biased_mnist", row["options"])), None)
-            mark = notes.mark(f"{row['method_name']}, ρ {rho:g}", row["health"])
-            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else "") + (f" {mark}" if mark else ""))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            health = notes.mark(f"{row['method_name']}, ρ {rho:g}", row["health"])
+            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else "") + (f" {health}" if health else ""))
+        labels = " / ".join(dict.fromkeys(r["labels"] for r in mine))
+        lines.append(f"| {method} | {labels} | " + " | ".join(cells) + " |")
     footnotes = notes.block()
-    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
+    return "\n".join([*lines, "", legend("ERM", style)] + (["", footnotes] if footnotes else []))
+
+
+def settings(rec: Records) -> list[st.Setting]:
+    """Every benchmark setting with results (Colored MNIST at each ratio, Biased MNIST at each rho): its deployed
+    rows, marked against ERM."""
+    out = []
+    rows = _headline_rows(rec)
+    for ratio in sorted({r["options"]["ratio"] for r in rows}):
+        out.append(st.Setting(f"CMNIST {100 * ratio:g} %", [r for r in rows if r["options"]["ratio"] == ratio]))
+    brows = bmnist_rows(rec)
+    for rho in sorted({r["options"].get("rho", 0.99) for r in brows}, reverse=True):
+        out.append(st.Setting(f"BMNIST ρ {rho:g}", [r for r in brows if r["options"].get("rho", 0.99) == rho]))
+    return out
+
+
+def versus(rec: Records, method: str, reference: str, metric: str) -> str | None:
+    """``method − reference`` on every setting where both have runs, paired by seed: ``CMNIST 0.5 %: +4.9 [+1.2,
+    +8.6] ▲ 3/3; ...`` (for a sentence that compares two methods)."""
+    parts = []
+    for setting in settings(rec):
+        mine = next((r for r in setting.rows if r["method"] == method), None)
+        theirs = next((r for r in setting.rows if r["method"] == reference), None)
+        if mine is not None and theirs is not None:
+            diff = rec.stats.difference(mine["scores"], theirs["scores"], metric)
+            parts.append(f"{setting.name} {difference_cell(diff)}")
+    return "; ".join(parts) if parts else None
 
 
 def cost_tables(rec: Records) -> str:
@@ -324,6 +483,9 @@ TUNED = {
 }
 
 
+#: pairs of methods that prose compares (``{{vs:A:B:metric}}``: A − B on every setting, paired by seed)
+VERSUS = (("ule", "erm"), ("reweight_group", "groupdro"), ("rest", "erm"), ("reweight_group", "rest"))
+
 #: a tuned table's placeholder suffix and the test metrics in its cells
 TUNED_METRICS = {"": ("unbiased", "worst_group"), "_unbiased": ("unbiased",)}
 
@@ -337,28 +499,32 @@ def _suite_order(suite: str) -> list[str]:
     return [e.label for e in load_tune_suite(suite).methods]
 
 
-def _tuned_args(rec: Records, suite: str) -> tuple[list[str], list[Path], dict]:
-    """What every tuned table of ``suite`` takes: the suite's method order, the preset roots beside it, the axis."""
+def _tuned_args(rec: Records, suite: str, style: str) -> tuple[list[str], list[Path], dict]:
+    """What every tuned table of ``suite`` takes: the suite's method order, the preset roots beside it, the axis
+    and how cells are shown."""
     spec = TUNED[suite]
-    return _suite_order(suite), spec.presets(rec), {"axis": spec.axis, "dataset": spec.dataset}
+    cells = tune_tables.Cells(style, rec.labels)
+    return _suite_order(suite), spec.presets(rec), {"axis": spec.axis, "dataset": spec.dataset, "cells": cells}
 
 
-def tuned(rec: Records, suite: str, rule: str, metrics: Sequence[str]) -> str | None:
+def tuned(rec: Records, suite: str, rule: str, metrics: Sequence[str], style: str = "bracket") -> str | None:
     """The test table of ``rule``'s tuned configurations beside the preset rows, when its runs are committed."""
     root = tuned_root(rec, suite)
     if root is None or rule not in tune_tables.rules(root):
         return None
-    order, presets, kwargs = _tuned_args(rec, suite)
-    return tune_tables.tuned_table(root, rule, order, presets, metrics, **kwargs)
+    order, presets, kwargs = _tuned_args(rec, suite, style)
+    table = tune_tables.tuned_table(root, rule, order, presets, metrics, **kwargs)
+    return f"{table}\n\n{legend('the preset row', style, SEEDS_ONLY in table)}"
 
 
-def tuned_rules(rec: Records, suite: str, metrics: Sequence[str]) -> str | None:
+def tuned_rules(rec: Records, suite: str, metrics: Sequence[str], style: str = "bracket") -> str | None:
     """One table of a suite trained at one setting: each method's preset beside every rule's tuned runs."""
     root = tuned_root(rec, suite)
     if root is None or not tune_tables.rules(root):
         return None
-    order, presets, kwargs = _tuned_args(rec, suite)
-    return tune_tables.rules_table(root, order, presets, metrics, **kwargs)
+    order, presets, kwargs = _tuned_args(rec, suite, style)
+    table = tune_tables.rules_table(root, order, presets, metrics, **kwargs)
+    return f"{table}\n\n{legend('the preset', style, SEEDS_ONLY in table)}"
 
 
 def tuned_choices(rec: Records, suite: str) -> str | None:
@@ -413,68 +579,107 @@ def if_any(rec: Records, keep: Callable[[dict], bool], make: Callable[[], str]) 
 
 
 # ---------------------------------------------------------------------------------------------- pages
-def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
-    """``{placeholder: function}``; a function returning None drops its placeholder's section."""
+def labelfree_root(rec: Records, key: str) -> Path | None:
+    """The newest committed label-free records of ``key`` (``cmnist`` or ``bmnist``), if any."""
+    found = sorted(p / LABELFREE_DIRS[key] for p in rec.root.glob(LABELFREE) if (p / LABELFREE_DIRS[key]).is_dir())
+    return found[-1] if found else None
+
+
+def labelfree_count(rec: Records) -> str | None:
+    """How many of each label-free suite's runs are recorded (a page built before a suite finished says so)."""
+    parts = []
+    for key, suite in (("cmnist", "labelfree"), ("bmnist", "labelfree-bmnist")):
+        root = labelfree_root(rec, key)
+        if root is not None:
+            done = len(list(root.rglob("final.json")))
+            parts.append(f"`{suite}`: {done} of its {len(load_suite(suite).plan())} runs")
+    return "Runs recorded: " + "; ".join(parts) + "." if parts else None
+
+
+def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:
+    root = labelfree_root(rec, key)
+    return make(root) if root is not None else None
+
+
+def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], str | None]]:
+    """``{placeholder: function}``; a function returning None drops its placeholder's section. ``style``: how
+    intervals are shown (``bracket`` on the docs pages, ``pm``, ± half-width, in the README)."""
     p, jtt = rec.path, _method("jtt")
     return {
         "machine": lambda: machine_line(rec),
-        "headline": lambda: headline_tables(rec),
+        "headline": lambda: headline_tables(rec, style=style),
         "changed_defaults": lambda: changed_defaults_note(rec),
-        "conflicting_aligned": lambda: headline_tables(rec, ("conflicting", "aligned")),
+        "conflicting_aligned": lambda: headline_tables(rec, ("conflicting", "aligned"), style),
+        "paired_erm": lambda: st.paired_tables(settings(rec), "erm"),
+        "ranks": lambda: st.rank_section(settings(rec), FIGURE.name),
+        "intervals_method": method_line,
+        **{
+            f"vs:{a}:{b}:{m}": (lambda a=a, b=b, m=m: versus(rec, a, b, m))
+            for a, b in VERSUS
+            for m in ("unbiased", "worst_group")
+        },
         "erm_protocol": lambda: erm_protocol_table(rec),
         **{f"method:{m}": (lambda m=m: if_method(rec, m, lambda: method_table(rec, m))) for m in _all_methods()},
-        "jtt_sweep": lambda: ct.jtt_tune_table(p("cmnist-2026-11-23/jtt-sweep")),
-        "jtt_wd": lambda: ct.jtt_tune_table(p("cmnist-2026-11-24/jtt-wd")),
-        "jtt_identify": lambda: ct.jtt_tune_table(p("cmnist-2026-11-24/jtt-identify")),
-        "jtt_tune": lambda: ct.jtt_tune_table(p("cmnist-2026-11-24/jtt-tune")),
-        "jtt_defaults": lambda: val_compare_table(
+        **{
+            name: (lambda name=name, rel=rel, make=make: labelled(rec, make(p(rel)), [p(rel)]))
+            for name, rel, make in (
+                ("jtt_sweep", "cmnist-2026-11-23/jtt-sweep", ct.jtt_tune_table),
+                ("jtt_wd", "cmnist-2026-11-24/jtt-wd", ct.jtt_tune_table),
+                ("jtt_identify", "cmnist-2026-11-24/jtt-identify", ct.jtt_tune_table),
+                ("jtt_tune", "cmnist-2026-11-24/jtt-tune", ct.jtt_tune_table),
+                ("bam_tune", "cmnist-2026-11-24/bam-tune", ct.bam_tune_table),
+                ("ule_tune", "cmnist-2026-11-24/ule-tune", ct.ule_tune_table),
+                ("ule_cand", "cmnist-2026-11-24/ule-cand", ct.ule_cand_table),
+                ("ule_mem", "cmnist-2026-11-24/ule-mem", ct.ule_cand_table),
+                ("ule_swd", "cmnist-2026-11-24/ule-swd", ct.ule_cand_table),
+                ("denetdm_paper", "cmnist-2026-11-24/denetdm-paper", ct.denetdm_paper_table),
+                ("kd_sweep", "cmnist-2026-11-24/kd-sweep", ct.kd_sweep_table),
+                ("kd_label_heavy", "cmnist-2026-11-24/kd-a0.1-t1", lambda root: ct.kd_table(root, split="val")),
+                ("rest_sweep", "cmnist-2026-11-24/rest-sweep", ct.rest_table),
+            )
+        },
+        "jtt_defaults": lambda: labelled(
             rec,
-            "JTT setting: val unbiased / val worst-group",
-            [
-                ("identify lr 1e-3, λ_up 50, no stage-2 weight decay", "cmnist-2026-11-23/jtt-first-default", jtt),
-                ("identify lr 1e-3, λ_up 200, stage-2 weight decay 0.01", "cmnist-2026-11-24/jtt-wd-default", jtt),
-                (
-                    "identify lr 3e-4, λ_up 200, stage-2 weight decay 0.01 (default)",
-                    "cmnist-2026-11-24/jtt-idlr",
-                    jtt,
-                ),
-            ],
+            val_compare_table(rec, "JTT setting: val unbiased / val worst-group", JTT_DEFAULTS),
+            [p(rel) for _, rel, _ in JTT_DEFAULTS],
+            jtt,
         ),
-        "bam_tune": lambda: ct.bam_tune_table(p("cmnist-2026-11-24/bam-tune")),
-        "bam": lambda: ct.bam_table(rec.headline()),
-        "ule_search": lambda: ule_search(rec),
+        "bam": lambda: labelled(rec, ct.bam_table(rec.headline()), rec.headline(), _method("bam")),
+        "ule_search": lambda: labelled(rec, ule_search(rec), [p("ule-search")]),
         "ule_final": lambda: if_any(
-            rec, _gradient_ule, lambda: ct.ule_table(rec.headline(), None, _gradient_ule, "ule")
+            rec,
+            _gradient_ule,
+            lambda: labelled(
+                rec, ct.ule_table(rec.headline(), None, _gradient_ule, "ule"), rec.headline(), _gradient_ule
+            ),
         ),
         "mistake_reweight_final": lambda: if_any(
             rec,
             _mistake_reweighting,
-            lambda: ct.ule_table(rec.headline(), None, _mistake_reweighting, "mistake_reweight"),
+            lambda: labelled(
+                rec,
+                ct.ule_table(rec.headline(), None, _mistake_reweighting, "mistake_reweight"),
+                rec.headline(),
+                _mistake_reweighting,
+            ),
         ),
-        "ule_tune": lambda: ct.ule_tune_table(p("cmnist-2026-11-24/ule-tune")),
-        "ule_cand": lambda: ct.ule_cand_table(p("cmnist-2026-11-24/ule-cand")),
-        "ule_mem": lambda: ct.ule_cand_table(p("cmnist-2026-11-24/ule-mem")),
-        "ule_swd": lambda: ct.ule_cand_table(p("cmnist-2026-11-24/ule-swd")),
-        "ule_full_compare": lambda: val_compare_table(
+        "ule_full_compare": lambda: labelled(
             rec,
-            "teacher: val unbiased / val worst-group",
-            [
-                ("gradient mask 25 %, λ 1, unregularised student", "cmnist-2026-11-24/ule-mask-default", _gradient_ule),
-                ("mistake reweighting, λ 5, student L2 0.01", "cmnist-2026-11-24/cmnist", _mistake_reweighting),
-                ("mistake reweighting, λ 5, student L2 0.03", "cmnist-2026-11-24/ule-l2-0.03", _mistake_reweighting),
-            ],
+            val_compare_table(rec, "teacher: val unbiased / val worst-group", ULE_COMPARE),
+            [p(rel) for _, rel, _ in ULE_COMPARE],
+            lambda f: _gradient_ule(f) or _mistake_reweighting(f),
         ),
-        "denetdm": lambda: ct.denetdm_table(rec.headline()),
-        "denetdm_paper": lambda: ct.denetdm_paper_table(p("cmnist-2026-11-24/denetdm-paper")),
-        "denetdm_bmnist": lambda: denetdm_tables.premise_table(bmnist_roots(rec)),
+        "denetdm": lambda: labelled(rec, ct.denetdm_table(rec.headline()), rec.headline(), _method("denetdm")),
+        "dett": lambda: labelled(
+            rec, ct.dett_table(rec.headline()), rec.headline(), lambda f: f["method"] in ("dett", "kd")
+        ),
+        "denetdm_bmnist": lambda: labelled(
+            rec, denetdm_tables.premise_table(bmnist_roots(rec)), bmnist_roots(rec), _method("denetdm")
+        ),
         "denetdm_bmnist_epochs": lambda: denetdm_tables.epochs_table(p(DENETDM_FIRST_EPOCHS)),
-        "dett": lambda: ct.dett_table(rec.headline()),
-        "kd_sweep": lambda: ct.kd_sweep_table(p("cmnist-2026-11-24/kd-sweep")),
-        "kd_label_heavy": lambda: ct.kd_table(p("cmnist-2026-11-24/kd-a0.1-t1"), split="val"),
-        "rest_sweep": lambda: ct.rest_table(p("cmnist-2026-11-24/rest-sweep")),
         "cost": lambda: cost_tables(rec),
         "tune_pruning": lambda: tune_pruning_table(rec),
-        "biased_mnist": lambda: bmnist_table(rec),
+        "biased_mnist": lambda: bmnist_table(rec, style),
         **{
             f"{name}:{suite}": (lambda suite=suite, gen=gen: gen(rec, suite))
             for suite in TUNED
@@ -482,14 +687,16 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         },
         **{
             f"tuned{suffix}:{suite}:{rule}": (
-                lambda suite=suite, rule=rule, metrics=metrics: tuned(rec, suite, rule, metrics)
+                lambda suite=suite, rule=rule, metrics=metrics: tuned(rec, suite, rule, metrics, style)
             )
             for suite in TUNED
             for rule in tune_tables.RULE_TITLE
             for suffix, metrics in TUNED_METRICS.items()
         },
         **{
-            f"tuned_rules{suffix}:{suite}": (lambda suite=suite, metrics=metrics: tuned_rules(rec, suite, metrics))
+            f"tuned_rules{suffix}:{suite}": (
+                lambda suite=suite, metrics=metrics: tuned_rules(rec, suite, metrics, style)
+            )
             for suite in TUNED
             for suffix, metrics in TUNED_METRICS.items()
         },
@@ -502,6 +709,23 @@ def generators(rec: Records) -> dict[str, Callable[[], str | None]]:
         "tuned_bmnist_index": lambda: (
             "| [Equal-budget tuning on Biased MNIST](tuned-biased-mnist.md) | the same search on Biased MNIST |"
             if tuned_budget(rec, "bmnist-tune") is not None
+            else None
+        ),
+        **{
+            f"labelfree_{name}:{key}": (lambda key=key, make=make: labelfree(rec, key, make))
+            for key in LABELFREE_DIRS
+            for name, make in (
+                ("quality", lf.quality_table),
+                ("unbiased", lambda r: lf.accuracy_table(r, "unbiased")),
+                ("worst_group", lambda r: lf.accuracy_table(r, "worst_group")),
+                ("gap", lambda r, key=key: lf.gap_sentence(r, "0.01" if key == "cmnist" else "all")),
+            )
+        },
+        "labelfree_count": lambda: labelfree_count(rec),
+        "labelfree_index": lambda: (
+            "| [Without group labels](labelfree.md) | group inference scored against the truth; group methods on "
+            "inferred groups beside the same methods on true groups |"
+            if labelfree_root(rec, "cmnist") is not None
             else None
         ),
         "bmnist_published": bmnist_published_table,
@@ -528,6 +752,20 @@ def _gradient_ule(final: dict) -> bool:
     return final["method"] == "ule" and not _mistake_reweighting(final)
 
 
+#: the JTT settings compared on validation: (row label, folder under the results, which records)
+JTT_DEFAULTS = (
+    ("identify lr 1e-3, λ_up 50, no stage-2 weight decay", "cmnist-2026-11-23/jtt-first-default", _method("jtt")),
+    ("identify lr 1e-3, λ_up 200, stage-2 weight decay 0.01", "cmnist-2026-11-24/jtt-wd-default", _method("jtt")),
+    ("identify lr 3e-4, λ_up 200, stage-2 weight decay 0.01 (default)", "cmnist-2026-11-24/jtt-idlr", _method("jtt")),
+)
+#: ULE's teacher readings compared on validation
+ULE_COMPARE = (
+    ("gradient mask 25 %, λ 1, unregularised student", "cmnist-2026-11-24/ule-mask-default", _gradient_ule),
+    ("mistake reweighting, λ 5, student L2 0.01", "cmnist-2026-11-24/cmnist", _mistake_reweighting),
+    ("mistake reweighting, λ 5, student L2 0.03", "cmnist-2026-11-24/ule-l2-0.03", _mistake_reweighting),
+)
+
+
 def _all_methods() -> list[str]:
     from debiaslab.methods.registry import METHODS, list_methods
 
@@ -535,28 +773,28 @@ def _all_methods() -> list[str]:
     return list(METHODS.names())
 
 
-PLACEHOLDER = re.compile(r"^\{\{([a-z_:-]+)\}\}$")
+PLACEHOLDER = re.compile(r"\{\{([a-z_:-]+)\}\}")
 SECTION = re.compile(r"^<!-- section -->$")
 
 
 def render(template: str, gens: dict[str, Callable[[], str | None]], source: str) -> str:
-    """Fill a template. A ``<!-- section -->`` line opens a section that runs to the next one (or the end); a
+    """Fill a template: every ``{{name}}`` (a line of its own for a table, or inside a sentence) becomes its
+    generator's text. A ``<!-- section -->`` line opens a section that runs to the next one (or the end); a
     section holding a placeholder whose table is absent is dropped whole."""
     out: list[str] = []
     for section in _sections(template.splitlines()):
         filled, keep = [], True
         for line in section:
-            m = PLACEHOLDER.match(line.strip())
-            if m is None:
-                filled.append(line)
-                continue
-            if m.group(1) not in gens:
-                raise SystemExit(f"{source}: unknown placeholder {{{{{m.group(1)}}}}}")
-            text = gens[m.group(1)]()
-            if text is None:
-                keep = False
+            texts = {}
+            for name in PLACEHOLDER.findall(line):
+                if name not in gens:
+                    raise SystemExit(f"{source}: unknown placeholder {{{{{name}}}}}")
+                texts[name] = gens[name]()
+                if texts[name] is None:
+                    keep = False
+            if not keep:
                 break
-            filled.append(text)
+            filled.append(PLACEHOLDER.sub(lambda m, texts=texts: texts[m.group(1)], line) if texts else line)
         if keep:
             out += filled
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
@@ -573,9 +811,10 @@ def _sections(lines: list[str]) -> list[list[str]]:
     return sections
 
 
-def pages(repo: Path = REPO) -> dict[str, str]:
-    """Every generated file: ``{path relative to the repository: text}`` (README.md with its blocks filled)."""
-    rec = Records(repo / RESULTS)
+def pages(repo: Path = REPO, rec: Records | None = None) -> dict[str, str]:
+    """Every generated file: ``{path relative to the repository: text}`` (README.md and docs/ule.md with their
+    blocks filled)."""
+    rec = rec if rec is not None else Records(repo / RESULTS)
     gens = generators(rec)
     out = {}
     for template in sorted((repo / TEMPLATES).glob("*.md")):
@@ -586,19 +825,25 @@ def pages(repo: Path = REPO) -> dict[str, str]:
             header = f"<!-- generated by `{COMMAND}` from {RESULTS}/ and {TEMPLATES}/{template.name}; do not edit -->\n"
             out[f"docs/results/{template.name}"] = header + body
     readme = (repo / "README.md").read_text()
+    readme_gens = generators(rec, style="pm")
     for name in ("cmnist", "tuned", "biased-mnist"):
-        body = render((repo / TEMPLATES / f"_readme-{name}.md").read_text(), gens, name)
+        body = render((repo / TEMPLATES / f"_readme-{name}.md").read_text(), readme_gens, name)
         readme = splice(readme, name, body if body.strip() else "")
     out["README.md"] = readme
+    # the ULE page shows the validation comparison that chose its default
+    ule_table = ule_search(rec)
+    out["docs/ule.md"] = splice(
+        (repo / "docs/ule.md").read_text(), "ule-search", ule_table + "\n" if ule_table else "", "docs/ule.md"
+    )
     return out
 
 
-def splice(text: str, name: str, body: str) -> str:
+def splice(text: str, name: str, body: str, where: str = "README.md") -> str:
     """Replace the block between ``<!-- generated:NAME:start -->`` and ``<!-- generated:NAME:end -->``."""
     start, end = f"<!-- generated:{name}:start -->", f"<!-- generated:{name}:end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md: no block {start} ... {end}; add the two markers where the block belongs")
+        raise SystemExit(f"{where}: no block {start} ... {end}; add the two markers where the block belongs")
     return pattern.sub(lambda _: f"{start}\n{body}{end}", text, count=1)
 
 
@@ -624,7 +869,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"run `{COMMAND}` and commit the result\n")
         return 1 if bad else 0
     (REPO / "docs/results").mkdir(parents=True, exist_ok=True)
-    for path, text in pages().items():
+    rec = Records(REPO / RESULTS)
+    figure = st.critical_difference_figure(settings(rec), REPO / FIGURE)
+    if figure is not None:
+        sys.stderr.write(f"wrote {FIGURE}\n")
+    for path, text in pages(REPO, rec).items():
         target = REPO / path
         if not target.is_file() or target.read_text() != text:
             target.write_text(text)

@@ -18,6 +18,7 @@ from pathlib import Path
 import cmnist_tables as ct
 
 from debiaslab.bench.health_marks import HealthNotes, recorded_checks
+from debiaslab.bench.stats import mark
 
 #: the rules of the tables, in order, and what each one may read
 RULE_TITLE = {
@@ -127,6 +128,15 @@ def _search_setting(root: Path, axis: Axis) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Cells:
+    """How a table shows its runs: ``style`` of the intervals (``bracket``: ``[low, high]``; ``pm``: ``±``
+    half-width) and ``labels(run)``, the run's label ledger as one line."""
+
+    style: str = "bracket"
+    labels: Callable[[dict], str] = ct.run_labels
+
+
 def tuned_table(
     root: Path,
     rule: str,
@@ -135,28 +145,33 @@ def tuned_table(
     metrics: Sequence[str] = ("unbiased",),
     axis: Axis = RATIO,
     dataset: str | None = None,
+    cells: Cells = Cells(),
 ) -> str:
-    """Methods x settings (``axis``) of the test metrics of ``rule``'s chosen configurations (mean ± std over
-    seeds), each followed by the method's preset row from ``presets`` (the default-settings records of
-    ``dataset``), labelled as such."""
+    """Methods x settings (``axis``) of the test metrics of ``rule``'s chosen configurations (95 % intervals over
+    seeds and test examples, marked against the preset of the same seeds), each followed by the method's preset
+    row from ``presets`` (the default-settings records of ``dataset``), labelled as such, with the labels each
+    row read."""
     tuned = rule_runs(root, rule)
     methods = _ordered({r["method"] for r in tuned}, order)
     preset = [r for r in load_runs(presets) if (dataset is None or r["dataset"] == dataset) and r["method"] in methods]
     columns = axis.columns(tuned)
     notes = HealthNotes()
-    lines = [ct.table_head("method", "settings", *[axis.title(float(c)) for c in columns])]
+    lines = [ct.table_head("method", "settings", "labels", *[axis.title(float(c)) for c in columns])]
     for method in methods:
+        base = {c: [r for r in preset if r["method"] == method and axis.key(r) == c] for c in columns}
         for label, runs in (("tuned", tuned), ("preset", preset)):
             mine = {c: [r for r in runs if r["method"] == method and axis.key(r) == c] for c in columns}
             if not any(mine.values()):
                 continue
-            cells = [
-                _marked(" / ".join(_cell(mine[c], m) for m in metrics), notes, f"{method} ({label})", mine[c])
+            against = base if label == "tuned" else None
+            row = [
+                _marked(_cells(mine[c], metrics, cells, against and against[c]), notes, f"{method} ({label})", mine[c])
                 if mine[c]
                 else "–"
                 for c in columns
             ]
-            lines.append(f"| {method if label == 'tuned' else ''} | {label} | " + " | ".join(cells) + " |")
+            ledger = _ledger([r for rs in mine.values() for r in rs], cells)
+            lines.append(f"| {method if label == 'tuned' else ''} | {label} | {ledger} | " + " | ".join(row) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
@@ -170,9 +185,10 @@ def rules_table(
     metrics: Sequence[str] = ("unbiased", "worst_group"),
     axis: Axis = RHO,
     dataset: str | None = None,
+    cells: Cells = Cells(),
 ) -> str:
     """For a suite trained at one setting: methods x (preset, then each rule's tuned configuration), the test
-    metrics over seeds in each cell."""
+    metrics over seeds in each cell (tuned cells marked against the preset), and the labels of each column."""
     names = rules(root)
     tuned = {rule: rule_runs(root, rule) for rule in names}
     methods = _ordered({r["method"] for runs in tuned.values() for r in runs}, order)
@@ -183,18 +199,48 @@ def rules_table(
     where = columns[0]
     heads = ["preset", *[RULE_SHORT.get(rule, rule) for rule in names]]
     notes = HealthNotes()
-    lines = [ct.table_head("method", *heads)]
+    lines = [ct.table_head("method", "labels (train · select: " + " / ".join(heads) + ")", *heads)]
     for method in methods:
-        cells = []
-        for head, runs in zip(heads, (preset, *tuned.values())):
+        row, ledgers = [], []
+        base = [r for r in preset if r["method"] == method and axis.key(r) == where]
+        for i, runs in enumerate((preset, *tuned.values())):
             mine = [r for r in runs if r["method"] == method and axis.key(r) == where]
-            text = " / ".join(_cell(mine, m) for m in metrics)
-            cells.append(_marked(text, notes, f"{method} ({head})", mine) if mine else "–")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            text = _cells(mine, metrics, cells, base if i else None)
+            row.append(_marked(text, notes, f"{method} ({heads[i]})", mine) if mine else "–")
+            ledgers.append(_ledger(mine, cells) if mine else "")
+        lines.append(f"| {method} | {_ledger_columns(ledgers)} | " + " | ".join(row) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no tuned runs recorded: {', '.join(missing)}."]
     return _with_notes(lines, notes)
+
+
+def _cells(runs: list[dict], metrics: Sequence[str], cells: Cells, against: list[dict] | None = None) -> str:
+    """The metrics of ``runs`` (one per seed), each marked against ``against`` (the same method's preset)."""
+    parts = []
+    for metric in metrics:
+        get = ct.test_metric(metric)
+        text = ct.interval_cell_of(runs, get, cells.style)
+        if against:
+            mine = [ct.scores_of(r, get) for r in runs]
+            theirs = [ct.scores_of(r, get) for r in against]
+            text += f" {mark(ct.STATS.difference(mine, theirs, metric))}".rstrip()
+        parts.append(text)
+    return " / ".join(parts)
+
+
+def _ledger(runs: list[dict], cells: Cells) -> str:
+    return " / ".join(dict.fromkeys(cells.labels(r) for r in runs))
+
+
+def _ledger_columns(ledgers: Sequence[str]) -> str:
+    """``train: none · select: val groups / none`` from one ledger per column (the training's labels once when
+    every column has the same)."""
+    parts = [text.split(" · select: ") for text in ledgers if text]
+    trains = list(dict.fromkeys(p[0] for p in parts))
+    if len(trains) == 1 and all(len(p) == 2 for p in parts):
+        return f"{trains[0]} · select: " + " / ".join(p[1] for p in parts)
+    return " / ".join(ledgers)
 
 
 def load_runs(roots: Sequence[Path]) -> list[dict]:
@@ -223,23 +269,19 @@ def rule_runs(root: Path, rule: str) -> list[dict]:
             if early or rule not in run.get("selections", {}):
                 raise SystemExit(f"{run['_dir']}: reports {rule} but cannot stand for a run trained for it")
             picked = run["selections"][rule]
-            out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}})
+            out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}, "_rule": rule})
     return out
 
 
 def _marked(text: str, notes: HealthNotes, label: str, runs: list[dict]) -> str:
     """``text`` followed by the premise-check mark of ``runs`` (nothing for runs that recorded no checks)."""
-    mark = notes.mark(label, [(r.get("seed", 0), recorded_checks(r)) for r in runs])
-    return f"{text} {mark}" if mark else text
+    health = notes.mark(label, [(r.get("seed", 0), recorded_checks(r)) for r in runs])
+    return f"{text} {health}" if health else text
 
 
 def _with_notes(lines: list[str], notes: HealthNotes) -> str:
     footnotes = notes.block()
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
-
-
-def _cell(runs: list[dict], metric: str) -> str:
-    return ct.cell([r["metrics"]["test"][metric] for r in runs if r["metrics"]["test"].get(metric) is not None])
 
 
 def choices_table(root: Path, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:

@@ -42,12 +42,13 @@ def test_mean_std_over_seeds_and_pivot(tmp_path: Path) -> None:
     assert erm["seeds"] == [0, 1, 2]
     assert erm["unbiased"].mean == pytest.approx(0.5)
     assert erm["unbiased"].std == pytest.approx(0.1)
-    assert "50.0 ± 10.0" in markdown_table(rows)
+    # no per-group counts recorded: Student's t over the seeds alone (t_2 = 4.303), marked †
+    assert "| 50.0 [25.2, 74.8]† |" in markdown_table(rows) and "| 50.0 ± 10.0 |" in markdown_table(rows)
     pivot = pivot_markdown(rows, "unbiased", reference=cmnist_reference)
-    assert "| erm | default | val_unbiased | 50.0 ± 10.0 (n=3) [paper 50.3, -0.3] |" in pivot
+    assert "| erm | default | val_unbiased | 50.0 [25.2, 74.8]† (n=3) [paper 50.3, -0.3] |" in pivot
     assert "| lff | default | val_unbiased | 75.0 (n=1) [paper 74.0, +1.0] |" in pivot
     assert "| lff (q=0.5) | default | val_unbiased | 10.0 (n=1) |" in pivot
-    assert "| dfr | default | val_unbiased | 80.0 ± 0.0 (n=2) |" in pivot
+    assert "| dfr | default | val_unbiased | 80.0 [80.0, 80.0]† (n=2) |" in pivot
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
@@ -77,3 +78,43 @@ def test_runs_of_other_world_size_or_global_batch_are_never_pooled(tmp_path: Pat
         "erm [2 processes, batch 256]",
         "erm [2 processes, batch 512]",
     }
+
+
+def _counted_run(root: Path, method: str, seed: int, correct: list[int], **more) -> None:
+    """A run that recorded its per-group test counts (4 groups of 100, the first aligned)."""
+    groups = [{"n": 100, "correct": c, "aligned": g == 0} for g, c in enumerate(correct)]
+    acc = [c / 100 for c in correct]
+    metrics = {"unbiased": sum(acc) / 4, "worst_group": min(acc), "conflicting": sum(acc[1:]) / 3}
+    run = root / method / f"seed{seed}"
+    run.mkdir(parents=True)
+    final = {"method": method, "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "hparams": {},
+             "seed": seed, "selection": "val_unbiased", "stages": [{"name": method, "selection": "val_unbiased"}],
+             "metrics": {"test": metrics}, "test_report": {"groups": groups}, **more}  # fmt: skip
+    (run / "final.json").write_text(json.dumps(final))
+
+
+def test_rows_carry_intervals_labels_and_paired_differences_with_the_reference(tmp_path: Path) -> None:
+    from debiaslab.bench.aggregate import add_differences, table_notes
+    from debiaslab.bench.stats import Stats
+
+    for seed in range(3):
+        _counted_run(tmp_path, "erm", seed, [99, 40 + seed, 45, 50 - seed])
+        _counted_run(tmp_path, "groupdro", seed, [95, 70 + seed, 75, 72 - seed])
+        _counted_run(tmp_path, "lff", seed, [97, 40 + 2 * seed, 46 - seed, 49], selection="val_worst_class",
+                     stages=[{"name": "lff", "selection": "val_worst_class"}])  # fmt: skip
+    stats = Stats()
+    rows = summarise(find_runs([tmp_path]), stats=stats)
+    add_differences(rows, "erm", stats, ("unbiased",))
+    by = {r["method"]: r for r in rows}
+    assert by["groupdro"]["labels"] == "train: train groups · select: val groups"
+    assert by["lff"]["labels"] == "train: none · select: none"
+    erm = by["erm"]["intervals"]["unbiased"]
+    assert erm.examples and erm.low < by["erm"]["unbiased"].mean < erm.high
+    assert by["erm"]["vs"]["unbiased"] is None  # the reference itself
+    assert by["groupdro"]["vs"]["unbiased"].sign == 1 and by["groupdro"]["vs"]["unbiased"].better == 3
+    assert by["lff"]["vs"]["unbiased"].sign == 0  # within a point of ERM on every seed: not told apart
+    table = markdown_table(rows)
+    assert "unbiased − erm (points)" in table and "▲ 3/3" in table and "○" in table
+    assert "train: train groups · select: val groups" in table
+    notes = table_notes(rows)
+    assert "95 % CI = mean ± √((t·SE_seeds)² + (1.96·SE_test)²)" in notes and "▲ / ▼" in notes

@@ -259,3 +259,16 @@ def test_hparam_table_and_validation() -> None:
     ):
         with pytest.raises(ConfigError):
             BAM(**bad)
+
+
+def test_celeba_uses_run_metascript_values_not_waterbirds() -> None:
+    """BAM official run_metaScript.py (github.com/motivationss/BAM): the CelebA branch overrides only the learning
+    rates, weight decays and batch size, so CelebA runs its argparse defaults: --stageTwo_epochs 30,
+    --aux_lambda 0.5, --stageOne_epochs 21; μ (--up_weights) has no default and stays Waterbirds' 140, named as
+    unverified."""
+    celeba = BAM(dataset="celeba")
+    hp, src = celeba.hparams, celeba.hparam_sources
+    assert (hp.epochs, hp.aux_lambda, hp.amplify_epochs, hp.mu, hp.batch_size) == (30, 0.5, 21, 140, 128)
+    assert all("run_metaScript.py" in src[k] for k in ("epochs", "aux_lambda", "amplify_epochs", "lr", "batch_size"))
+    assert "could not be checked" in src["aux_lambda"] and "unverified" in src["mu"]
+    assert src["aux_lambda"] != BAM(dataset="waterbirds").hparam_sources["aux_lambda"]

@@ -197,8 +197,9 @@ def test_report_tables_and_png_figures(suite_runs, monkeypatch) -> None:
     assert [s.status for s in result.states] == ["skipped"] * 4
     report = (out / "report.md").read_text()
     assert "## Results (test split" in report and "## Selection rules side by side" in report
-    assert "| erm | toy_bench | 0.05 | val_worst_group | 1 |" in report
-    assert "| erm | toy_bench | 0.05 | val_classdiff* | 1 |" in report
+    assert "| erm | toy_bench | 0.05 | val_worst_group | train: none · select: val groups | 1 |" in report
+    assert "| erm | toy_bench | 0.05 | val_classdiff* | train: none · select: none | 1 |" in report
+    assert "95 % CI = mean ± √((t·SE_seeds)² + (1.96·SE_test)²)" in report
     pngs = sorted(p for p in result.files if p.endswith(".png"))
     assert pngs == sorted(
         [
@@ -286,13 +287,16 @@ def test_aggregation_mean_std_by_rule_against_hand_values(tmp_path: Path) -> Non
     assert deployed["train_time_s"].mean == pytest.approx(20.0) and deployed["peak_memory_mb"].mean == 500.0
 
     table = results_markdown(rows)
-    # the DeNetDM paper's ERM at 1 %: 50.34; ours 70.0 -> +19.7; the reported rule: 72.0 -> +21.7
+    # the DeNetDM paper's ERM at 1 %: 50.34; ours 70.0 -> +19.7; the reported rule: 72.0 -> +21.7. No per-group
+    # counts in these records: 95 % intervals by Student's t over the 3 seeds (4.303 x 10 / sqrt(3) = 24.8), marked †
+    labels = "train: none · select: val groups"
     assert (
-        "| erm | colored_mnist | 0.01 | val_worst_group | 3 | 70.0 ± 10.0 | 60.0 ± 10.0 | 99.0 ± 0.0 | 30.0 ± 10.0"
-        in table
+        f"| erm | colored_mnist | 0.01 | val_worst_group | {labels} | 3 | 70.0 [45.2, 94.8]† | 60.0 [35.2, 84.8]† "
+        "| 99.0 ± 0.0 | 30.0 [5.2, 54.8]†" in table
     )
     assert "| unbiased 50.3 | +19.7 | 20 ± 10 | 500 ± 0 |" in table
-    assert "| erm | colored_mnist | 0.01 | val_unbiased* | 3 | 72.0 ± 8.0 |" in table and "| +21.7 |" in table
+    assert f"| erm | colored_mnist | 0.01 | val_unbiased* | {labels} | 3 | 72.0 [52.1, 91.9]† |" in table
+    assert "| +21.7 |" in table
     line = next(r for r in csv.DictReader(io.StringIO(results_csv(rows))) if r["rule"] == "val_worst_group")
     assert (line["unbiased_mean"], line["unbiased_std"], line["paper_unbiased"], line["diff_unbiased"]) == (
         "70.00",
@@ -301,6 +305,8 @@ def test_aggregation_mean_std_by_rule_against_hand_values(tmp_path: Path) -> Non
         "19.66",
     )
     assert line["deployed"] == "True" and line["n_seeds"] == "3" and line["paper_worst_group"] == ""
+    assert (line["unbiased_ci_low"], line["unbiased_ci_high"], line["aligned_ci_low"]) == ("45.16", "94.84", "")
+    assert line["labels"] == labels
 
     # a run that deployed val_unbiased and one that reported it, for the same seed: counted once (the deployed)
     other = _final(tmp_path / "other", 0, 0.99, 0.5, selection="val_unbiased")
@@ -320,7 +326,7 @@ def test_shortened_budget_suite_puts_no_paper_number_beside_ours(tmp_path: Path)
     rows = summarise([read_run(_final(tmp_path, s, 0.7, 0.3), label="erm") for s in range(2)])
     full, smoke = results_markdown(rows), results_markdown(rows, compare_paper=False)
     assert "| paper % | ours − paper |" in full and "unbiased 50.3" in full
-    assert "paper" not in smoke and "50.3" not in smoke and "| 70.0 ± 0.0 |" in smoke
+    assert "paper" not in smoke and "50.3" not in smoke and "| 70.0 [70.0, 70.0]† |" in smoke
     assert "[paper 50.3" in ratio_pivot_markdown(rows, "colored_mnist")
     assert "paper" not in ratio_pivot_markdown(rows, "colored_mnist", compare_paper=False)
     line = next(csv.DictReader(io.StringIO(results_csv(rows, compare_paper=False))))

@@ -64,10 +64,21 @@ def test_shipped_suites_parse_with_the_expected_grids() -> None:
 
     cmnist = load_suite("cmnist")
     runs = cmnist.plan("runs")
-    assert len(runs) == len(cmnist.methods) * 4 * 3
+    assert len(runs) == len(cmnist.methods) * (3 * 3 + 5)  # seeds 0-4 at 1 %, 0-2 elsewhere
     # the layout of the runs already trained under runs/cmnist/<method>/r<ratio>/seed<seed>, default budgets
     assert runs[0].run_dir == Path("runs/cmnist/erm/r0.005/seed0") and runs[0].config.hparams == {}
     assert sorted({r.ratio for r in runs}) == [0.005, 0.01, 0.02, 0.05]
+    assert sorted({r.config.seed for r in runs if r.ratio == 0.01}) == [0, 1, 2, 3, 4]
+    assert sorted({r.config.seed for r in runs if r.ratio == 0.02}) == [0, 1, 2]
+    assert Path("runs/cmnist/erm/r0.01/seed4") in {r.run_dir for r in runs}
+    assert {r.config.seed for r in load_suite("bmnist").plan()} == {0, 1, 2, 3, 4}
+    # the seeds added later, alone: only the 1 % slice has them; DFR's base run is the ERM run of the same seed
+    added = cmnist.plan("runs", seeds=[3, 4])
+    assert {(r.ratio, r.config.seed) for r in added} == {(0.01, 3), (0.01, 4)} and len(added) == len(cmnist.methods) * 2
+    dfr = next(r for r in added if r.label == "dfr" and r.config.seed == 4)
+    assert dfr.depends_on == ("runs/cmnist/erm/r0.01/seed4",)
+    with pytest.raises(ConfigError, match="--seeds 7: not a seed of suite 'cmnist'"):
+        cmnist.plan(seeds=[7])
 
     selection = load_suite("selection")
     hp = selection.plan()[0].config.hparams
@@ -122,6 +133,11 @@ def test_plan_layout_labels_options_and_only(tmp_path: Path) -> None:
         ({"datasets": [{"name": "toy_bench", "ratios": ["5e-3"]}]}, "'datasets[0].ratios[0]' = '5e-3'"),
         ({"datasets": [{"name": "toy_bench", "ratios": [1.5]}]}, "expected a number in (0, 1)"),
         ({"datasets": [{"name": "toy_bench", "options": {"size": 3}}]}, "key 'datasets[0].options.size' = 3"),
+        ({"datasets": [{"name": "toy_bench", "seeds": [1, 1]}]}, "key 'datasets[0].seeds' = [1, 1]; expected distinct"),
+        (
+            {"datasets": [{"name": "toy_bench", "ratios": [0.1, 0.2]}, {"name": "toy_bench", "ratios": [0.2]}]},
+            "key 'datasets[1]' = 'toy_bench'; expected datasets with distinct folders",
+        ),
         ({"imports": ["no_such_plugin_module"]}, "key 'imports[0]' = 'no_such_plugin_module'"),
     ],
 )
@@ -187,7 +203,7 @@ def test_plan_skips_finished_reports_mismatch_and_resumes(tmp_path: Path) -> Non
     report = (out / "report.md").read_text()
     assert "**mismatch** `b toy_bench r0.1 seed0`" in report and "describes another run" in report
     assert "**failed** `d toy_bench r0.1 seed0`" in report and "(toy_bench/d/r0.1/seed0/error.txt)" in report
-    assert "| a | toy_bench | 0.1 | val_worst_group | 1 | 50.0 |" in report  # only the matching run is reported
+    assert "| a | toy_bench | 0.1 | val_worst_group | train: none · select: val groups | 1 | 50.0 (n=1) |" in report
 
 
 def test_finished_run_with_other_resolved_defaults_is_not_reused(tmp_path: Path) -> None:

@@ -35,8 +35,18 @@ def test_committed_pages_match_the_run_records(make_docs, generated) -> None:
 def test_readme_headline_rows_come_from_the_records(generated) -> None:
     readme = generated["README.md"]
     block = readme.split("<!-- generated:cmnist:start -->")[1].split("<!-- generated:cmnist:end -->")[0]
-    assert "| erm | val_unbiased | 44.8 ± 1.3 (n=3) [paper 35.3, +9.4]" in block  # three seeds' final.json
-    assert "worst-group" in block and "{{" not in block
+    # three seeds' final.json: the mean ± the half-width of its 95 % interval, the labels the runs read
+    assert "| erm | val_unbiased | train: none · select: val groups | 44.8 ± 3.3 (n=3) [paper 35.3, +9.4]" in block
+    # paired with ERM of the same seeds: above at 1 and 2 %, not told apart at 0.5 and 5 %
+    assert (
+        "| ule | val_unbiased | train: none · select: val groups | 50.6 ± 3.9 (n=3) ○ | 64.0 ± 2.0 (n=3) ▲ |" in block
+    )
+    assert "worst-group" in block and "{{" not in block and "docs/results/statistics.md" in block
+    page = generated["docs/results/colored-mnist.md"]
+    assert "| erm | val_unbiased | train: none · select: val groups | 44.8 [41.5, 48.1] (n=3) [paper 35.3" in page
+    stats = generated["docs/results/statistics.md"]
+    assert "| ule | +5.9 [-1.2, +12.9] ○ 3/3 | +5.6 [+3.3, +8.0] ▲ 3/3 |" in stats  # paired with ERM, per setting
+    assert "Friedman χ² = " in stats and "critical-difference.png" in stats
 
 
 def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(make_docs, tmp_path: Path) -> None:
@@ -45,6 +55,11 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
     assert "Optional" not in text and "## Kept\n\n| a |" in text and "intro" in text
     with pytest.raises(SystemExit, match="unknown placeholder"):
         make_docs.render("{{nope}}\n", {}, "t.md")
+    # a placeholder inside a sentence: filled in place, or its section dropped when it has nothing to say
+    inline = "<!-- section -->\nA differs by {{d}}.\n<!-- section -->\nB by {{none}}.\n"
+    assert make_docs.render(inline, {"d": lambda: "+1.0 [+0.2, +1.8] ▲ 3/3", "none": lambda: None}, "t.md") == (
+        "A differs by +1.0 [+0.2, +1.8] ▲ 3/3.\n"
+    )
 
     records = make_docs.Records(tmp_path)
     assert make_docs.bmnist_table(records) is None  # no Biased MNIST records: no section, no invented numbers
@@ -62,7 +77,11 @@ def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(
         (run / "final.json").write_text(json.dumps(final))
     table = make_docs.Records(tmp_path)
     text = make_docs.bmnist_table(table)
-    assert "| mistake_reweight | 65.0 ± 7.1 / 20.0 ± 0.0 (n=2) |" in text  # named by the recorded method
+    # named by the recorded method; no per-group counts in these records: Student's t over the two seeds only (†)
+    assert (
+        "| mistake_reweight | train: none · select: val groups | 65.0 [1.5, 100.0]† / 20.0 [20.0, 20.0]† (n=2) |"
+        in text
+    )
 
 
 def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path: Path) -> None:
@@ -97,10 +116,11 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
     assert "20 trials at 1 % conflicting, an epoch cap of 20, random sampler, Hyperband pruner" in line
     assert "`val_worst_class`" in line
     table = make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased", "worst_group"))
-    assert "| erm | tuned | – | 60.0 ± 10.0 / 10.0 ± 0.0 | – | – |" in table
+    assert "| erm | tuned | train: none · select: none | – | 60.0 [35.2, 84.8]† / 10.0 [10.0, 10.0]† | – | – |" in table
     assert "Methods of the suite with no val_unbiased runs recorded: reweight_group," in table
-    assert "| lff | tuned | – | 80.0 (n=1) / 40.0 (n=1) | – | – |" in table  # the reported rule's metrics
-    assert "| lff | tuned | – | 10.0 (n=1) | – | – |" in make_docs.tuned(
+    # the reported rule's metrics, and the labels of that rule's selection (validation groups)
+    assert "| lff | tuned | train: none · select: val groups | – | 80.0 (n=1) / 40.0 (n=1) | – | – |" in table
+    assert "| lff | tuned | train: none · select: none | – | 10.0 (n=1) | – | – |" in make_docs.tuned(
         records, "cmnist-tune", "val_worst_class", ("unbiased",)
     )
     choices = make_docs.tuned_choices(records, "cmnist-tune")
@@ -133,12 +153,17 @@ def test_biased_mnist_tuned_table_has_a_column_per_rho_and_stays_out_of_the_pres
     records = make_docs.Records(tmp_path)
     assert "20 trials at ρ 0.99, an epoch cap of 20" in make_docs.tuned_budget(records, "bmnist-tune")
     table = make_docs.tuned(records, "bmnist-tune", "val_unbiased", ("unbiased",))
-    assert "| method | settings | ρ 0.99 |" in table
-    assert "| erm | tuned | 80.0 ± 0.0 (n=2) |" in table and "|  | preset | 60.0 (n=1) |" in table
-    _final(root / "final-val_worst_class" / "erm" / "seed0", "erm", "biased_mnist", {"rho": 0.99}, 0, 0.7)
+    assert "| method | settings | labels | ρ 0.99 |" in table
+    assert "| erm | tuned | train: none · select: val groups | 80.0 [80.0, 80.0]† |" in table
+    assert "|  | preset | train: none · select: val groups | 60.0 (n=1) |" in table
+    chosen = root / "final-val_worst_class" / "erm" / "seed0"
+    _final(chosen, "erm", "biased_mnist", {"rho": 0.99}, 0, 0.7)
+    doc = json.loads((chosen / "final.json").read_text())
+    (chosen / "final.json").write_text(json.dumps({**doc, "selection": "val_worst_class"}))
     rules = make_docs.tuned_rules(make_docs.Records(tmp_path), "bmnist-tune", ("unbiased",))
-    assert "| method | preset | tuned, val unbiased | tuned, val worst-class |" in rules
-    assert "| erm | 60.0 (n=1) | 80.0 ± 0.0 (n=2) | 70.0 (n=1) |" in rules
+    assert "| preset | tuned, val unbiased | tuned, val worst-class |" in rules
+    # the labels each column's runs read: the training's once, then each column's selection
+    assert "| erm | train: none · select: val groups / val groups / none | 60.0 (n=1) | 80.0 [80.0, 80.0]† |" in rules
     assert make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased",)) is None  # another suite's
     assert "(n=1)" in make_docs.bmnist_table(records)  # the preset table reads the preset run only
 

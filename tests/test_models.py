@@ -18,6 +18,8 @@ from debiaslab.models import (
     load_pretrained,
     model_options,
 )
+from debiaslab.models.pretrained import IMAGENET_WEIGHTS, fetch_weights
+from toys import hash_named_weights, torchvision_resnet18_state
 
 BUILTIN = {"mlp", "cnn_rest", "cnn3", "cnn4", "resnet18", "resnet18_cifar", "resnet20", "resnet50"}
 
@@ -290,3 +292,64 @@ def test_projected_rejects_bad_sizes_with_a_clear_error() -> None:
         build_model("projected", (8,), 2, base="projected")
     model = build_model("projected", (8,), 2, base="mlp", base_kwargs={"width": 4, "depth": 1}, dim=6, hidden=5)
     assert model.feature_dim == 6 and not hasattr(model.base, "head")
+
+
+def test_published_imagenet_urls_carry_torchvisions_checksums() -> None:
+    """torchvision's IMAGENET1K_V1 files (what ``resnet18(pretrained=True)`` loads in the DeNetDM release)."""
+    assert IMAGENET_WEIGHTS["ResNet-18"] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert IMAGENET_WEIGHTS["ResNet-50"] == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+
+
+def test_fetch_checks_the_hash_prefix_in_the_file_name_and_downloads_once(tmp_path) -> None:
+    served = hash_named_weights({"w": torch.arange(4.0)}, tmp_path / "served", "tiny")
+    cache = tmp_path / "cache"
+    got = fetch_weights(served.as_uri(), "the tiny weights", cache)
+    assert got == cache / served.name and got.read_bytes() == served.read_bytes()
+    served.unlink()  # the second call reads the local copy
+    assert fetch_weights(served.as_uri(), "the tiny weights", cache) == got
+
+    # a file whose content does not match the prefix its name carries is refused, and nothing is left behind
+    liar = tmp_path / "served" / "tiny-00000000.pth"
+    torch.save({"w": torch.zeros(1)}, liar)
+    with pytest.raises(ConfigError, match=r"cannot fetch the tiny weights from file://.*invalid hash value") as info:
+        fetch_weights(liar.as_uri(), "the tiny weights", cache)
+    assert "\n" not in str(info.value) and not (cache / liar.name).exists()
+    # a local copy that no longer matches its name is named, not loaded
+    got.write_bytes(b"changed")
+    with pytest.raises(ConfigError, match="does not match the SHA-256 prefix"):
+        fetch_weights(served.as_uri(), "the tiny weights", cache)
+
+
+def test_imagenet_weights_fetched_by_name_map_onto_our_resnet18(tmp_path, monkeypatch) -> None:
+    state = torchvision_resnet18_state()
+    served = hash_named_weights(state, tmp_path / "served", "resnet18")
+    monkeypatch.setitem(IMAGENET_WEIGHTS, "ResNet-18", served.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    model = build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
+    assert model.head.weight.shape == (10, 512)  # the 1000-class head is left out
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / served.name).is_file()
+
+    # neither a copy nor the download: one line that says where to put the file
+    monkeypatch.setitem(IMAGENET_WEIGHTS, "ResNet-18", (tmp_path / "gone" / "resnet18-f37072fd.pth").as_uri())
+    with pytest.raises(ConfigError) as info:
+        build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    msg = str(info.value)
+    assert msg.startswith("cannot fetch the ImageNet ResNet-18 weights from file://") and "\n" not in msg
+    assert "put resnet18-f37072fd.pth in" in msg and "pretrained: /path/to/resnet18-f37072fd.pth" in msg
+    with pytest.raises(ConfigError, match="no published ImageNet weights for ResNet-20"):
+        load_pretrained(build_model("resnet20", (3, 32, 32), 10), "imagenet")
+
+
+def test_a_saved_model_rebuilds_without_its_pretrained_weights(tmp_path) -> None:
+    """model.pt holds every weight: loading it fetches no ``pretrained`` start again (here: a file long gone)."""
+    from debiaslab.engine.checkpoint import load_model_file, save_model_file
+
+    kwargs = {"base": "resnet18", "base_kwargs": {"pretrained": str(tmp_path / "gone.pth")}, "dim": 8}
+    model = build_model("projected", (3, 32, 32), 2, base="resnet18", dim=8)
+    spec = {"name": "projected", "kwargs": kwargs, "input_shape": [3, 32, 32], "n_classes": 2}
+    save_model_file(tmp_path / "model.pt", model, spec)
+    loaded, got_spec = load_model_file(tmp_path / "model.pt")
+    assert got_spec["kwargs"] == kwargs  # the record keeps where the run started from
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -16,11 +16,14 @@ from debiaslab.engine.optim import OptimConfig, build_scheduler
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
-from debiaslab.methods.catalog import label_needs, method_card
+from debiaslab.methods.catalog import TRAINING_LABELS, grouped, label_needs, method_card, training_labels
 from debiaslab.methods.dett import DeTT, map_mse
 from debiaslab.methods.dfr import DFR, DFRClass
+from debiaslab.methods.families import FAMILIES
+from debiaslab.methods.registry import list_methods
 from debiaslab.models import build_model
-from toys import RecordingTrainer, make_split, toy_splits
+from debiaslab.models.pretrained import IMAGENET_WEIGHTS
+from toys import RecordingTrainer, hash_named_weights, make_split, torchvision_resnet18_state, toy_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +62,55 @@ def test_denetdm_corrupted_cifar10_stage1_weight_decay_from_release_config_py() 
     method = get_method("denetdm")(dataset="corrupted_cifar10")
     assert (method.hparams.expert_weight_decay, method.hparams.weight_decay) == (1e-3, 0.0)
     assert "config.py" in method.hparam_sources["expert_weight_decay"]
+
+
+@pytest.fixture
+def served_imagenet_resnet18(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    """A stand-in for torchvision's ImageNet ResNet-18 behind a file:// URL (named with its own checksum), and an
+    empty torch hub folder: the presets' ``pretrained: imagenet`` fetches it as it would the published file."""
+    state = torchvision_resnet18_state(seed=3)
+    served = hash_named_weights(state, tmp_path / "served", "resnet18")
+    monkeypatch.setitem(IMAGENET_WEIGHTS, "ResNet-18", served.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return state
+
+
+@pytest.mark.parametrize("dataset", ["corrupted_cifar10", "bffhq"])
+def test_denetdm_stage2_target_starts_from_imagenet_resnet18_as_in_release_model_py(
+    dataset, served_imagenet_resnet18, tmp_path, monkeypatch, capsys
+) -> None:
+    """DeNetDM release module/model.py: stage 2's target (``debias_branch``) is torchvision's
+    ``resnet18(pretrained=True)`` with fc removed, followed by ``nn.Linear(512, 64)`` in CCIFARDeNetDMModel and used
+    as it is in BFFHQDeNetDModel; the deep branch is not pretrained."""
+    method = get_method("denetdm")(dataset=dataset)
+    hp = method.hparams
+    assert "module/model.py" in method.hparam_sources["model"] and "pretrained" in method.hparam_sources["model"]
+    target = build_model(hp.model, (3, 32, 32), 10, **hp.model_kwargs)
+    if dataset == "corrupted_cifar10":
+        assert (hp.model, hp.model_kwargs) == (
+            "projected",
+            {"base": "resnet18", "base_kwargs": {"pretrained": "imagenet"}, "dim": 64},
+        )
+        backbone = target.base
+        assert isinstance(target.projector, nn.Linear) and target.projector.weight.shape == (64, 512)
+    else:
+        assert (hp.model, hp.model_kwargs) == ("resnet18", {"pretrained": "imagenet"})
+        backbone = target
+    assert backbone.conv1.weight.shape == (64, 3, 7, 7)  # torchvision's ImageNet stem
+    got = backbone.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in served_imagenet_resnet18.items() if not k.startswith("fc."))
+    assert "pretrained" not in hp.deep_kwargs
+    assert main(["methods", "denetdm", "--format", "json"]) == 0  # what `debiaslab methods denetdm` shows
+    shown = json.loads(capsys.readouterr().out)["presets"][dataset]["model_kwargs"]
+    assert "imagenet" in json.dumps(shown["value"]) and "module/model.py" in shown["source"]
+    train = make_split(8, 0, "train", 0.5, n_features=3 * 32 * 32, shape=(3, 32, 32))
+    method.check_model(train)  # the fetched copy passes the check before a run
+
+    # without the file and without the network, checking the run fails first, in one line
+    monkeypatch.setitem(IMAGENET_WEIGHTS, "ResNet-18", (tmp_path / "gone" / "resnet18-f37072fd.pth").as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match=r"^cannot fetch the ImageNet ResNet-18 weights [^\n]*$"):
+        method.check_model(train)
 
 
 def test_conv_net_per_block_kernel_sizes_are_checked() -> None:
@@ -143,9 +195,11 @@ def image_splits() -> tuple[GroupDataset, GroupDataset]:
     return toy_splits(128, 64, n_features=32, shape=(2, 4, 4))
 
 
-def test_dett_matches_the_teachers_feature_map_through_a_conv_bottleneck() -> None:
-    """DeTT (Lee & Lee 2023): a convolutional student matches the teacher's final feature map before pooling
-    through a 1x1 -> 3x3 -> 1x1 conv projector with BN/ReLU; the teacher's head is transplanted."""
+def test_dett_matches_the_teachers_feature_map_through_the_reimplementations_projector() -> None:
+    """The public DeTT re-implementation (github.com/molereddy/distillation-group-analysis, local_models.py
+    ``SimKD(s_n, t_n, factor=2)``, used for DeTT in run_exp.py): the student's final feature map passes 1x1 -> 3x3
+    -> 1x1 convolutions without biases to the teacher's C channels, hidden C/2, each followed by BN and ReLU; the
+    teacher's head is transplanted. (The DeTT paper only says the feature map outputs are matched.)"""
     train, val = image_splits()
     teacher_hp = {"model": "cnn3", "model_kwargs": {"channels": [8, 8, 16]}, "epochs": 1, "batch_size": 64}
     common = {"teacher_method": "erm", "teacher_hparams": teacher_hp, "epochs": 1, "batch_size": 64}
@@ -154,10 +208,17 @@ def test_dett_matches_the_teachers_feature_map_through_a_conv_bottleneck() -> No
     method = DeTT(**common, **student_kw).fit(train, val, trainer=trainer)
     fit = method.fit_result_
     assert fit.extras["projector"] == "map" and fit.model_spec["name"] == "projected_map"
+    assert fit.extras["map_projector"] == "simkd" and "local_models.py" in method.hparam_sources["map_projector"]
     student = method.model_
     layers = [type(m).__name__ for m in student.projector]
-    assert layers == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
-    assert [m.kernel_size for m in student.projector if isinstance(m, nn.Conv2d)] == [(1, 1), (3, 3), (1, 1)]
+    assert layers == ["Conv2d", "BatchNorm2d", "ReLU"] * 3
+    convs = [m for m in student.projector if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (8, 8, (1, 1)),
+        (8, 8, (3, 3)),
+        (8, 16, (1, 1)),
+    ]
+    assert all(c.bias is None for c in convs)
     teacher = method.readout_models_["teacher"]
     assert torch.equal(student.head.weight, teacher.head.weight) and not student.head.weight.requires_grad
     # the projector is trained: its weights moved from their initial values
@@ -205,9 +266,34 @@ def test_dett_vector_projector_for_mlps_and_as_an_option() -> None:
         DeTT(projector="conv")
 
 
-def test_map_mse_resizes_the_student_map_to_the_teachers() -> None:
+def test_dett_our_map_projector_is_an_option_named_ours() -> None:
+    train, val = image_splits()
+    teacher_hp = {"model": "cnn3", "model_kwargs": {"channels": [8, 8, 16]}, "epochs": 1}
+    method = DeTT(
+        teacher_method="erm", teacher_hparams=teacher_hp, model="cnn3", model_kwargs={"channels": [4, 4, 8]},
+        epochs=1, detector_epochs=1, map_projector="ours",
+    )  # fmt: skip
+    method.fit(train, val, trainer=Trainer(progress=False))
+    layers = [type(m).__name__ for m in method.model_.projector]
+    assert layers == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"]
+    assert method.model_.projector[0].out_channels == 4 and method.model_.projector[-1].bias is not None
+    assert method.fit_result_.model_spec["kwargs"]["style"] == "ours"
+    with pytest.raises(ConfigError, match="map_projector 'x' unknown"):
+        DeTT(map_projector="x")
+
+
+def test_map_alignment_pools_the_larger_map_or_resizes_the_students() -> None:
+    """The re-implementation adaptively average-pools the larger of the two maps to the smaller's size; ours resizes
+    the student's map to the teacher's (bilinear)."""
     student, teacher = torch.ones(2, 3, 2, 2), torch.zeros(2, 3, 4, 4)
-    assert torch.allclose(map_mse(student, teacher), torch.ones(2))
+    teacher[:, :, :2, :2] = 4.0  # its 2x2 average pool is 4 in the top-left cell, 0 elsewhere
+    assert torch.allclose(map_mse(student, teacher), torch.full((2,), (9.0 + 3.0) / 4))
+    assert torch.allclose(map_mse(student, teacher, "resize"), torch.full((2,), (4 * 9.0 + 12 * 1.0) / 16))
+    # a student whose map is larger than the teacher's is pooled to the teacher's size before the projector
+    model = build_model("projected_map", (2, 8, 8), 2, base="cnn3", base_kwargs={"channels": [4, 4, 4]}, dim=6,
+                        pool_to=[1, 1])  # fmt: skip
+    assert model.base.feature_map(torch.zeros(1, 2, 8, 8)).shape[-1] > 1
+    assert model.feature_map(torch.zeros(3, 2, 8, 8)).shape == (3, 6, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ catalog / CLI
@@ -236,3 +322,42 @@ def test_methods_name_shows_every_preset_value_and_source(capsys) -> None:
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert "val_unbiased: needs validation attributes" in rows["lff"]["labels"]
     assert main(["methods", "nope"]) == 2
+
+
+SUBPOP_SPUCO_METHODS = {
+    "irm", "vrex", "coral", "mmd", "cvar_dro", "chi2_dro", "mixup", "lisa", "focal", "cb_loss", "cb_loss_group", "ldam",
+    "ldam_drw", "bsoftmax", "sqrt_reweight_group", "sqrt_reweight_class", "crt", "crt_group", "reweight_crt",
+    "reweight_crt_group", "afr", "ssa",
+}  # fmt: skip
+
+
+def test_every_method_has_a_family_and_the_list_groups_by_family_or_labels(capsys) -> None:
+    builtin = [m for m in list_methods() if m.__module__.startswith("debiaslab.methods.")]
+    assert all(m.family in FAMILIES for m in builtin), [m.name for m in builtin if m.family not in FAMILIES]
+    assert {m.name for m in builtin} >= SUBPOP_SPUCO_METHODS
+    by_family = grouped(builtin, "family")
+    assert [g for g, _, _ in by_family] == [f for f in FAMILIES if any(m.family == f for m in builtin)]
+    assert sum(len(members) for _, _, members in by_family) == len(builtin)
+    labels = {g: {m.name for m in members} for g, _, members in grouped(builtin, "labels")}
+    assert list(labels) == list(TRAINING_LABELS)
+    assert {"irm", "lisa", "groupdro"} <= labels["training attributes"]
+    assert {"dfr", "ssa"} <= labels["validation attributes"] and {"afr", "crt", "focal"} <= labels["none"]
+    assert training_labels(get_method("ssa")) == "validation attributes"
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "invariance" in out and "last-layer retraining" in out and "pseudo attribute labels" in out
+    assert main(["methods", "--by", "labels", "--format", "json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) >= SUBPOP_SPUCO_METHODS and rows["irm"]["family"] == "invariance"
+    assert rows["afr"]["training_labels"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("name", "source"),
+    [("irm", "hparams_registry.py"), ("vrex", "DomainBed"), ("lisa", "huaxiuyao/LISA"), ("afr", "AndPotap/afr"),
+     ("ssa", "SpuCo"), ("ldam_drw", "LDAM-DRW"), ("crt", "SubpopBench")],
+)  # fmt: skip
+def test_methods_name_shows_the_presets_with_their_sources(capsys, name: str, source: str) -> None:
+    assert main(["methods", name]) == 0
+    out = capsys.readouterr().out
+    assert f"{name} on (no dataset)" in out and source in out.replace("\n", "")

@@ -319,7 +319,7 @@ def test_registered_deploys_the_teacher_and_records_the_student(toy) -> None:
     selected = result.history[result.selected["epoch"] - 1]
     assert method.evaluate(val).metrics["worst_group"] == pytest.approx(selected["val"]["worst_group"])
     extras = result.extras
-    assert (extras["omega"], extras["weighting"], extras["student_lr"]) == (ULEHparams.omega, "uniform", 5e-3)
+    assert (extras["omega"], extras["weighting"], extras["student_lr"]) == (ULEHparams.omega, "student_wrong", 5e-3)
     assert "perturb_eps" not in extras or extras["omega"] == "perturb"  # only the chosen Ω's settings are recorded
     assert extras["student_val_final"] == last["val_student"]
     assert extras["student_val_selected_epoch"] == selected["val_student"]
@@ -372,8 +372,8 @@ def test_hparam_table_and_validation() -> None:
     hp = m.hparams
     assert (hp.omega, hp.saliency, hp.weighting, hp.omega_weight, hp.mask_fraction, hp.mask_unit) == (
         "mask",
-        "true_logit",
-        "uniform",
+        "pred_logit",
+        "student_wrong",
         1.0,
         0.1,
         "entry",

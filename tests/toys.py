@@ -229,3 +229,31 @@ def load_benchmark_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def hash_named_weights(state: dict[str, torch.Tensor], folder: Path, stem: str) -> Path:
+    """``state`` saved as ``<folder>/<stem>-<first 8 hex of its SHA-256>.pth``: a file named the way published
+    weights are (torchvision's ``resnet18-f37072fd.pth``), so a download can check it."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f"{stem}.staged"
+    torch.save(state, staged)
+    final = folder / f"{stem}-{hashlib.sha256(staged.read_bytes()).hexdigest()[:8]}.pth"
+    staged.replace(final)
+    return final
+
+
+def torchvision_resnet18_state(n_classes: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A ResNet-18 state dict in torchvision's published layout: ``fc.`` for the classifier and, as in
+    ``resnet18-f37072fd.pth``, no BatchNorm step counters."""
+    from debiaslab.models import build_model
+
+    torch.manual_seed(seed)
+    state = build_model("resnet18", (3, 32, 32), n_classes).state_dict()
+    return {
+        ("fc." + k[5:] if k.startswith("head.") else k): v.clone()
+        for k, v in state.items()
+        if "num_batches_tracked" not in k
+    }

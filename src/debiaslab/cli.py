@@ -17,7 +17,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from debiaslab import cli_deploy
+from debiaslab import cli_deploy, cli_groups
+from debiaslab.audit import command as audit_command
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--groups", metavar="FILE", help="train and select on a groups file's inferred groups (infer-groups)"
+    )
     cli_deploy.add_tracking_args(train)
     _data_args(train)
 
@@ -77,13 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="summarise finished run directories: mean ± std over seeds, and a mark for the runs' premise checks "
-        "(runs that recorded none are re-scored from their final.json where it allows)",
+        help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read, and a "
+        "mark for the runs' premise checks (runs that recorded none are re-scored from their final.json)",
     )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
     report.add_argument("--split", default="test", choices=["val", "test"])
     report.add_argument("--pivot", metavar="METRIC", help="methods x ratios table of one metric, e.g. unbiased")
     report.add_argument("--paper", action="store_true", help="with --pivot: add published CMNIST numbers")
+    report.add_argument(
+        "--reference",
+        metavar="METHOD",
+        default="erm",
+        help="paired differences with this method's runs of the same seeds (default erm; 'none' for no column)",
+    )
 
     bench = sub.add_parser("bench", help="run a benchmark suite (methods x datasets x ratios x seeds) and report it")
     bench.add_argument("suite", help=f"a shipped suite ({_shipped('bench')}) or a path to a suite YAML file")
@@ -104,16 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--slurm-mem-gb", type=int, help="memory per job (default: the partition's)")
     bench.add_argument("--slurm-folder", help="submitit's job files and logs (default <out>/slurm)")
     bench.add_argument("--only", nargs="+", metavar="METHOD", help="only these methods (labels or names)")
+    bench.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only the runs of these seeds")
     bench.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
     bench.add_argument("--report-only", action="store_true", help="aggregate finished runs; train nothing")
     bench.add_argument("--no-progress", action="store_true")
     _data_args(bench)
 
     _tune_parser(sub)
+    cli_groups.add_parser(sub, _data_args)
+    audit_command.add_parser(sub, _data_args)
 
     sub.add_parser("datasets", help="list registered datasets and their options")
-    methods = sub.add_parser("methods", help="list registered methods and the labels they need")
+    methods = sub.add_parser("methods", help="list registered methods by family and the labels they need")
     methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
+    methods.add_argument(
+        "--by",
+        choices=("family", "labels"),
+        default="family",
+        help="group the list by method family (default) or by the labels a method trains with",
+    )
     methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     return parser
 
@@ -220,6 +239,8 @@ def train_config(args: argparse.Namespace) -> Any:
         num_threads=args.threads,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
+        groups=args.groups or (run.groups if run else None),
+        groups_recipe=None if args.groups else (run.groups_recipe if run else None),
     )
 
 
@@ -253,13 +274,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from debiaslab.bench.aggregate import find_runs, markdown_table, summarise
+    from debiaslab.bench.aggregate import add_differences, find_runs, markdown_table, summarise, table_notes
+    from debiaslab.bench.stats import Stats
 
     records = find_runs(args.roots, rescore=True)
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1
-    rows = summarise(records, split=args.split)
+    stats = Stats()
+    rows = summarise(records, split=args.split, stats=stats)
+    if args.reference != "none" and args.split == "test":
+        metrics = (
+            (args.pivot,) if args.pivot in ("unbiased", "worst_group", "conflicting") else ("unbiased", "worst_group")
+        )
+        add_differences(rows, args.reference, stats, metrics)
     if args.pivot:
         from debiaslab.bench.aggregate import pivot_markdown
         from debiaslab.bench.paper import cmnist_reference
@@ -267,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = pivot_markdown(rows, args.pivot, reference=cmnist_reference if args.paper else None)
     else:
         text = markdown_table(rows)
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(text + "\n\n" + table_notes(rows), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -291,6 +319,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         executor=args.executor,
         only=args.only,
+        seeds=args.seeds,
         dry_run=args.dry_run,
         report_only=args.report_only,
         data_root=args.data_root,
@@ -328,6 +357,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    for line in audit_command.cmd_audit(args):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
@@ -343,8 +378,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     import json
+    from collections import Counter
 
-    from debiaslab.methods.catalog import label_needs, method_card
+    from debiaslab.methods.catalog import (
+        family_of,
+        grouped,
+        label_needs,
+        method_card,
+        selection_summary,
+        training_labels,
+    )
     from debiaslab.methods.registry import get_method, list_methods
 
     if args.name is not None:
@@ -368,15 +411,42 @@ def cmd_methods(args: argparse.Namespace) -> int:
         return 0
     methods = list_methods()
     if args.format == "json":
-        rows = [{"name": m.name, "summary": m.summary, "labels": label_needs(m)} for m in methods]
+        rows = [
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "family": family_of(m),
+                "training_labels": training_labels(m),
+                "labels": label_needs(m),
+            }
+            for m in methods
+        ]
         console.print_json(json.dumps(rows))
         return 0
-    table = Table(title="methods")
-    for col in ("name", "what it does", "labels it needs (training; epoch selection by default)"):
+    by_family = args.by == "family"
+    selections = {m.name: selection_summary(m) for m in methods}
+    usual = Counter(selections.values()).most_common(1)[0][0] if methods else ""
+    groups = grouped(methods, args.by)
+    table = Table(title=f"methods by {'family' if by_family else 'the labels they train with'}")
+    heading = "family" if by_family else "training labels"
+    for col in (heading, "name", "what it does", "training labels" if by_family else "family", "selection if unusual"):
         table.add_column(col)
-    for method in methods:
-        table.add_row(method.name, method.summary or (method.__doc__ or "").split("\n")[0], label_needs(method))
+    for group, _, members in groups:
+        table.add_section()
+        for i, method in enumerate(members):
+            summary = method.summary or (method.__doc__ or "").split("\n")[0]
+            other = training_labels(method) if by_family else family_of(method)
+            selection = selections[method.name]
+            shown = "" if selection == usual else escape(selection)
+            table.add_row(escape(group) if i == 0 else "", method.name, escape(summary), other, shown)
     console.print(table)
+    for group, description, _ in groups:
+        console.print(f"  [bold]{escape(group)}[/]: {escape(description)}")
+    console.print(
+        f"  usual selection: {escape(usual)} (auto = val_worst_group when validation has attribute labels, else the"
+        " label-free val_worst_class). `debiaslab methods NAME` shows every preset with its sources.",
+        highlight=False,
+    )
     return 0
 
 
@@ -386,9 +456,11 @@ COMMANDS = {
     "bench": cmd_bench,
     "tune": cmd_tune,
     "report": cmd_report,
+    "audit": cmd_audit,
     "datasets": cmd_datasets,
     "methods": cmd_methods,
     **cli_deploy.COMMANDS,
+    **cli_groups.COMMANDS,
 }
 
 

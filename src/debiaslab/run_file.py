@@ -28,6 +28,8 @@ class RunBlock(pydantic.BaseModel):
     hparams: dict[str, Any] = pydantic.Field(default_factory=dict)
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
+    groups: str | None = None
+    groups_recipe: dict[str, Any] | None = None
 
 
 class RunFile(pydantic.BaseModel):
@@ -48,6 +50,8 @@ class RunFile(pydantic.BaseModel):
     world_size: Any = None
     global_batch_size: Any = None
     input: Any = None
+    labels: Any = None
+    groups: Any = None
 
 
 def read_run_file(path: str | Path) -> RunFile:

@@ -35,6 +35,9 @@ from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
 from debiaslab.evaluation.health import Check, failing
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import check_rule_applicable
+from debiaslab.inference.apply import with_inferred_groups
+from debiaslab.inference.groups_file import GroupsFile
+from debiaslab.inference.in_runs import check_reads_groups, groups_for_run, label_ledger
 from debiaslab.methods.registry import get_method
 from debiaslab.reporting import run_report_markdown
 from debiaslab.run_dir import CONFIG, FINAL, MODEL, claimed_run_dir, plan_run_dir, read_config
@@ -64,10 +67,14 @@ class RunConfig:
     num_threads: int | None = None
     tensorboard: bool = False  # TensorBoard event files under <run_dir>/tensorboard
     mlflow: str | None = None  # an MLflow tracking URI ("" for sqlite:///<run_dir>/mlflow.db); None: no MLflow
+    #: a groups file whose pseudo-groups replace the train and val groups (``debiaslab infer-groups``)
+    groups: str | None = None
+    #: how to make ``groups`` when it does not exist yet (``{"inferrer": NAME, "hparams": {...}}``; bench suites)
+    groups_recipe: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must match for ``--resume`` to continue a run."""
-        return {
+        """The fields that must match for ``--resume`` to continue a run (``groups`` only when it is set)."""
+        identity = {
             "method": self.method,
             "dataset": self.dataset,
             "dataset_options": self.dataset_options,
@@ -75,6 +82,11 @@ class RunConfig:
             "seed": self.seed,
             "precision": self.precision,
         }
+        if self.groups is not None:
+            identity["groups"] = self.groups
+            if self.groups_recipe:
+                identity["groups_recipe"] = self.groups_recipe
+        return identity
 
     def comparable_identity(self) -> dict[str, Any]:
         """:meth:`identity` as compared with a run directory's ``config.yaml`` (see :func:`comparable_identity`)."""
@@ -147,7 +159,20 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
     method = with_dataset_model(method, cfg, bundle)
-    return run_method(cfg, method, bundle, started=started)
+    groups = None
+    if cfg.groups is not None:
+        groups = groups_for_run(
+            cfg.groups,
+            cfg.groups_recipe,
+            cfg.dataset,
+            cfg.dataset_options,
+            cfg.seed,
+            bundle,
+            data_root=cfg.data_root,
+            cache_dir=cfg.cache_dir,
+            num_threads=cfg.num_threads,
+        )
+    return run_method(cfg, method, bundle, started=started, groups=groups)
 
 
 def run_method(
@@ -157,12 +182,18 @@ def run_method(
     *,
     started: float | None = None,
     callbacks: Sequence[Any] = (),
+    groups: GroupsFile | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``bundle`` and write the run directory ``cfg.run_dir()`` (shared by the command line and
-    :func:`debiaslab.fit_run.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking)."""
+    :func:`debiaslab.fit_run.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking).
+    With ``groups`` the method trains and selects on the file's pseudo-groups; the run is evaluated on the
+    dataset's own splits."""
     started = time.perf_counter() if started is None else started
-    val = bundle.selection_split
-    method.check_setup(bundle.train, val)
+    fit_bundle = with_inferred_groups(bundle, groups) if groups is not None else bundle
+    val = fit_bundle.selection_split
+    if groups is not None:
+        check_reads_groups(method, val, groups)
+    method.check_setup(fit_bundle.train, val)
     report_rules = tuple(method.hparams.report_rules) if val is not None else ()
     for rule in report_rules:  # before any training: a rule needing groups on a split without them
         check_rule_applicable(rule, val is not None and val.has_attrs)
@@ -178,7 +209,7 @@ def run_method(
         check_resumable(run_dir, cfg)
     dist.barrier()
     with claimed_run_dir(run_dir, action) if main else contextlib.nullcontext():
-        return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks)
+        return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks, fit_bundle, groups)
 
 
 def _train_in(
@@ -189,10 +220,15 @@ def _train_in(
     report_rules: tuple[str, ...],
     started: float,
     callbacks: Sequence[Any] = (),
+    fit_bundle: DatasetBundle | None = None,
+    groups: GroupsFile | None = None,
 ) -> dict[str, Any]:
-    """Write ``config.yaml``, train, evaluate and write the rest of the run directory (rank 0 writes)."""
+    """Write ``config.yaml``, train (on ``fit_bundle``'s splits: inferred groups, if any), evaluate on ``bundle``
+    and write the rest of the run directory (rank 0 writes)."""
     main = dist.is_main_process()
-    val = bundle.selection_split
+    fit_bundle = fit_bundle or bundle
+    val = fit_bundle.selection_split
+    labels = label_ledger(method, fit_bundle.train, val)
     config_doc = {
         "run": _plain(cfg.identity()),
         "device": cfg.device,
@@ -204,7 +240,10 @@ def _train_in(
         "debiaslab_version": __version__,
         "torch_version": str(torch.__version__),
         "input": describe_inputs(bundle.test, bundle.recipe),
+        "labels": labels,
     }
+    if groups is not None:
+        config_doc["groups"] = groups_record(groups)
     config_doc["world_size"] = dist.world_size()
     config_doc["global_batch_size"] = getattr(method.hparams, "batch_size", None)
     if main:
@@ -226,7 +265,7 @@ def _train_in(
     trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
     trainer.callbacks.extend(trackers)
     try:
-        method.fit(bundle.train, val, trainer=trainer)
+        method.fit(fit_bundle.train, val, trainer=trainer)
     except BaseException:
         close_trackers(trackers, "FAILED")
         raise
@@ -251,6 +290,7 @@ def _train_in(
         "selection_split": bundle.selection,
         "selection": result.selection,
         "selected": _plain(result.selected),
+        "labels": labels,
         "stages": [
             {
                 "name": s.name,
@@ -276,6 +316,8 @@ def _train_in(
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": bundle.notes,
     }
+    if groups is not None:
+        final["groups"] = groups_record(groups)
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
     atomic_write_json(run_dir / FINAL, _jsonable(final))
     return final
@@ -292,6 +334,20 @@ def run_health(method: Any, bundle: DatasetBundle, trainer: Trainer) -> list[Che
     for check in failing(checks):
         log.warning("%s premise check %s: %s", method.name, check.status, check.line())
     return checks
+
+
+def groups_record(groups: GroupsFile) -> dict[str, Any]:
+    """What a run records of the groups file it trained on: where, its hash and how it was made."""
+    meta = groups.meta
+    recipe = meta.get("recipe") or {}
+    return {
+        "file": str(groups.path),
+        "sha256": groups.sha256,
+        "inferrer": meta.get("inferrer"),
+        "hparams": recipe.get("hparams"),
+        "reference": meta.get("reference"),
+        "seed": meta.get("seed"),
+    }
 
 
 def run_trackers_for(cfg: RunConfig, run_dir: Path, config_doc: dict[str, Any]) -> list[Any]:

@@ -12,14 +12,28 @@ import logging
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from debiaslab.bench.health_marks import HealthNotes, recorded_checks
+from debiaslab.bench.ledger import InputReader, label_ledger, read_input
+from debiaslab.bench.stats import (
+    MARKS_LEGEND,
+    SEEDS_ONLY_LEGEND,
+    RunScores,
+    Stats,
+    difference_cell,
+    interval_cell,
+    mark,
+    method_line,
+    run_scores,
+)
 from debiaslab.errors import DataError
 from debiaslab.evaluation.health import Check
+from debiaslab.evaluation.intervals import COUNT_METRICS, Interval
+from debiaslab.evaluation.ledger import ledger_text
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +65,23 @@ class RunRecord:
     #: processes the run trained on, and its global batch (None: not recorded): runs differing in them never pool
     world_size: int = 1
     global_batch_size: int | None = None
+    #: the run's ``final.json`` as read (its per-group test counts and what its ledger is derived from)
+    final: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def scores(self) -> RunScores:
+        """Its seed, test metrics and per-group test counts (a reported rule's record: metrics only)."""
+        return run_scores(self.final or {"seed": self.seed, "metrics": self.metrics}, str(self.path),
+                          None if self.deployed else self.selection)  # fmt: skip
+
+    def labels(self, inputs: InputReader = read_input) -> str:
+        """Its label ledger as one line (``unknown`` when a run it was built on cannot be found by ``inputs``)."""
+        try:
+            return ledger_text(label_ledger(self.final, None if self.deployed else self.selection, inputs))
+        except (DataError, KeyError) as exc:
+            log.warning("labels of %s unknown: %s", self.path, exc)
+            return "unknown"
+
     #: the run's premise checks (``final.json["health"]``, or re-scored from the record); None: not checked
     health: list[Check] | None = None
 
@@ -131,6 +162,7 @@ def read_run(run_dir: str | Path, label: str | None = None, rescore: bool = Fals
         total_time_s=_number(d.get("total_time_s")),
         health=recorded_checks(d, rescore=rescore),
         **_scale(d, final.parent),
+        final=d,
     )
 
 
@@ -195,12 +227,18 @@ def summarise(
     split: str = "test",
     columns: Sequence[str] = DEFAULT_COLUMNS,
     rules: bool = True,
+    stats: Stats | None = None,
+    inputs: Callable[[Path], InputReader] = lambda _: read_input,
 ) -> list[dict[str, Any]]:
     """One row per (method, dataset, options, protocol, selection) with a :class:`Cell` per column.
 
     ``rules``: also a row per further selection rule a run reports (see :func:`per_rule`). A seed counted twice
     in a row (the same rule deployed by one run and reported by another) is counted once, the deployed one kept.
+    On the test split, each of :data:`~debiaslab.evaluation.intervals.COUNT_METRICS` among ``columns`` gets its
+    95 % interval (``row["intervals"]``); ``row["labels"]`` is the rows' label ledger (``inputs(run_dir)`` finds
+    the runs that run was built on), ``row["scores"]`` what :func:`add_differences` pairs.
     """
+    stats = stats if stats is not None else Stats()
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in per_rule(records) if rules else records:
         key = (
@@ -232,6 +270,11 @@ def summarise(
         for col in columns:
             row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])
         row["health"] = [(r.seed, r.health) for r in runs]
+        row["labels"] = " / ".join(dict.fromkeys(r.labels(inputs(r.path)) for r in runs))
+        row["scores"] = [r.scores for r in runs] if split == "test" else []
+        row["intervals"] = {
+            c: stats.interval(row["scores"], c) for c in columns if c in COUNT_METRICS and row["scores"]
+        }
         row["train_time_s"] = Cell([r.train_time_s for r in runs])
         row["peak_memory_mb"] = Cell([r.peak_memory_mb for r in runs])
         rows.append(row)
@@ -248,12 +291,46 @@ def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
     return list(by_seed.values())
 
 
+def add_differences(
+    rows: Sequence[dict[str, Any]], reference: str, stats: Stats, metrics: Sequence[str] = ("unbiased", "worst_group")
+) -> None:
+    """Pair every row with the deployed row of method ``reference`` on the same dataset, options and protocol
+    (the row labelled ``reference`` first, else one of that registered method; the same number of processes
+    first): ``row["vs"][metric]`` is the paired difference over their shared seeds (None for the reference
+    itself, or with no such row); ``row["reference"]`` names it."""
+
+    def key(r: dict[str, Any]) -> tuple:
+        return r["dataset"], json.dumps(r["options"], sort_keys=True), r["protocol"]
+
+    candidates = [r for r in rows if r["deployed"] and r["scores"] and reference in (r["method"], r["method_name"])]
+    for row in rows:
+        same = [r for r in candidates if key(r) == key(row)]
+        same.sort(key=lambda r: (r["method"] != reference, r["world_size"] != row["world_size"]))
+        ref = same[0] if same else None
+        row["reference"] = reference
+        row["vs"] = {
+            m: None
+            if ref is None or ref is row or not row["scores"]
+            else stats.difference(row["scores"], ref["scores"], m)
+            for m in metrics
+        }
+
+
+def metric_cell(row: dict[str, Any], column: str, style: str = "bracket", show_n: bool = True) -> str:
+    """The row's value of ``column``: its 95 % interval where it has one, else mean ± std over seeds."""
+    iv: Interval | None = row.get("intervals", {}).get(column)
+    return interval_cell(iv, style, show_n) if iv is not None else row[column].format()
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
-    """One line per row; a ``health`` column (premise checks: a mark, and footnotes under the table) when some
-    run of the rows has checks."""
+    """Every row: its labels, seeds, each column (95 % interval where the runs give one, else mean ± std) and,
+    after :func:`add_differences`, the paired differences with the reference; a ``health`` column (the premise
+    checks: a mark, and footnotes under the table) when some run of the rows has checks."""
+    compared = list(rows[0].get("vs") or {}) if rows else []
+    header = ["method", "dataset options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
+    header += [f"{m} − {rows[0]['reference']} (points)" for m in compared] + ["time s"]
     notes = HealthNotes()
     checked = any(checks is not None for row in rows for _, checks in row.get("health", []))
-    header = ["method", "dataset options", "protocol", "selection", "seeds", *[f"{c} %" for c in columns], "time s"]
     header += ["health"] if checked else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -263,8 +340,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
             opts,
             row["protocol"],
             row["selection"],
+            row.get("labels", ""),
             ",".join(map(str, row["seeds"])),
-            *[row[c].format() for c in columns],
+            *[metric_cell(row, c) for c in columns],
+            *[difference_cell(row["vs"][m]) if row["vs"][m] is not None else "–" for m in compared],
             row["train_time_s"].format(scale=1.0, digits=0),
         ]
         if checked:
@@ -276,13 +355,30 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
+def table_notes(rows: Sequence[dict[str, Any]]) -> str:
+    """The lines under a table of :func:`markdown_table`: how its intervals and marks were computed."""
+    notes = [f"Cells: mean [{method_line()}] where the runs recorded per-group test counts, else mean ± std."]
+    if any(iv.defined and not iv.examples for r in rows for iv in r.get("intervals", {}).values()):
+        notes.append(SEEDS_ONLY_LEGEND + ".")
+    if any("unknown" in r.get("labels", "") for r in rows):
+        notes.append("Labels unknown: a run the row was built on (a base run, a teacher) was not found.")
+    if rows and rows[0].get("vs"):
+        notes.append(
+            "Differences: "
+            + MARKS_LEGEND.format(reference=rows[0]["reference"])
+            + "; k/n: seeds where the row scored higher."
+        )
+    return "\n".join(notes)
+
+
 def pivot_markdown(
     rows: Sequence[dict[str, Any]],
     metric: str = "unbiased",
     option: str = "ratio",
     reference: Any = None,
 ) -> str:
-    """Methods as rows, values of ``option`` (e.g. the conflicting ratio) as columns: ``metric`` mean ± std.
+    """Methods as rows, values of ``option`` (e.g. the conflicting ratio) as columns: ``metric`` (its interval,
+    or mean ± std), marked against the reference after :func:`add_differences`.
 
     ``reference(method, value) -> float | None`` adds the published number and our difference to each cell; a
     cell whose runs have premise checks ends with their mark (footnotes under the table).
@@ -305,12 +401,13 @@ def pivot_markdown(
                 cells.append("")
                 continue
             cell: Cell = match[0][metric]
-            text = f"{cell.format()} (n={len(match[0]['seeds'])})"
+            text = f"{metric_cell(match[0], metric, show_n=False)} (n={len(match[0]['seeds'])})"
+            text += f" {mark((match[0].get('vs') or {}).get(metric))}".rstrip()
             ref = reference(method, v) if reference is not None else None
             if ref is not None and not math.isnan(cell.mean):
                 text += f" [paper {ref:.1f}, {100 * cell.mean - ref:+.1f}]"
-            mark = notes.mark(f"{method}, {option} {v}", match[0].get("health", []))
-            cells.append(f"{text} {mark}" if mark else text)
+            health = notes.mark(f"{method}, {option} {v}", match[0].get("health", []))
+            cells.append(f"{text} {health}" if health else text)
         lines.append("| " + " | ".join(cells) + " |")
     footnotes = notes.block()
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")

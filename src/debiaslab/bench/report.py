@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from debiaslab.bench.aggregate import read_run, summarise
+from debiaslab.bench.aggregate import add_differences, read_run, summarise, table_notes
 from debiaslab.bench.paper import headline_metric
 from debiaslab.bench.results import (
     REPORTED_MARK,
@@ -22,6 +22,7 @@ from debiaslab.bench.results import (
     rule_pivot_markdown,
 )
 from debiaslab.bench.states import STATUSES, BenchResult, RunState
+from debiaslab.bench.stats import Stats
 from debiaslab.errors import DebiasLabError
 from debiaslab.utils.io import atomic_write_text
 
@@ -39,7 +40,10 @@ def write_report(result: BenchResult) -> tuple[dict[str, Path], dict[str, str]]:
         except (DebiasLabError, KeyError) as exc:
             s.status, s.detail = "failed", f"its final.json cannot be read: {exc}"
     done = [s for s in done if s.status in ("finished", "skipped")]
-    rows = order_rows(summarise(records), [m.label for m in result.suite.methods])
+    stats = Stats()
+    rows = order_rows(summarise(records, stats=stats), [m.label for m in result.suite.methods])
+    if any("erm" in (r["method"], r["method_name"]) for r in rows):
+        add_differences(rows, "erm", stats, ("unbiased", "worst_group", "conflicting"))
     compare = result.suite.paper_budget
     table = results_markdown(rows, compare_paper=compare)
     files = {
@@ -156,9 +160,11 @@ def report_markdown(
         )
     lines += [
         "",
-        "## Results (test split, % — mean ± std over seeds)",
+        "## Results (test split, %: 95 % intervals over seeds and test examples)",
         "",
         table if rows else "No finished runs yet.",
+        "",
+        table_notes(rows),
         "",
         f"`rule` is the selection rule; {REPORTED_MARK} marks a rule reported from the same training as another "
         f"(the run deployed a different rule). {paper_note} "

@@ -1,4 +1,5 @@
-"""A suite's results table (Markdown and CSV): mean ± std over seeds, each rule a row, the papers' numbers beside.
+"""A suite's results table (Markdown and CSV): 95 % intervals over seeds and test examples (mean ± std where the
+runs give none), each rule a row with the labels it read, the papers' numbers beside.
 
 Rows come from :func:`debiaslab.bench.aggregate.summarise`; values are percentages. A row of a rule that a run
 reported from the same training, not the rule it deployed, is marked with ``*``. ``compare_paper=False`` (a suite
@@ -15,9 +16,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from debiaslab.bench.aggregate import Cell
+from debiaslab.bench.aggregate import Cell, metric_cell
 from debiaslab.bench.health_marks import HealthNotes
 from debiaslab.bench.paper import Reference, headline_metric, references
+from debiaslab.bench.stats import mark
 
 COLUMNS = ("unbiased", "conflicting", "aligned", "worst_group", "accuracy")
 TITLES = {
@@ -74,6 +76,7 @@ def results_markdown(rows: Sequence[dict[str, Any]], compare_paper: bool = True)
         "dataset",
         "ratio",
         "rule",
+        "labels",
         "seeds",
         *[f"{TITLES[c]} %" for c in COLUMNS],
         *paper_columns,
@@ -92,8 +95,9 @@ def results_markdown(rows: Sequence[dict[str, Any]], compare_paper: bool = True)
             dataset,
             "" if ratio is None else f"{ratio:g}",
             _rule_text(row),
+            row.get("labels", ""),
             str(len(row["seeds"])),
-            *[row[c].format() for c in COLUMNS],
+            *[metric_cell(row, c) for c in COLUMNS],
             *([paper, diffs] if compare_paper else []),
             row["train_time_s"].format(scale=1.0, digits=0),
             row["peak_memory_mb"].format(scale=1.0, digits=0),
@@ -109,8 +113,8 @@ def _signed(value: float) -> str:
 def results_csv(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> str:
     """The same rows as CSV, mean and std in separate columns (percent), one paper/diff column pair per metric
     (left empty unless ``compare_paper``)."""
-    fields = ["method", "method_name", "dataset", "options", "ratio", "protocol", "rule", "deployed", "n_seeds"]
-    fields += ["seeds"] + [f"{c}_{s}" for c in COLUMNS for s in ("mean", "std")]
+    fields = ["method", "method_name", "dataset", "options", "ratio", "protocol", "rule", "labels", "deployed"]
+    fields += ["n_seeds", "seeds"] + [f"{c}_{s}" for c in COLUMNS for s in ("mean", "std", "ci_low", "ci_high")]
     fields += [f"paper_{c}" for c in COLUMNS] + [f"diff_{c}" for c in COLUMNS]
     fields += ["train_time_s_mean", "peak_memory_mb_mean", "paper_source"]
     buf = io.StringIO()
@@ -126,6 +130,7 @@ def results_csv(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> s
             "ratio": row["options"].get("ratio", ""),
             "protocol": row["protocol"],
             "rule": row["selection"],
+            "labels": row.get("labels", ""),
             "deployed": row["deployed"],
             "n_seeds": len(row["seeds"]),
             "seeds": " ".join(map(str, row["seeds"])),
@@ -137,6 +142,9 @@ def results_csv(rows: Sequence[dict[str, Any]], compare_paper: bool = True) -> s
             cell: Cell = row[c]
             line[f"{c}_mean"] = _pct(cell.mean)
             line[f"{c}_std"] = _pct(cell.std) if len(cell.values) > 1 else ""
+            iv = row.get("intervals", {}).get(c)
+            line[f"{c}_ci_low"] = _pct(iv.low) if iv is not None else ""
+            line[f"{c}_ci_high"] = _pct(iv.high) if iv is not None else ""
             ref = refs.get(c)
             line[f"paper_{c}"] = "" if ref is None else ref.value
             line[f"diff_{c}"] = "" if ref is None else _val(_diff(cell, ref), 2)
@@ -153,32 +161,39 @@ def _val(value: float, digits: int = 1) -> str:
 
 
 def ratio_pivot_markdown(
-    rows: Sequence[dict[str, Any]], dataset: str, metric: str | None = None, compare_paper: bool = True
+    rows: Sequence[dict[str, Any]],
+    dataset: str,
+    metric: str | None = None,
+    compare_paper: bool = True,
+    style: str = "bracket",
 ) -> str:
-    """Methods x ratios of the headline metric (deployed rules), ours (n) [paper, ours − paper] (the bracket only
-    when ``compare_paper``)."""
+    """Methods x ratios of the headline metric (deployed rules): ours (its 95 % interval as ``[low, high]`` or, with
+    ``style="pm"``, ``± half-width``; mean ± std where the runs give none), n, the mark against the reference row
+    after :func:`~debiaslab.bench.aggregate.add_differences`, and [paper, ours − paper] when ``compare_paper``."""
     metric = metric or headline_metric(dataset)
     notes = HealthNotes()
     rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
     ratios = sorted({r["options"]["ratio"] for r in rows})
     keys = list(dict.fromkeys((r["method"], r["selection"]) for r in rows))
-    header = ["method", "rule", *[f"{100 * v:g} %" for v in ratios]]
+    header = ["method", "rule", "labels", *[f"{100 * v:g} %" for v in ratios]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, rule in keys:
-        cells = [method, rule]
+        mine = [r for r in rows if (r["method"], r["selection"]) == (method, rule)]
+        cells = [method, rule, " / ".join(dict.fromkeys(r.get("labels", "") for r in mine))]
         for v in ratios:
-            match = [r for r in rows if (r["method"], r["selection"]) == (method, rule) and r["options"]["ratio"] == v]
+            match = [r for r in mine if r["options"]["ratio"] == v]
             if not match:
                 cells.append("")
                 continue
             row = match[0]
-            text = f"{row[metric].format()} (n={len(row['seeds'])})"
+            text = f"{metric_cell(row, metric, style, show_n=False)} (n={len(row['seeds'])})"
+            text += f" {mark((row.get('vs') or {}).get(metric))}".rstrip()
             refs = row_references(row) if compare_paper else []
             ref = next((x for x in refs if x.metric == metric), None)
             if ref is not None and not math.isnan(row[metric].mean):
                 text += f" [paper {ref.value:.1f}, {_signed(_diff(row[metric], ref))}]"
-            mark = notes.mark(f"{row['method_name']}, ratio {v:g}", row.get("health", []))
-            cells.append(f"{text} {mark}" if mark else text)
+            health = notes.mark(f"{row['method_name']}, ratio {v:g}", row.get("health", []))
+            cells.append(f"{text} {health}" if health else text)
         lines.append("| " + " | ".join(cells) + " |")
     footnotes = notes.block()
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
@@ -202,6 +217,8 @@ def rule_pivot_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
                 if (r["method"], r["dataset"], json.dumps(r["options"], sort_keys=True)) == (method, dataset, options)
                 and r["selection"] == rule
             ]
-            cells.append(f"{match[0][metric].format()}{'' if match[0]['deployed'] else REPORTED_MARK}" if match else "")
+            cells.append(
+                f"{metric_cell(match[0], metric)}{'' if match[0]['deployed'] else REPORTED_MARK}" if match else ""
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

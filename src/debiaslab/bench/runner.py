@@ -123,6 +123,7 @@ def run_suite(
     workers: int | None = None,
     executor: str = "process",
     only: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
     dry_run: bool = False,
     report_only: bool = False,
     data_root: str | None = None,
@@ -141,7 +142,7 @@ def run_suite(
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be >= 1")
     out = Path(out) if out is not None else suite.default_out()
-    runs = suite.plan(out, only=only, data_root=data_root, cache_dir=cache_dir)
+    runs = suite.plan(out, only=only, data_root=data_root, cache_dir=cache_dir, seeds=seeds)
     states = [RunState(run, *inspect_run(run)) for run in runs]
     _check_dependencies(states)
     result = BenchResult(suite, out, states)

@@ -35,11 +35,12 @@ SUITE_KEYS = {
     "precision": "fp32 or bf16 (default fp32)",
     "paper_budget": "true (default) when the runs use the papers' training budget, so the report puts the published "
     "numbers beside ours; false for a shortened budget (no paper columns)",
-    "datasets": "list of datasets: {name, options, ratios, dir}",
+    "datasets": "list of datasets: {name, options, ratios, seeds, dir}",
     "methods": "list of methods: a name, or {method, label, hparams}",
 }
-DATASET_KEYS = ("name", "options", "ratios", "dir")
-METHOD_KEYS = ("method", "label", "hparams")
+DATASET_KEYS = ("name", "options", "ratios", "seeds", "dir")
+METHOD_KEYS = ("method", "label", "hparams", "groups")
+GROUPS_KEYS = ("inferrer", "hparams", "label")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 #: a hyperparameter value ``{run:LABEL}`` is the run directory of method LABEL for the same dataset, ratio and
 #: seed (a DFR base model, a DeTT teacher); the runner trains LABEL's run first
@@ -63,16 +64,21 @@ class MethodEntry:
     method: str
     label: str
     hparams: dict[str, Any] = field(default_factory=dict)
+    #: train and select on inferred groups: ``{"inferrer": NAME, "hparams": {...}, "label": FOLDER}``; the groups
+    #: file of each dataset, ratio and seed is inferred once, under ``<out>/<dataset dir>/groups/<label>/``
+    groups: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One dataset of a suite: fixed ``options``, optional conflicting ``ratios`` (a grid), the folder name."""
+    """One dataset of a suite: fixed ``options``, optional conflicting ``ratios`` (a grid), its own ``seeds``
+    (None: the suite's), the folder name."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     ratios: tuple[float, ...] | None = None
     dir: str = ""
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,19 @@ class Suite:
         only: Sequence[str] | None = None,
         data_root: str | None = None,
         cache_dir: str | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[PlannedRun]:
         """Every run of the grid, in a stable order (dataset, ratio, method, seed); ``only`` keeps the methods
-        whose label or registered name is listed."""
+        whose label or registered name is listed, ``seeds`` the runs of those seeds (e.g. seeds added later)."""
         out = Path(out) if out is not None else self.default_out()
+        if seeds:
+            known_seeds = set(self.seeds).union(*(ds.seeds or () for ds in self.datasets))
+            missing = sorted(set(seeds) - known_seeds)
+            if missing:
+                raise ConfigError(
+                    f"--seeds {', '.join(map(str, missing))}: not a seed of suite {self.name!r} ({self.source}); "
+                    f"expected some of: {', '.join(map(str, sorted(known_seeds)))}"
+                )
         wanted = set(only or [])
         if wanted:
             known = {m.label for m in self.methods} | {m.method for m in self.methods}
@@ -160,7 +175,9 @@ class Suite:
                 for entry in self.methods:
                     if wanted and entry.label not in wanted and entry.method not in wanted:
                         continue
-                    for seed in self.seeds:
+                    for seed in ds.seeds or self.seeds:
+                        if seeds and seed not in seeds:
+                            continue
                         run_dir = _run_dir(out, ds, ratio, entry.label, seed)
                         hparams = self.hparams_for(entry)
                         refs = run_refs(hparams)
@@ -181,9 +198,21 @@ class Suite:
                             progress=False,
                             num_threads=self.threads,
                         )
+                        if entry.groups is not None:
+                            cfg.groups = str(_groups_file(out, ds, ratio, entry.groups["label"], seed))
+                            cfg.groups_recipe = {
+                                "inferrer": entry.groups["inferrer"],
+                                "hparams": dict(entry.groups.get("hparams") or {}),
+                            }
                         deps = tuple(hparams[name] for name in refs)
                         runs.append(PlannedRun(entry.label, ds.dir, ratio, cfg, deps))
         return runs
+
+
+def _groups_file(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed: int) -> Path:
+    """``<out>/<dataset dir>/groups/<label>[/r<ratio>]/seed<seed>.npz``: shared by every run reading those groups."""
+    folder = out / ds.dir / "groups" / label
+    return (folder / f"r{ratio}" if ratio is not None else folder) / f"seed{seed}.npz"
 
 
 def _run_dir(out: Path, ds: DatasetEntry, ratio: float | None, label: str, seed: int) -> Path:
@@ -253,10 +282,15 @@ def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
     suite.precision = where.choice("precision", doc.get("precision", "fp32"), ("fp32", "bf16"))
     suite.paper_budget = where.boolean("paper_budget", doc.get("paper_budget", True))
     suite.datasets = [_dataset(where, i, d) for i, d in enumerate(where.nonempty_list("datasets", doc.get("datasets")))]
-    dirs = [d.dir for d in suite.datasets]
-    for i, d in enumerate(dirs):
-        if d in dirs[:i]:
-            raise where.error(f"datasets[{i}]", d, "datasets with distinct folders (give one a different `dir`)")
+    for i, d in enumerate(suite.datasets):
+        for earlier in suite.datasets[:i]:
+            if d.dir == earlier.dir and not _share_folder(d, earlier):
+                raise where.error(
+                    f"datasets[{i}]",
+                    d.dir,
+                    "datasets with distinct folders (give one a different `dir`), or the same dataset and options "
+                    "with ratios in common to neither",
+                )
     suite.methods = [_method(where, i, m) for i, m in enumerate(where.nonempty_list("methods", doc.get("methods")))]
     labels = [m.label for m in suite.methods]
     for i, label in enumerate(labels):
@@ -267,6 +301,13 @@ def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
     _check_run_refs(suite, where)
     _check_hparams(suite, where)
     return suite
+
+
+def _share_folder(a: DatasetEntry, b: DatasetEntry) -> bool:
+    """Two entries may share a folder when they split one dataset's ratios (e.g. more seeds at one ratio): their
+    runs' folders (``r<ratio>``) never meet."""
+    same = a.name == b.name and a.options == b.options
+    return same and a.ratios is not None and b.ratios is not None and not set(a.ratios) & set(b.ratios)
 
 
 def _check_run_refs(suite: Suite, where: _Where) -> None:
@@ -342,7 +383,8 @@ def _dataset(where: _Where, i: int, d: Any) -> DatasetEntry:
     folder = d.get("dir", default_dir)
     if not isinstance(folder, str) or not _SAFE_NAME.match(folder):
         raise where.error(f"{key}.dir", folder, "a folder name of letters, digits and _ . + = -")
-    return DatasetEntry(name=name, options=dict(options), ratios=ratios, dir=folder)
+    seeds = tuple(where.int_list(f"{key}.seeds", d["seeds"], low=0)) if "seeds" in d else None
+    return DatasetEntry(name=name, options=dict(options), ratios=ratios, dir=folder, seeds=seeds)
 
 
 def _method(where: _Where, i: int, m: Any) -> MethodEntry:
@@ -364,7 +406,33 @@ def _method(where: _Where, i: int, m: Any) -> MethodEntry:
     hparams = m.get("hparams") or {}
     if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
         raise where.error(f"{key}.hparams", hparams, "a mapping of hyperparameter names to values")
-    return MethodEntry(method=name, label=label, hparams=dict(hparams))
+    groups = _groups_entry(where, key, m.get("groups"))
+    return MethodEntry(method=name, label=label, hparams=dict(hparams), groups=groups)
+
+
+def _groups_entry(where: _Where, key: str, g: Any) -> dict[str, Any] | None:
+    """A method's ``groups:`` (an inferrer name, or a mapping with ``inferrer``, ``hparams`` and ``label``)."""
+    from debiaslab.inference.registry import get_inferrer, list_inferrers
+
+    if g is None:
+        return None
+    if isinstance(g, str):
+        g = {"inferrer": g}
+    if not isinstance(g, dict):
+        raise where.error(f"{key}.groups", g, "an inferrer name or a mapping with keys " + ", ".join(GROUPS_KEYS))
+    where.only_keys(f"{key}.groups", g, GROUPS_KEYS)
+    name = where.string(f"{key}.groups.inferrer", g.get("inferrer"))
+    known = sorted(cls.name for cls in list_inferrers())
+    if name not in known:
+        raise where.error(f"{key}.groups.inferrer", name, "a registered inferrer: " + ", ".join(known))
+    hparams = g.get("hparams") or {}
+    if not isinstance(hparams, dict) or not all(isinstance(k, str) for k in hparams):
+        raise where.error(f"{key}.groups.hparams", hparams, "a mapping of inferrer settings to values")
+    get_inferrer(name).check_hparams(hparams)
+    label = g.get("label", name)
+    if not isinstance(label, str) or not _SAFE_NAME.match(label):
+        raise where.error(f"{key}.groups.label", label, "a label of letters, digits and _ . + = - (it names a folder)")
+    return {"inferrer": name, "hparams": dict(hparams), "label": label}
 
 
 def _check_hparams(suite: Suite, where: _Where) -> None:

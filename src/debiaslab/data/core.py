@@ -94,6 +94,9 @@ class GroupDataset:
                 [c * self.n_attrs + c for c in range(self.n_classes)] if self.n_attrs == self.n_classes else []
             )
         self.aligned_groups: frozenset[int] = frozenset(int(g) for g in aligned_groups)
+        #: where ``group`` comes from: ``"attributes"`` (the dataset's own), ``"none"``, or the groups file that
+        #: replaced them (``with_groups``); runs record it per split so tables can say which labels a number used
+        self.group_source: str = "attributes" if self.has_attrs else "none"
 
     # ------------------------------------------------------------------ sizes and labels
     def __len__(self) -> int:
@@ -147,7 +150,7 @@ class GroupDataset:
         """A new split with the chosen examples; ``index`` in the new split counts from 0 again."""
         index = torch.as_tensor(index, dtype=torch.long)
         parent = self
-        return GroupDataset(
+        out = GroupDataset(
             y=self.y[index],
             attr=self.attr[index],
             n_classes=self.n_classes,
@@ -159,6 +162,52 @@ class GroupDataset:
             name=self.name,
             split=split or self.split,
         )
+        out.group_source = self.group_source if out.has_attrs else "none"
+        return out
+
+    def with_groups(self, pseudo: Tensor, n_per_class: int, source: str) -> GroupDataset:
+        """A view whose groups are ``(class, pseudo)`` pairs instead of the dataset's attributes.
+
+        ``pseudo`` holds a within-class pseudo-group id in ``[0, n_per_class)`` per example (0: the class's majority,
+        the pseudo-group that plays "bias-aligned"); methods and selection rules read these groups exactly as they
+        read true ones. The inputs and labels are shared, not copied; ``source`` is recorded as ``group_source``.
+        """
+        pseudo = torch.as_tensor(pseudo, dtype=torch.long).reshape(-1)
+        if pseudo.numel() != len(self):
+            raise DataError(
+                f"{self.name}/{self.split}: {pseudo.numel()} inferred groups for {len(self)} examples; "
+                "expected one per example"
+            )
+        view = GroupDataset(
+            y=self.y,
+            attr=pseudo,
+            n_classes=self.n_classes,
+            n_attrs=int(n_per_class),
+            x=self.x,
+            loader=self.loader if self.x is None else None,
+            transform=self.transform,
+            aligned_groups=[c * int(n_per_class) for c in range(self.n_classes)],
+            name=self.name,
+            split=self.split,
+        )
+        view.group_source = source
+        return view
+
+    def without_attributes(self) -> GroupDataset:
+        """A view with every attribute unknown (``-1``): what group inference is given, so it cannot read them."""
+        view = GroupDataset(
+            y=self.y,
+            attr=None,
+            n_classes=self.n_classes,
+            n_attrs=1,
+            x=self.x,
+            loader=self.loader if self.x is None else None,
+            transform=self.transform,
+            aligned_groups=[],
+            name=self.name,
+            split=self.split,
+        )
+        return view
 
     def describe(self) -> dict[str, Any]:
         return {

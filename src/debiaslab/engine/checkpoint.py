@@ -41,14 +41,17 @@ def save_model_file(path: str | os.PathLike[str], model: torch.nn.Module, spec: 
 
 
 def load_model_file(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model written by :func:`save_model_file` (``weights_only`` load); returns it and its spec."""
+    """Rebuild a model written by :func:`save_model_file` (``weights_only`` load); returns it and its spec. Its
+    ``pretrained`` start is not fetched again: the saved state dict replaces every weight."""
     from debiaslab.models import build_model
+    from debiaslab.models.pretrained import without_pretrained
 
     state = load_checkpoint(path)
     if "spec" not in state or "state_dict" not in state:
         raise DataError(f"{path} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")
     spec = state["spec"]
-    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **spec["kwargs"])
+    kwargs = without_pretrained(spec["kwargs"])
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["n_classes"], **kwargs)
     model.load_state_dict(state["state_dict"])
     return model, spec
 

@@ -48,6 +48,22 @@ BAM_T = "BAM official code: stageOne_T=20 trains epochs 0..20, i.e. 21 completed
 BAM_README = "BAM official README, sample Waterbirds command (--stageTwo_epochs 150)"
 BAM_META_CUB = "BAM official run_metaScript.py, CUB branch (stageOne_lr 1e-5, stageOne_wd 0, batch 64)"
 BAM_META_CELEBA = "BAM official run_metaScript.py, CelebA branch (lr 1e-5 both stages, wd 0 / 0.1, batch 128)"
+BAM_META_CELEBA_EPOCHS = (
+    "BAM official run_metaScript.py: --stageTwo_epochs default 30, which the CelebA branch keeps (the README's 150 "
+    "is the Waterbirds command)"
+)
+BAM_META_CELEBA_LAMBDA = (
+    "BAM official run_metaScript.py: --aux_lambda default 0.5, which the CelebA branch keeps; the release publishes "
+    "no CelebA command, so the value the paper ran could not be checked: set aux_lambda"
+)
+BAM_META_CELEBA_T = (
+    "BAM official run_metaScript.py: --stageOne_epochs default 21 (epochs 0..20), which the CelebA branch keeps; "
+    "--stageOne_T has no default and no CelebA value is published, so T is the last of them: set amplify_epochs"
+)
+BAM_CELEBA_MU = (
+    "not published for CelebA (run_metaScript.py's --up_weights has no default; generate_downstream.py searches "
+    "20-200 for CUB and CelebA): the Waterbirds command's 140, unverified for CelebA: set mu"
+)
 OURS_SUMMED_LOSS = (
     "ours: lr 0.05 tuned with the class-averaged squared loss, divided by K = 10 for the official class-summed "
     "loss (the same SGD steps; stage 2 keeps 0.05)"
@@ -55,7 +71,7 @@ OURS_SUMMED_LOSS = (
 BAM_OPTIMIZER = "BAM (Li, Liu, Hu 2024): momentum-SGD for the network and the auxiliary variables"
 OURS_TUNED = (
     "ours: best validation unbiased accuracy of 15 BAM runs on Colored MNIST 1 %, seed 0 "
-    "(benchmarks/results/cmnist-2026-11-23/bam-tune)"
+    "(benchmarks/results/cmnist-2026-11-24/bam-tune)"
 )
 OURS_SMOKE = "ours: SGD lr for the LfF MLP, checked to learn in a 2-epoch Colored MNIST smoke run"
 
@@ -196,6 +212,8 @@ def aux_memory(n: int, n_classes: int, optim: OptimConfig) -> dict[str, int]:
 class BAM(Method):
     """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
 
+    family = "inferred minority"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "auxiliary-logit bias amplification, then error upsampling; label-free ClassDiff selection (Li 2024)"
@@ -229,6 +247,10 @@ class BAM(Method):
             "upweight_lr": Default(1e-5, BAM_META_CELEBA),
             "upweight_weight_decay": Default(0.1, BAM_META_CELEBA),
             "batch_size": Default(128, BAM_META_CELEBA),
+            "epochs": Default(30, BAM_META_CELEBA_EPOCHS),
+            "aux_lambda": Default(0.5, BAM_META_CELEBA_LAMBDA),
+            "amplify_epochs": Default(21, BAM_META_CELEBA_T),
+            "mu": Default(140, BAM_CELEBA_MU),
         },
         "colored_mnist": {
             **CMNIST_MLP,

@@ -66,7 +66,8 @@ class FitResult:
 
 
 class Method:
-    """Base class. Subclasses set ``name``, ``Hparams``, ``hparam_table``, ``requires`` and implement ``_fit``."""
+    """Base class. Subclasses set ``name``, ``Hparams``, ``hparam_table``, ``requires``, ``family`` and implement
+    ``_fit``."""
 
     name: ClassVar[str] = ""
     Hparams: ClassVar[type[TrainHparams]] = TrainHparams
@@ -75,6 +76,8 @@ class Method:
     search_space: ClassVar[SearchSpace] = COMMON_SPACE
     requires: ClassVar[Requirements] = Requirements()
     summary: ClassVar[str] = ""
+    #: the family ``debiaslab methods`` lists it under (a key of :data:`~debiaslab.methods.families.FAMILIES`)
+    family: ClassVar[str] = ""
     #: hyperparameters that change how fast a run goes, not what it computes (e.g. worker processes); they are
     #: left out when deciding whether a run directory holds the same run (``--resume``, ``debiaslab bench``)
     execution_hparams: ClassVar[frozenset[str]] = frozenset()

@@ -1,13 +1,16 @@
-"""What ``debiaslab methods`` shows: per method the labels it needs (training, and validation through its
-selection rule) and, per dataset preset, every hyperparameter value with its source."""
+"""What ``debiaslab methods`` shows: the methods grouped by family or by the labels they train with, per method the
+labels it needs (training, and validation through its selection rule) and, per dataset preset, every hyperparameter
+value with its source."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from debiaslab.errors import ConfigError
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.base import Method
+from debiaslab.methods.families import FAMILIES
 from debiaslab.methods.presets import DATASET_PRESETS
 
 #: the column of hyperparameters resolved with no dataset
@@ -52,6 +55,51 @@ def label_needs(method: type[Method]) -> str:
     return "; ".join(lines)
 
 
+#: what a method trains with, in the order ``debiaslab methods --by labels`` lists them
+TRAINING_LABELS: dict[str, str] = {
+    "none": "class labels only: no attribute label is read in training",
+    "validation attributes": "fits part of the model on attribute-labelled validation examples",
+    "training attributes": "reads the attribute (group) of every training example",
+}
+GROUPINGS = ("family", "labels")
+
+
+def training_labels(method: type[Method]) -> str:
+    """The key of :data:`TRAINING_LABELS` that describes what ``method`` trains with."""
+    if method.requires.train_attrs:
+        return "training attributes"
+    return "validation attributes" if method.requires.val_attrs else "none"
+
+
+def selection_summary(method: type[Method]) -> str:
+    """The default selection rule in a few words: the generic rule, then the datasets whose preset changes it."""
+    generic = method(dataset=None).hparams.selection
+    by_rule: dict[str, list[str]] = {}
+    for dataset in preset_datasets(method):
+        rule = method(dataset=dataset).hparams.selection
+        if rule != generic:
+            by_rule.setdefault(rule, []).append(dataset)
+    text = "; ".join([generic, *(f"{rule} on {', '.join(names)}" for rule, names in by_rule.items())])
+    return f"{text} (validation attributes are also trained on)" if method.requires.val_attrs else text
+
+
+def grouped(methods: list[type[Method]], by: str = "family") -> list[tuple[str, str, list[type[Method]]]]:
+    """``(group, description, methods)`` in listing order: by ``family`` (:data:`FAMILIES`) or by the labels the
+    methods train with (``labels``, :data:`TRAINING_LABELS`); methods keep their order inside a group."""
+    if by not in GROUPINGS:
+        raise ConfigError(f"cannot group methods by {by!r}; expected one of {', '.join(GROUPINGS)}")
+    key, table = (family_of, FAMILIES) if by == "family" else (training_labels, TRAINING_LABELS)
+    groups: dict[str, list[type[Method]]] = {name: [] for name in table}
+    for method in methods:
+        groups.setdefault(key(method), []).append(method)
+    return [(name, table.get(name, ""), members) for name, members in groups.items() if members]
+
+
+def family_of(method: type[Method]) -> str:
+    """The method's family; a method (e.g. a plugin's) that names none is listed under ``other``."""
+    return method.family or "other"
+
+
 def method_card(method: type[Method]) -> dict[str, Any]:
     """Everything ``debiaslab methods NAME`` shows, as plain data (also its ``--format json`` output)."""
     presets = {GENERIC: resolved(method, None)}
@@ -59,6 +107,8 @@ def method_card(method: type[Method]) -> dict[str, Any]:
     return {
         "name": method.name,
         "summary": method.summary,
+        "family": family_of(method),
+        "training_labels": training_labels(method),
         "requires": {"train_attrs": method.requires.train_attrs, "val_attrs": method.requires.val_attrs},
         "labels": label_needs(method),
         "presets": presets,

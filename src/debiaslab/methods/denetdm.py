@@ -10,7 +10,12 @@ validation).
 Stage ``distill``: φ_b is frozen in eval mode (BatchNorm statistics frozen), the stage-1 shallow expert (φ_d, h)
 is a frozen teacher, and a new target branch φ_t (often deeper than φ_d) with a head h_t initialised from h is
 trained with ``CE(h_t(φ_b(x) + φ_t(x)), y) + λ·τ²·CE_soft(softmax(h(φ_d(x))/τ), log_softmax(h_t(φ_t(x))/τ))``.
-Only h_t ∘ φ_t is deployed. No group labels are used for training.
+Only h_t ∘ φ_t is deployed. On Corrupted CIFAR-10 and BFFHQ the target starts, as in the release, from the
+ImageNet-pretrained ResNet-18 (``pretrained: imagenet``, fetched with its published checksum, or a local file).
+
+Training reads no group labels. Both stages keep the epoch chosen by the validation rule, and that rule reads the
+validation split's group labels when it is worst-group or unbiased accuracy (``auto`` with validation groups, and
+the Colored MNIST preset's ``val_unbiased``); ``val_worst_class`` selects without any.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ BFFHQ_SPEC = "DeNetDM, BFFHQ: deep ResNet-18, shallow 4-conv CNN (width 512); di
 RELEASE_CONFIG = "DeNetDM release (kadarsh22/DeNetDM, commit 790e363) config.py, named config {}"
 CCIFAR_CONFIG = RELEASE_CONFIG.format("corrupted_cifar10")
 BFFHQ_CONFIG = RELEASE_CONFIG.format("bffhq")
+CCIFAR_TARGET = (
+    "DeNetDM release module/model.py, CCIFARDeNetDMModel stage 2: the target is torchvision's ImageNet-pretrained "
+    "resnet18(pretrained=True) (ImageNet stem, fc removed) followed by Linear(512, 64)"
+)
+BFFHQ_TARGET = (
+    "DeNetDM release module/model.py, BFFHQDeNetDModel stage 2: the target is torchvision's ImageNet-pretrained "
+    "resnet18(pretrained=True), fc removed (the deep branch is resnet18(pretrained=False))"
+)
 BFFHQ_SHALLOW = (
     "DeNetDM release module/model.py, BFFHQDeNetDModel stage 1: convs 3-64 (7x7), 64-128, 128-512, 512-512 (3x3), "
     "no padding, 2x2 max pools after the first three (about 3 M conv weights)"
@@ -161,6 +174,8 @@ class DistillationSetup(nn.Module):
 class DeNetDM(Method):
     """Deep and shallow branches as a product of experts, then distillation of the shallow expert into a target."""
 
+    family = "distillation"
+
     summary = "depth-modulated product of experts, then distillation into a target branch (Sreelatha 2024)"
     #: searched by `debiaslab tune`: the experts' training length, the PoE and distillation weights, τ
     search_space: ClassVar[SearchSpace] = {
@@ -196,8 +211,10 @@ class DeNetDM(Method):
             "deep_kwargs": Default({}, CCIFAR_SPEC),
             "shallow_model": Default("cnn3", CCIFAR_SPEC),
             "shallow_kwargs": Default({"channels": [32, 64, 64], "kernel_size": 5, "padding": 0}, CCIFAR_SPEC),
-            "model": Default("projected", CCIFAR_SPEC + ", its features projected to the branches' width 64"),
-            "model_kwargs": Default({"base": "resnet18_cifar", "dim": 64}, CCIFAR_SPEC),
+            "model": Default("projected", CCIFAR_TARGET),
+            "model_kwargs": Default(
+                {"base": "resnet18", "base_kwargs": {"pretrained": "imagenet"}, "dim": 64}, CCIFAR_TARGET
+            ),
             "optimizer": Default("adam", PAPER),
             "expert_lr": Default(1e-3, PAPER),
             "lr": Default(1e-4, PAPER),
@@ -208,7 +225,8 @@ class DeNetDM(Method):
             "epochs": Default(200, PAPER),
         },
         "bffhq": {
-            "model": Default("resnet18", BFFHQ_SPEC),
+            "model": Default("resnet18", BFFHQ_TARGET),
+            "model_kwargs": Default({"pretrained": "imagenet"}, BFFHQ_TARGET),
             "deep_model": Default("resnet18", BFFHQ_SPEC),
             "deep_kwargs": Default({}, BFFHQ_SPEC),
             "shallow_model": Default("cnn4", BFFHQ_SPEC),

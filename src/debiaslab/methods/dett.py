@@ -7,17 +7,23 @@ distilled into a smaller student on the *biased* training set:
    re-implementation); the examples it misclassifies get weight λ_up, the others 1 (normalised to mean 1).
 2. Transplant: the student's classifier *is* the teacher's last linear layer, copied and frozen.
 3. A projector maps the student's features to the teacher's feature space; it trains with the student (the
-   public re-implementation forgot to put it in its optimiser; here it is, and a test checks it). When both
-   networks are convolutional the projector is a 1×1 -> 3×3 -> 1×1 conv bottleneck with BN/ReLU that maps the
-   student's final feature *map* onto the teacher's map before pooling, as the method describes; for vector
-   features (MLPs), or with ``projector=vector``, it is a linear map (or Linear-BN-ReLU-Linear) after pooling.
+   public re-implementation forgot to put it in its optimiser; here it is, and a test checks it). The paper says
+   only that the student matches the teacher's feature map outputs; the projector's design is not the paper's.
+   When both networks are convolutional it maps the student's final feature *map* onto the teacher's before
+   pooling. The default (``map_projector=simkd``) is the projector of the public re-implementation
+   (molereddy/distillation-group-analysis, ``local_models.py``: SimKD's, Chen et al. 2022, with factor 2):
+   1×1 -> 3×3 -> 1×1 convolutions to the teacher's C channels, hidden C/2, BN + ReLU after each, and the larger
+   of the two maps adaptively average-pooled to the smaller's size. ``map_projector=ours`` is our earlier variant
+   (hidden C/4, no BN/ReLU after the last convolution, the student's map bilinearly resized to the teacher's).
+   For vector features (MLPs), or with ``projector=vector``, it is a linear map (or Linear-BN-ReLU-Linear, ours)
+   after pooling.
 4. Loss per example: ``w_i · mean (P(φ_S(x_i)) − sg(φ_T(x_i)))²`` over the feature vector or over the map's
-   channels and positions (the student's map is resized to the teacher's when their sizes differ), plus an
-   optional ``ce_weight · w_i · CE``.
+   channels and positions, plus an optional ``ce_weight · w_i · CE`` (ours).
 5. Student logits: ``h_T(pool(P(φ_S(x))))``; the epoch is selected on validation like every method here.
 
 The paper's exact weighting formula and hyperparameters were not available ([open] in the spec); the defaults are
-the re-implementation's (λ_up = 50, detector at epoch 2) and ours (linear projector, no CE term).
+the re-implementation's (λ_up = 50, detector at epoch 2, the map projector) and ours (a linear projector for
+vectors, no CE term).
 """
 
 from __future__ import annotations
@@ -48,14 +54,20 @@ from debiaslab.methods.stages import error_set, error_set_quality, log_error_set
 from debiaslab.methods.teachers import frozen, load_teacher, train_teacher
 from debiaslab.models import build_model, count_parameters
 from debiaslab.models.base import Backbone, has_feature_map
+from debiaslab.models.projected import MAP_STYLES
 
 log = logging.getLogger(__name__)
 
 REIMPL = "[3rd] DeTT re-implementation: bias detector = student ERM predictions at epoch 2, error weight 50"
 OURS_STUDENT = "ours: a student with about a third of the LfF MLP's parameters (2352-32-32)"
-METHOD_PROJECTOR = (
-    "DeTT (Lee & Lee 2023): convolutional students match the teacher's feature map through a 1x1-3x3-1x1 "
-    "bottleneck projector; vector features through a linear map"
+REIMPL_MAP = (
+    "[3rd] DeTT re-implementation (molereddy/distillation-group-analysis, local_models.py SimKD with factor 2, the "
+    "projector of SimKD, Chen et al. 2022): 1x1-3x3-1x1 convs, hidden C/2, BN+ReLU after each, larger map pooled to "
+    "the smaller; the DeTT paper only says the student matches the teacher's feature map outputs"
+)
+OURS_PROJECTOR = (
+    "ours: the map projector when teacher and student both have feature maps (as the re-implementation does for its "
+    "ResNets), else a linear map on the pooled features"
 )
 
 PROJECTORS = ("auto", "map", "vector")
@@ -94,8 +106,11 @@ class DeTTHparams(TeacherHparams):
         ce_weight: weight of the optional cross-entropy term on the student's logits (0: off).
         projector: ``auto`` (the conv bottleneck on feature maps when teacher and student both have one, else
             the vector projector), ``map`` or ``vector``.
+        map_projector: the map projector's design: ``simkd`` (the re-implementation's) or ``ours`` (module
+            docstring, step 3).
         projector_hidden: vector projector: None for a linear map, or the hidden width of Linear-BN-ReLU-Linear;
-            map projector: the bottleneck width (None: a quarter of the teacher's channels).
+            map projector: the bottleneck width (None: half of the teacher's channels for ``simkd``, a quarter
+            for ``ours``).
     """
 
     detector_epochs: int = 2
@@ -103,6 +118,7 @@ class DeTTHparams(TeacherHparams):
     feature_weight: float = 1.0
     ce_weight: float = 0.0
     projector: str = "auto"
+    map_projector: str = "simkd"
     projector_hidden: int | None = None
 
     def __post_init__(self) -> None:
@@ -122,6 +138,8 @@ class DeTTHparams(TeacherHparams):
             raise ConfigError("feature_weight and ce_weight are both 0: the student would have no loss")
         if self.projector not in PROJECTORS:
             raise ConfigError(f"projector {self.projector!r} unknown; expected one of {', '.join(PROJECTORS)}")
+        if self.map_projector not in MAP_STYLES:
+            raise ConfigError(f"map_projector {self.map_projector!r} unknown; expected one of {', '.join(MAP_STYLES)}")
         if self.projector_hidden is not None and int(self.projector_hidden) < 1:
             raise ConfigError(f"projector_hidden {self.projector_hidden!r} must be >= 1 (or None)")
 
@@ -180,18 +198,37 @@ def student_stage(
     )
 
 
-def map_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
-    """Per-example mean squared error between two (B, C, H, W) maps, over channels and positions; the student's
-    map is resized (bilinear) to the teacher's spatial size when they differ. Computed in float32."""
-    student_map = student_map.float()
+def map_mse(student_map: Tensor, teacher_map: Tensor, align: str = "pool") -> Tensor:
+    """Per-example mean squared error between two (B, C, H, W) maps, over channels and positions, in float32.
+    Maps of different sizes are aligned first: ``pool`` average-pools the larger to the smaller's size (adaptive,
+    as the re-implementation does), ``resize`` resizes the student's to the teacher's (bilinear, ours)."""
+    student_map, teacher_map = student_map.float(), teacher_map.float()
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
-        student_map = F.interpolate(student_map, size=teacher_map.shape[-2:], mode="bilinear", align_corners=False)
-    return (student_map - teacher_map.float()).pow(2).mean(dim=(1, 2, 3))
+        if align == "resize":
+            student_map = F.interpolate(student_map, size=teacher_map.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            size = tuple(min(a, b) for a, b in zip(student_map.shape[-2:], teacher_map.shape[-2:]))
+            student_map = F.adaptive_avg_pool2d(student_map, size)
+            teacher_map = F.adaptive_avg_pool2d(teacher_map, size)
+    return (student_map - teacher_map).pow(2).mean(dim=(1, 2, 3))
+
+
+def map_size(model: Backbone, input_shape: tuple[int, ...]) -> list[int]:
+    """(height, width) of ``model``'s final feature map for one input of ``input_shape`` (an eval-mode pass)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        fmap = model.feature_map(torch.zeros(1, *input_shape, device=device))  # type: ignore[operator]
+    model.train(was_training)
+    return [int(fmap.shape[-2]), int(fmap.shape[-1])]
 
 
 @register_method("dett")
 class DeTT(Method):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
+
+    family = "distillation"
 
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     #: searched by `debiaslab tune`: the detector's epochs, λ_up, the feature-distillation and CE weights
@@ -208,7 +245,8 @@ class DeTT(Method):
         "*": {
             "detector_epochs": Default(2, REIMPL),
             "lambda_up": Default(50.0, REIMPL),
-            "projector": Default("auto", METHOD_PROJECTOR),
+            "projector": Default("auto", OURS_PROJECTOR),
+            "map_projector": Default("simkd", REIMPL_MAP),
         },
         "colored_mnist": {
             **CMNIST_MLP,
@@ -245,16 +283,24 @@ class DeTT(Method):
             )
         return both
 
-    def student_spec(self, train: GroupDataset, teacher_dim: int, conv_map: bool = False) -> dict[str, Any]:
+    def student_spec(
+        self, train: GroupDataset, teacher_dim: int, conv_map: bool = False, teacher_map: list[int] | None = None
+    ) -> dict[str, Any]:
+        """The student's model spec; with ``conv_map``, the map projector's style, and for ``simkd`` the teacher's
+        map size ``teacher_map`` to which a larger student map is pooled."""
         hp: DeTTHparams = self.hparams  # type: ignore[assignment]
+        kwargs: dict[str, Any] = {
+            "base": hp.model,
+            "base_kwargs": dict(hp.model_kwargs),
+            "dim": int(teacher_dim),
+            "hidden": None if hp.projector_hidden is None else int(hp.projector_hidden),
+        }
+        if conv_map:
+            kwargs["style"] = hp.map_projector
+            kwargs["pool_to"] = teacher_map if hp.map_projector == "simkd" else None
         return {
             "name": "projected_map" if conv_map else "projected",
-            "kwargs": {
-                "base": hp.model,
-                "base_kwargs": dict(hp.model_kwargs),
-                "dim": int(teacher_dim),
-                "hidden": None if hp.projector_hidden is None else int(hp.projector_hidden),
-            },
+            "kwargs": kwargs,
             "input_shape": list(train.input_shape),
             "n_classes": train.n_classes,
         }
@@ -279,7 +325,9 @@ class DeTT(Method):
         weights = normalise_mean_one(weights)
         self.example_weights_ = weights
         conv_map = self.uses_map_projector(train, teacher)
-        spec = self.student_spec(train, teacher.feature_dim, conv_map)
+        teacher_map = map_size(teacher, tuple(train.input_shape)) if conv_map else None
+        spec = self.student_spec(train, teacher.feature_dim, conv_map, teacher_map)
+        align = "pool" if hp.map_projector == "simkd" else "resize"
 
         def build_student() -> Stage:
             student = build_model(spec["name"], train.input_shape, train.n_classes, **spec["kwargs"])
@@ -291,7 +339,7 @@ class DeTT(Method):
                     fmap = student.feature_map(batch.x)  # type: ignore[operator]
                     with torch.no_grad():
                         target = teacher.feature_map(batch.x)  # type: ignore[operator]
-                    mse = map_mse(fmap, target)
+                    mse = map_mse(fmap, target, align)
                     feats = fmap.mean(dim=(2, 3))
                 else:
                     feats = student.features(batch.x)
@@ -317,6 +365,7 @@ class DeTT(Method):
             "student_trainable_params": count_parameters(student, trainable_only=True),
             "error_set_size": int(errors.numel()),
             "projector": "map" if conv_map else "vector",
+            **({"map_projector": hp.map_projector} if conv_map else {}),
             **quality,
         }
         fit = self.fit_result(train, student, [detector, result], rule, extras)

@@ -257,6 +257,8 @@ _DFR_ROW: dict[str, Default] = {
 class DFR(Method):
     """Deep Feature Reweighting: re-fit the last layer of a frozen ERM model on group-balanced validation."""
 
+    family = "last-layer retraining"
+
     summary = "re-fit the last layer of an ERM model on group-balanced validation (L1 logistic regression)"
     execution_hparams: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
     #: searched by `debiaslab tune`: the base ERM's lr and weight decay and the head's inverse L1 strength C

@@ -18,6 +18,8 @@ from debiaslab.methods.stages import erm_stage
 class ERM(Method):
     """Empirical risk minimisation with the engine's selection rule."""
 
+    family = "baseline"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "plain cross-entropy training (baseline)"

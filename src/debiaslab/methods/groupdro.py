@@ -142,6 +142,8 @@ class GroupDROHparams(TrainHparams):
 class GroupDRO(Method):
     """Group distributionally robust optimisation with online group weights (Sagawa et al., ICLR 2020)."""
 
+    family = "robust optimisation"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "online worst-group loss minimisation (needs training groups)"

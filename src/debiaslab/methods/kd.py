@@ -50,6 +50,8 @@ class KDHparams(TeacherHparams):
 class KnowledgeDistillation(Method):
     """Logit distillation of a (debiased) teacher into a student on the biased training set."""
 
+    family = "distillation"
+
     summary = "plain logit knowledge distillation from a teacher (baseline for DeTT)"
     #: searched by `debiaslab tune`: the distillation weight and temperature
     search_space: ClassVar[SearchSpace] = {

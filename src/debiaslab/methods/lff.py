@@ -126,6 +126,8 @@ class LfFHparams(TrainHparams):
 class LfF(Method):
     """Learning from Failure: a GCE-trained biased model re-weights the debiased model's CE per example."""
 
+    family = "inferred minority"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     summary = "biased GCE model re-weights a debiased model by relative difficulty (Nam et al. 2020)"

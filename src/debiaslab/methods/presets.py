@@ -21,7 +21,10 @@ CMNIST_MLP: dict[str, Default] = {
 GROUPDRO_PAPER = "GroupDRO paper (Sagawa et al. 2020): standard training of an ImageNet-pretrained ResNet-50"
 LFF_CONFIG_CIFAR = "LfF official config (corrupted_cifar10: ResNet20, Adam 1e-3, batch 256, 196 x 200 steps)"
 DFA_PAPER = "DFA paper (Lee et al. 2021), BFFHQ: ResNet-18, Adam 1e-4, batch 64, 50K iterations (~160 epochs)"
-PRETRAINED_NOTE = "; pass model_kwargs={pretrained: /path/to/imagenet-weights.pth} for the ImageNet start"
+PRETRAINED_NOTE = (
+    "; pass model_kwargs={pretrained: imagenet} (torchvision's weights, fetched with their checksum) or a local "
+    "file for the ImageNet start"
+)
 
 #: Waterbirds / CelebA with a ResNet-50 (224 x 224 crops, ImageNet normalisation by the dataset).
 WATERBIRDS_RESNET50: dict[str, Default] = {
@@ -85,3 +88,8 @@ DATASET_PRESETS: dict[str, dict[str, Default]] = {
     "corrupted_cifar10": CCIFAR10_RESNET20,
     "bffhq": BFFHQ_RESNET18,
 }
+
+#: Where the SubpopBench and DomainBed settings of the methods they implement are read (file names cited per value).
+SUBPOP_REGISTRY = "SubpopBench (YyzHarry/SubpopBench, subpopbench/hparams_registry.py)"
+SUBPOP_ALGORITHMS = "SubpopBench (YyzHarry/SubpopBench, subpopbench/learning/algorithms.py)"
+DOMAINBED_REGISTRY = "DomainBed (facebookresearch/DomainBed, domainbed/hparams_registry.py)"

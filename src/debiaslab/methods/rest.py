@@ -167,6 +167,8 @@ _TABLE: HparamTable = {
 class _RESTBase(Method):
     """Shared fit: find the conflicting examples, then one sparse stage with the upweighting sampler."""
 
+    family = "sparse training"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     #: searched by `debiaslab tune`: the density of the sparse network, λ_up, and (rest_free) the identification

@@ -80,6 +80,8 @@ class Balancing(Method):
     per (run seed, stage): the same seed gives the same subsample, also when a run is resumed.
     """
 
+    family = "balancing"
+
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 
     #: searched by `debiaslab tune`: lr and weight decay; the reweighting schemes also their exponent (1/n^power)

@@ -1,8 +1,9 @@
 """ResNets (He et al., 2016): 18 and 50 with an ImageNet or CIFAR stem, 20 for CIFAR.
 
 Submodules follow the usual ImageNet layout (``conv1, bn1, layer1..layer4``; blocks with ``conv1, bn1, conv2,
-bn2, (conv3, bn3), downsample.0/1``) so an ImageNet state dict loads after renaming ``fc.`` to ``head.`` (see
-:func:`~debiaslab.models.pretrained.load_pretrained`). Bottlenecks stride in the 3x3 convolution ("v1.5").
+bn2, (conv3, bn3), downsample.0/1``) so torchvision's ImageNet state dicts load after renaming ``fc.`` to
+``head.`` (see :func:`~debiaslab.models.pretrained.load_pretrained`, which also fetches them). Bottlenecks stride
+in the 3x3 convolution ("v1.5").
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ def resnet18(
     zero_init_residual: bool = False,
     pretrained: str | None = None,
 ) -> ResNet:
-    """ResNet-18 (basic blocks 2-2-2-2, feature_dim 512); ``pretrained`` is a local ImageNet state dict."""
+    """ResNet-18 (basic blocks 2-2-2-2, feature_dim 512); ``pretrained``: ``"imagenet"`` (torchvision's published
+    weights, fetched with their checksum), a URL or a local state-dict file."""
     return _resnet(
         "resnet18",
         BasicBlock,
@@ -236,7 +238,8 @@ def resnet50(
     zero_init_residual: bool = False,
     pretrained: str | None = None,
 ) -> ResNet:
-    """ResNet-50 (bottlenecks 3-4-6-3, feature_dim 2048); ``pretrained`` is a local ImageNet state dict."""
+    """ResNet-50 (bottlenecks 3-4-6-3, feature_dim 2048); ``pretrained``: ``"imagenet"`` (torchvision's published
+    weights, fetched with their checksum), a URL or a local state-dict file."""
     return _resnet(
         "resnet50",
         Bottleneck,

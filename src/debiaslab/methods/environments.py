@@ -1,0 +1,58 @@
+"""Environments for the invariance methods (IRM, VREx, CORAL, MMD): the batch split by attribute value or by group.
+
+SubpopBench runs these domain-generalisation methods with the attribute as the environment (algorithms.py,
+``return_attributes``): each attribute value present in the batch is one environment. ``environments = "group"``
+uses the groups (class × attribute) instead. Either needs the attribute of every training example.
+IRM and VREx switch their penalty weight from 1 to λ after ``anneal_steps`` optimiser steps of the stage, as DomainBed
+and SubpopBench do (DomainBed also restarts Adam at that step, SubpopBench does not; neither is done here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from debiaslab.data.core import Batch
+from debiaslab.errors import ConfigError
+from debiaslab.methods.hparams import TrainHparams
+
+ENVIRONMENTS = ("attr", "group")
+
+
+def environment_masks(batch: Batch, by: str) -> list[Tensor]:
+    """One boolean mask per environment present in the batch (attribute values or groups), in increasing order."""
+    labels = batch.attr if by == "attr" else batch.group
+    return [labels == value for value in torch.unique(labels)]
+
+
+@dataclass
+class EnvironmentHparams(TrainHparams):
+    """``environments``: ``attr`` (each attribute value; SubpopBench) or ``group`` (each class × attribute)."""
+
+    environments: str = "attr"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.environments not in ENVIRONMENTS:
+            raise ConfigError(f"environments {self.environments!r} unknown; expected one of {', '.join(ENVIRONMENTS)}")
+
+
+@dataclass
+class AnnealedPenaltyHparams(EnvironmentHparams):
+    """A penalty weighted 1 for the first ``anneal_steps`` optimiser steps, then ``penalty_weight`` (λ)."""
+
+    penalty_weight: float = 1.0
+    anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.penalty_weight >= 0:
+            raise ConfigError(f"penalty_weight {self.penalty_weight!r} must be >= 0")
+        if self.anneal_steps < 0:
+            raise ConfigError(f"anneal_steps {self.anneal_steps!r} must be >= 0")
+
+    def weight_at(self, step: int) -> float:
+        """The penalty weight at 0-based optimiser step ``step`` of the stage."""
+        return self.penalty_weight if step >= self.anneal_steps else 1.0

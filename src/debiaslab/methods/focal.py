@@ -1,0 +1,65 @@
+"""Focal loss (Lin, Goyal, Girshick, He, Dollár; ICCV 2017): cross-entropy scaled down on well-classified examples.
+
+Per example ``FL = (1 − p_y)^γ · CE`` with ``p_y = exp(−CE)``, averaged over the batch, without class weights: the
+form of SubpopBench (algorithms.py, ``Focal``) and of the LDAM-DRW code (kaidic/LDAM-DRW, losses.py). The examples
+the model already fits (the bias-aligned majority) contribute little, the hard ones (often the minority) dominate.
+Needs no attribute labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debiaslab.data.core import Batch, GroupDataset
+from debiaslab.engine.stage import StepContext
+from debiaslab.errors import ConfigError
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.methods.presets import SUBPOP_REGISTRY
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
+
+
+def focal_loss(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
+    """Per-example focal loss ``(1 − p_y)^γ · CE`` (γ = 0: cross-entropy)."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    return (1.0 - torch.exp(-ce)).clamp(min=0.0) ** gamma * ce
+
+
+@dataclass
+class FocalHparams(TrainHparams):
+    """Focal loss: ``gamma`` is the focusing exponent γ (0 gives cross-entropy)."""
+
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.gamma >= 0:
+            raise ConfigError(f"gamma {self.gamma!r} must be >= 0 (0 is plain cross-entropy)")
+
+
+@register_method("focal")
+class Focal(OneStage):
+    """Focal loss on the class labels (no class weights)."""
+
+    summary = "focal loss (1 − p_y)^γ · CE: down-weights examples already fitted (Lin et al. 2017)"
+    family = "class-imbalance losses"
+    Hparams = FocalHparams
+    #: searched by `debiaslab tune`: γ over SubpopBench's range 0.5 · 10^U(0, 1)
+    search_space: ClassVar[SearchSpace] = {**COMMON_SPACE, "gamma": loguniform(0.5, 5.0)}
+    hparam_table: ClassVar[HparamTable] = {
+        "*": {"gamma": Default(1.0, f"{SUBPOP_REGISTRY}: Focal gamma 1 (random search 0.5 · 10^U(0, 1))")},
+    }
+
+    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+        gamma = float(self.hparams.gamma)
+
+        def loss(batch: Batch, ctx: StepContext) -> Tensor:
+            return focal_loss(model(batch.x), batch.y, gamma).mean()
+
+        return loss

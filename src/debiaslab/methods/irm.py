@@ -1,0 +1,85 @@
+"""IRM, Invariant Risk Minimization (Arjovsky, Bottou, Gulrajani, Lopez-Paz; 2019), as IRMv1.
+
+Loss: the mean over environments of each environment's cross-entropy, plus ``λ`` times the mean over environments of
+``‖∇_{w|w=1} R^e(w · f)‖²``, the squared gradient of the environment's risk with respect to a dummy scale on the
+logits: a classifier that is optimal in every environment at once has zero gradient there. The squared norm is
+estimated without bias as the product of the gradients on the even and the odd examples of the environment
+(DomainBed and SubpopBench algorithms.py, ``IRM._irm_penalty``). λ is 1 for the first ``anneal_steps`` steps.
+Environments are the attribute values of the batch (:mod:`debiaslab.methods.environments`); an environment with a
+single example in a batch adds to the risk but not to the penalty (its halves would be empty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from debiaslab.data.core import Batch, GroupDataset
+from debiaslab.engine.stage import StepContext
+from debiaslab.methods.base import Requirements
+from debiaslab.methods.environments import AnnealedPenaltyHparams, environment_masks
+from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS, SUBPOP_REGISTRY
+from debiaslab.methods.registry import register_method
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
+
+
+def irm_penalty(logits: Tensor, y: Tensor) -> Tensor:
+    """Unbiased estimate of ``‖∇_{w|w=1} CE(w · logits, y)‖²``: the product of the gradients on the even and the odd
+    examples (differentiable: the model is trained through it)."""
+    scale = torch.ones((), device=logits.device, dtype=logits.dtype, requires_grad=True)
+    first = F.cross_entropy(logits[::2] * scale, y[::2])
+    second = F.cross_entropy(logits[1::2] * scale, y[1::2])
+    (g1,) = torch.autograd.grad(first, [scale], create_graph=True)
+    (g2,) = torch.autograd.grad(second, [scale], create_graph=True)
+    return g1 * g2
+
+
+@dataclass
+class IRMHparams(AnnealedPenaltyHparams):
+    """IRM: ``penalty_weight`` λ after ``anneal_steps`` optimiser steps (1 before), environments by ``environments``."""
+
+    penalty_weight: float = 100.0
+    anneal_steps: int = 500
+
+
+@register_method("irm")
+class IRM(OneStage):
+    """Cross-entropy averaged over environments plus the annealed IRMv1 gradient penalty."""
+
+    summary = "mean environment risk + λ · IRMv1 gradient penalty, environments = attribute values (Arjovsky 2019)"
+    family = "invariance"
+    Hparams = IRMHparams
+    requires = Requirements(train_attrs=True)
+    grad_sync: ClassVar[str] = "allreduce"  # the penalty differentiates a gradient: DistributedDataParallel cannot
+    #: searched by `debiaslab tune`: SubpopBench's and DomainBed's ranges, λ 10^U(−1, 5), anneal 10^U(0, 4) steps
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "penalty_weight": loguniform(0.1, 1e5),
+        "anneal_steps": intrange(1, 10_000, log=True),
+    }
+    hparam_table: ClassVar[HparamTable] = {
+        "*": {
+            "penalty_weight": Default(100.0, f"{SUBPOP_REGISTRY}: IRM irm_lambda 1e2; same in {DOMAINBED_REGISTRY}"),
+            "anneal_steps": Default(500, f"{SUBPOP_REGISTRY}: IRM irm_penalty_anneal_iters 500; same in DomainBed"),
+            "environments": Default("attr", f"{SUBPOP_ALGORITHMS}: IRM's environments are the attribute values"),
+        },
+    }
+
+    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+        hp: IRMHparams = self.hparams  # type: ignore[assignment]
+
+        def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+            logits = model(batch.x)
+            masks = environment_masks(batch, hp.environments)
+            nll = torch.stack([F.cross_entropy(logits[m], batch.y[m]) for m in masks]).mean()
+            terms = [irm_penalty(logits[m], batch.y[m]) for m in masks if int(m.sum()) > 1]
+            penalty = torch.stack(terms).mean() if terms else logits.new_zeros(())
+            return {"loss": nll + hp.weight_at(ctx.step) * penalty, "nll": nll.detach(), "penalty": penalty.detach()}
+
+        return loss
