@@ -27,8 +27,10 @@ LEARNED = 0.4
 #: and the teacher of mistake reweighting (its CE weighted onto the student's few mistakes) need a few more; group
 #: subsampling keeps a few dozen examples, so its generic 100 epochs are a few hundred
 #: steps; one BAM stage-2 epoch is its error set upsampled μ times, and μ is halved (its cost, not its optimiser);
-#: the other stages' lengths are capped like ``epochs``
+#: the other stages' lengths (AFR's head steps, SSA's attribute-predictor steps) are capped like ``epochs``
 CAPS: dict[str, dict] = {
+    "afr": {"epochs": EPOCHS, "head_epochs": 100},
+    "ssa": {"epochs": EPOCHS, "ssa_iters": 100},
     "bam": {"epochs": 1, "mu": 70},
     "denetdm": {"epochs": 3, "expert_epochs": 3},
     "dett": {"epochs": 3 * 12, "teacher_hparams": {"epochs": 2}},
