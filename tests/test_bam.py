@@ -205,7 +205,7 @@ def test_three_classes() -> None:
     train, val = toy_splits(384, 192, seed=2, n_classes=3, one_hot=True)
     method = bam(amplify_loss="ce", selection="val_classdiff").fit(train, val, trainer=Trainer(progress=False))
     result = method.fit_result_
-    assert method.predict(val.x[:5]).shape == (5, 3)
+    assert method.predict_logits(val.x[:5]).shape == (5, 3)
     assert result.extras["aux_table_bytes"] == 384 * 3 * 4
     assert set(result.extras["selections"]) == {"val_classdiff", "val_worst_group"}
 

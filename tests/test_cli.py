@@ -155,7 +155,6 @@ def test_suite_help_names_every_shipped_suite() -> None:
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
     def flat(text: str) -> str:  # argparse wraps lines, also after the hyphen of a name like labelfree-bmnist
         return re.sub(r"-\s+", "-", " ".join(text.split()))
 

@@ -13,6 +13,7 @@ from debiaslab.data import corrupted_cifar10 as cc
 from debiaslab.data import corruptions as C
 from debiaslab.data.cifar10 import load_cifar10
 from debiaslab.data.colored_mnist import bias_attributes, stratified_holdout
+from debiaslab.data.derived import STREAMS, seeded_rng
 from debiaslab.errors import DataError
 from debiaslab.methods.presets import DATASET_PRESETS
 from fixture_trees import make_cifar10, write_image
@@ -104,7 +105,7 @@ def test_default_protocol_holds_out_validation_before_corrupting(cifar_root: Pat
     assert b.default_model == "resnet20" == DATASET_PRESETS["corrupted_cifar10"]["model"].value
     assert any("frost='synthetic'" in n for n in b.notes)
     cifar = load_cifar10(cifar_root / "cifar-10-batches-py")
-    held = stratified_holdout(cifar.train_y, 0.1, cc._rng(0, cc._STREAM_VAL_SPLIT))
+    held = stratified_holdout(cifar.train_y, 0.1, seeded_rng(0, STREAMS["val_split"]))
     assert torch.equal(b.train.y, torch.from_numpy(cifar.train_y[~held]))
     assert torch.equal(b.train.attr, torch.from_numpy(bias_attributes(cifar.train_y[~held], 0.8)))
     assert torch.equal(b.val.attr, torch.from_numpy(bias_attributes(cifar.train_y[held], 0.1)))

@@ -63,7 +63,7 @@ def test_head_is_the_teachers_frozen_tensor_and_projector_is_trained(toy, teache
     assert not torch.equal(student.projector.weight, initial["student.projector.weight"])
     # deployed: teacher head ∘ projector ∘ student features, width 4 projected to the teacher's 16
     x = val.x[:5]
-    assert torch.allclose(method.predict(x), teacher.head(student.projector(student.base.features(x))))
+    assert torch.allclose(method.predict_logits(x), teacher.head(student.projector(student.base.features(x))))
     assert student.projector.weight.shape == (16, 4)
     extras = method.fit_result_.extras
     assert extras["student_params"] < extras["teacher_params"]

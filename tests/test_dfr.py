@@ -183,7 +183,7 @@ def test_dfr_improves_worst_group_over_its_base_erm(toy, erm_run, dfr_trained) -
     rebuilt = build_model(spec["name"], spec["input_shape"], spec["n_classes"], **spec["kwargs"])
     rebuilt.load_state_dict(dfr.model_.state_dict())
     with torch.no_grad():
-        assert torch.allclose(rebuilt(test.x), dfr.predict(test.x))
+        assert torch.allclose(rebuilt(test.x), dfr.predict_logits(test.x))
 
 
 def test_base_run_is_loaded_checked_and_reproducible(toy, erm_run, dfr_trained) -> None:

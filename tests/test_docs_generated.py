@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def test_readme_headline_rows_come_from_the_records(generated) -> None:
     stats = generated["docs/results/statistics.md"]
     assert "| ule | +5.9 [-1.2, +12.9] ○ 3/3 | +5.6 [+3.3, +8.0] ▲ 3/3 |" in stats  # paired with ERM, per setting
     assert "Friedman χ² = " in stats and "critical-difference.png" in stats
+    assert re.search(r"Every row is above ERM|Below ERM: ", block)  # one line on the rows below ERM
 
 
 def test_a_section_without_records_is_dropped_and_named_rows_follow_the_records(make_docs, tmp_path: Path) -> None:

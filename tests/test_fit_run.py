@@ -53,7 +53,7 @@ def test_a_python_run_is_evaluated_predicted_and_reported_by_the_cli(tmp_path: P
     np.savez(tmp_path / "new.npz", x=bundle.test.x[:5].numpy())
     assert main(["predict", str(run), str(tmp_path / "new.npz"), "--out", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
-    expected = method.predict(bundle.test.x[:5]).argmax(1).tolist()
+    expected = method.predict(bundle.test.x[:5]).tolist()
     assert [int(r.split(",")[1]) for r in rows] == expected
 
     assert main(["report", str(tmp_path / "runs")]) == 0

@@ -88,7 +88,7 @@ def test_fit_returns_the_network_and_logs_q(toy) -> None:
     method = GroupDRO(**TINY, epochs=2).fit(train, val, trainer=Trainer(progress=False))
     result = method.fit_result_
     assert isinstance(result, FitResult) and not isinstance(result.model, nn.ModuleDict)
-    assert method.predict(val.x[:4]).shape == (4, 2)
+    assert method.predict_logits(val.x[:4]).shape == (4, 2)
     assert result.model_spec["name"] == "mlp"
     q = result.extras["group_weights"]
     assert len(q) == 4 and sum(q) == pytest.approx(1.0, abs=1e-5)

@@ -89,7 +89,7 @@ def test_lff_fits_deploys_the_debiased_model_and_weights_conflicting_examples(to
     selected = result.history[result.selected["epoch"] - 1]
     assert method.evaluate(val).metrics["worst_group"] == pytest.approx(selected["val"]["worst_group"])
     assert selected["val"]["conflicting"] > selected["val_biased"]["conflicting"]
-    logits = method.predict(val.x[:5])
+    logits = method.predict_logits(val.x[:5])
     assert logits.shape == (5, 2)
 
 

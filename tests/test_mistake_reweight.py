@@ -25,7 +25,7 @@ def test_registered_under_its_own_name_and_deploys_the_teacher() -> None:
     stage = trainer.stages["mistake_reweight"]
     assert method.model_ is stage.modules["teacher"] and method.student_ is stage.modules["student"]
     assert method.fit_result_.extras["omega"] == "reweight"
-    assert method.predict(val.x[:3]).shape == (3, 2)
+    assert method.predict_logits(val.x[:3]).shape == (3, 2)
 
 
 def test_defaults_are_pinned_with_their_sources() -> None:

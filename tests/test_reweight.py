@@ -135,7 +135,7 @@ def test_every_variant_fits_end_to_end(toy, name: str) -> None:
     assert isinstance(result, FitResult) and isinstance(result.model, nn.Module)
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.selection == "val_worst_group" and result.selected["stage"] == name
-    assert method.predict(val.x[:5]).shape == (5, 2)
+    assert method.predict_logits(val.x[:5]).shape == (5, 2)
     if name.startswith("subsample"):
         labels = train.group if name.endswith("group") else train.y
         n_min = int(torch.bincount(labels).min())

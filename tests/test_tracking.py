@@ -1,5 +1,6 @@
-"""Experiment tracking: ``--tensorboard`` and ``--mlflow`` log the per-epoch numbers of ``metrics.jsonl``, read back
-here with TensorBoard's EventAccumulator and MLflow's client; missing packages are one-line errors."""
+"""Experiment tracking: ``--tensorboard`` and ``--mlflow`` log the per-epoch numbers of ``metrics.jsonl`` and, once
+the run is finished, its validation and test metrics and selected epoch from ``final.json``, read back here with
+TensorBoard's EventAccumulator and MLflow's client; missing packages are one-line errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from debiaslab.cli import main
-from debiaslab.engine.tracking import MLFLOW_RUN_FILE, TENSORBOARD_DIR, flat_metrics, metric_key
+from debiaslab.engine.tracking import MLFLOW_RUN_FILE, TENSORBOARD_DIR, final_metrics, flat_metrics, metric_key
 from fixture_trees import make_class_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,6 +43,11 @@ def test_tensorboard_and_mlflow_hold_the_metrics_of_metrics_jsonl(tmp_path: Path
     assert code == 0, capsys.readouterr().err
     expected = jsonl_metrics(run)
     assert {"erm/train_loss", "erm/val/accuracy", "erm/val/worst_class"} <= set(expected)
+    final = json.loads((run / "final.json").read_text())
+    finals = {name: {0: value} for name, value in final_metrics(final).items()}
+    assert finals["final/test/accuracy"] == {0: pytest.approx(final["metrics"]["test"]["accuracy"])}
+    assert finals["final/selected_epoch"] == {0: final["selected"]["epoch"]} and "final/erm/selected_epoch" in finals
+    expected = {**expected, **finals}
 
     events = EventAccumulator(str(run / TENSORBOARD_DIR))
     events.Reload()

@@ -348,7 +348,7 @@ def test_every_variant_fits_end_to_end(omega: str, saliency: str, weighting: str
     assert ("memory_alpha" in result.extras) == (weighting == "student_wrong_ema")
     if weighting.startswith("student_wrong_"):  # the record's diagnostics: conflicting vs aligned examples
         assert {"train_memory_conflicting", "train_memory_aligned"} <= set(result.history[-1])
-    assert method.predict(val.x[:3]).shape == (3, 2)
+    assert method.predict_logits(val.x[:3]).shape == (3, 2)
 
 
 @pytest.mark.parametrize("variant", [{"omega": "align"}, {"omega": "mask", "weighting": "student_wrong_rate"}])

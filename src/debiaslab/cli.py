@@ -19,6 +19,15 @@ from rich.table import Table
 
 from debiaslab import cli_deploy, cli_groups
 from debiaslab.audit import command as audit_command
+from debiaslab.cli_options import (
+    OneLineParser,
+    add_imports,
+    from_args,
+    import_plugins,
+    positive_int,
+    run_places,
+    with_shortcuts,
+)
 from debiaslab.errors import DebiasLabError
 
 console = Console()
@@ -32,7 +41,7 @@ def _shipped(package: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="debiaslab", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="debiaslab", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"debiaslab {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -60,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default runs/<dataset>-<options>/<method>/seed<seed>)")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     train.add_argument("--precision", choices=["fp32", "bf16"], help="default fp32")
-    train.add_argument("--threads", type=int, help="torch CPU threads")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    train.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    train.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    again.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument(
         "--groups", metavar="FILE", help="train and select on a groups file's inferred groups (infer-groups)"
     )
+    add_imports(train)
     cli_deploy.add_tracking_args(train)
     _data_args(train)
 
@@ -124,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_groups.add_parser(sub, _data_args)
     audit_command.add_parser(sub, _data_args)
 
-    sub.add_parser("datasets", help="list registered datasets and their options")
+    add_imports(sub.add_parser("datasets", help="list registered datasets and their options"))
     methods = sub.add_parser("methods", help="list registered methods by family and the labels they need")
     methods.add_argument("name", nargs="?", help="one method: each preset's hyperparameter values and sources")
+    methods.add_argument("--dataset", help="with NAME: only the preset for this dataset")
     methods.add_argument(
         "--by",
         choices=("family", "labels"),
@@ -134,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="group the list by method family (default) or by the labels a method trains with",
     )
     methods.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    add_imports(methods)
     return parser
 
 
@@ -170,13 +183,8 @@ def _tune_parser(sub: Any) -> None:
     tune.add_argument("--no-final", action="store_true", help="search only; train no final runs")
     tune.add_argument("--search-seed", type=int, default=0, help="seed of the sampler and of every trial")
     tune.add_argument("--only", nargs="+", metavar="METHOD", help="with --suite: only these methods")
-    tune.add_argument(
-        "--imports",
-        nargs="+",
-        metavar="MODULE",
-        help="plugin modules (registering datasets or methods) imported here and in every worker",
-    )
-    tune.add_argument("--threads", type=int, default=1, help="torch CPU threads per trial (default 1)")
+    add_imports(tune)
+    tune.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per trial (default 1)")
     tune.add_argument("--device", default="auto")
     tune.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     tune.add_argument("--no-progress", action="store_true")
@@ -204,15 +212,9 @@ def train_config(args: argparse.Namespace) -> Any:
     if args.protocol is not None:
         dataset_options["protocol"] = args.protocol
     hparams = dict(run.hparams) if run else {}
-    hparams.update(parse_key_values(args.hp, "--hp", parse=False))
-    for key, value in (
-        ("epochs", args.epochs),
-        ("batch_size", args.batch_size),
-        ("lr", args.lr),
-        ("selection", args.selection),
-    ):
-        if value is not None:
-            hparams[key] = value
+    given = parse_key_values(args.hp, "--hp", parse=False)
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "selection": args.selection}
+    hparams = with_shortcuts({**hparams, **given}, given, flags)
     method = args.method or (run.method if run else None)
     dataset = args.dataset or (run.dataset if run else None)
     for flag, value in (("--method", method), ("--dataset", dataset)):
@@ -231,23 +233,22 @@ def train_config(args: argparse.Namespace) -> Any:
         device=pick(args.device, base.device if base else None, "auto"),
         precision=pick(args.precision, run.precision if run else None, "fp32"),
         out=args.out,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
         overwrite=args.overwrite,
         resume=args.resume,
-        progress=not args.no_progress,
         num_threads=args.threads,
         tensorboard=args.tensorboard,
         mlflow=args.mlflow,
         groups=args.groups or (run.groups if run else None),
         groups_recipe=None if args.groups else (run.groups_recipe if run else None),
+        **run_places(args),
     )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from debiaslab.runs import train_run
+    from debiaslab.runs import checked_config, train_run
 
-    cfg = train_config(args)
+    import_plugins(args.imports)
+    cfg = checked_config(train_config(args))
     from debiaslab.utils import dist
 
     dist.init_from_env()  # launched by torchrun: one process per device, gradients averaged across them
@@ -305,29 +306,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from debiaslab.bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    slurm = SlurmOptions(
-        partition=args.slurm_partition,
-        time_min=args.slurm_time,
-        gpus_per_job=args.gpus_per_run,
-        array_parallelism=args.slurm_array_parallelism,
-        mem_gb=args.slurm_mem_gb,
-        folder=args.slurm_folder,
-    )
-    result = run_suite(
-        suite,
-        args.out,
-        workers=args.workers,
-        executor=args.executor,
-        only=args.only,
-        seeds=args.seeds,
-        dry_run=args.dry_run,
-        report_only=args.report_only,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
-        slurm=slurm,
-        gpus_per_run=args.gpus_per_run,
-    )
+    slurm = SlurmOptions(  # in the order of its fields: partition, time, GPUs, array parallelism, memory, folder
+        args.slurm_partition, args.slurm_time, args.gpus_per_run, args.slurm_array_parallelism, args.slurm_mem_gb,
+        args.slurm_folder,
+    )  # fmt: skip
+    passed = from_args(args, "workers", "executor", "only", "seeds", "dry_run", "report_only", "gpus_per_run")
+    result = run_suite(suite, args.out, slurm=slurm, **passed, **run_places(args))
     if args.dry_run:
         table = Table(title=f"suite {suite.name}: {len(result.states)} runs under {result.out}")
         for col in ("run", "status", "directory"):
@@ -366,6 +350,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from debiaslab.data.registry import list_datasets
 
+    import_plugins(args.imports)
     table = Table(title="datasets")
     for col in ("name", "description", "options (defaults)"):
         table.add_column(col)
@@ -390,8 +375,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     )
     from debiaslab.methods.registry import get_method, list_methods
 
+    import_plugins(args.imports)
     if args.name is not None:
-        card = method_card(get_method(args.name))
+        from debiaslab.data.registry import dataset_name
+
+        card = method_card(get_method(args.name), dataset_name(args.dataset) if args.dataset else None)
         if args.format == "json":
             console.print_json(json.dumps(card, default=str))
             return 0
@@ -466,7 +454,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error, already printed as one line; --help and --version exit 0
+        if not exc.code:
+            raise
+        return int(exc.code)
     setup_logging(logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO))
     try:
         return COMMANDS[args.command](args)

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from debiaslab.cli_options import from_args
+
 console = Console()
 
 
@@ -29,6 +31,7 @@ def add_evaluate_args(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--split", choices=["val", "test"], help="only this split (default: both)")
     evaluate.add_argument("--ratio", type=float, help="bias-conflicting ratio (Colored MNIST)")
     evaluate.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="a dataset option")
+    evaluate.add_argument("--out", metavar="FILE", help="also save the result (metrics and group tables) as JSON")
 
 
 def add_parsers(sub: Any, data_args: Any) -> None:
@@ -76,20 +79,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = parse_key_values(args.data_opt, "--data-opt")
     if args.ratio is not None:
         options["ratio"] = args.ratio
-    reports, name, used = evaluate_on(
-        args.run_dir,
-        dataset=args.dataset,
-        dataset_options=options,
-        split=args.split,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        device=args.device,
-    )
+    passed = from_args(args, "dataset", "split", "data_root", "cache_dir", "device")
+    reports, name, used = evaluate_on(args.run_dir, dataset_options=options, **passed)
     opts = ", ".join(f"{k}={v}" for k, v in sorted(used.items()))
     last = list(reports)[-1]
     console.print(reports[last].render_auto())
     for split, report in reports.items():
         console.print(f"{name}{f' ({opts})' if opts else ''} {split}: {report.summary_line()}")
+    if args.out:
+        from debiaslab.utils.io import atomic_write_json
+
+        doc = {"run_dir": str(args.run_dir), "dataset": name, "dataset_options": used}
+        path = atomic_write_json(args.out, {**doc, "splits": {s: r.to_dict() for s, r in reports.items()}})
+        console.print(f"result written to {path}")
     return 0
 
 

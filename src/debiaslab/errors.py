@@ -26,3 +26,13 @@ class TrainingError(DebiasLabError):
 
 class RunDirError(DebiasLabError):
     """The output directory is unwritable, or already holds a finished run."""
+
+
+class OutputError(DebiasLabError, OSError):
+    """A file or folder cannot be written (a read-only place, a missing permission, a full disk); still an
+    ``OSError`` for code that treats a failed write as one."""
+
+
+def output_error(path: object, exc: OSError) -> OutputError:
+    """The one-line error for a failed write of ``path``."""
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from debiaslab.errors import ConfigError, DebiasLabError
+from debiaslab.errors import ConfigError, DebiasLabError, output_error
 from debiaslab.runs import load_finished_run, load_run_config
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,11 @@ def export_run(
     input_shape = tuple(int(s) for s in spec["input_shape"])
     default = "model.onnx" if fmt == "onnx" else "model.torchscript.pt"
     target = Path(out) if out is not None else Path(run_dir) / default
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=SUFFIX[fmt], dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=SUFFIX[fmt], dir=target.parent)
+    except OSError as exc:
+        raise output_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -171,8 +174,11 @@ def export_run(
                 f"the {fmt} export differs from the PyTorch model by up to {diff:.3g} on the same inputs; "
                 f"expected at most {atol:g} + {rtol:g} x |logit|"
             )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise output_error(target, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

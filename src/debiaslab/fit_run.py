@@ -41,7 +41,7 @@ def fit_and_save(
     precision: str = "fp32",
     overwrite: bool = False,
     resume: bool = False,
-    progress: bool = False,
+    progress: bool = True,
     num_threads: int | None = None,
     tensorboard: bool = False,
     mlflow: str | None = None,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from debiaslab.data.arrays import check_finite, load_npz
 from debiaslab.data.images import IMAGE_EXTENSIONS, DecodeSpec, ImageFiles
 from debiaslab.data.input_spec import ARRAY, IMAGE, TEXT, build_transform, describe_inputs
 from debiaslab.errors import ConfigError, DataError
@@ -92,16 +93,10 @@ def array_inputs(path: Path, spec: dict[str, Any]) -> Inputs:
         raise ConfigError(
             f"{path}: the run's model takes texts; give a CSV with column(s) {', '.join(spec['text']['text_fields'])}"
         )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
-                raise DataError(f"{path} has no array 'x' (it holds {', '.join(z.files) or 'nothing'})")
-            x = z["x"]
-    except DataError:
-        raise
-    except Exception as exc:  # corrupt zip, pickled objects, not an npz
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {path}: {first}") from exc
+    arrays = load_npz(path)
+    if "x" not in arrays:
+        raise DataError(f"{path} has no array 'x' (it holds {', '.join(arrays) or 'nothing'})")
+    x = arrays["x"]
     stored, dtype = tuple(spec["stored_shape"]), spec["stored_dtype"]
     if x.ndim < 1 or tuple(x.shape[1:]) != stored:
         raise DataError(
@@ -115,6 +110,8 @@ def array_inputs(path: Path, spec: dict[str, Any]) -> Inputs:
     tensor = torch.from_numpy(np.ascontiguousarray(x))
     if dtype != "uint8":
         tensor = tensor.to(getattr(torch, dtype))
+    if tensor.is_floating_point():
+        check_finite(tensor, f"{path} x")
     transform = _transform(spec)
 
     def batches() -> Iterator[Tensor]:

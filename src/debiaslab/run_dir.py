@@ -75,6 +75,11 @@ def run_dir_state(run_dir: Path) -> str:
 def plan_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> str:
     """What starting a run in ``run_dir`` will do — ``new``, ``replace_failed``, ``resume`` or ``overwrite`` — or a
     :class:`RunDirError` when it must not; reads only (the write probe aside), so a refused run changes nothing."""
+    if overwrite and resume:
+        raise RunDirError(
+            "--resume and --overwrite exclude each other: --resume continues the run in the directory, "
+            "--overwrite replaces it; give one"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output path {run_dir} exists and is not a directory")
     state = run_dir_state(run_dir) if run_dir.is_dir() else EMPTY
@@ -86,14 +91,28 @@ def plan_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> str:
     if state == PARTIAL and not (overwrite or resume):
         raise RunDirError(
             f"run directory {run_dir} holds an unfinished run; pass --resume to continue it "
-            "or --overwrite to start again"
+            f"or --overwrite to start again{previous_run_note(run_dir)}"
         )
     _check_writable(run_dir)
+    if state != FINISHED and previous_run_note(run_dir):
+        log.warning("%s", previous_run_note(run_dir).removeprefix("; "))
     if state in (FINISHED, PARTIAL) and overwrite:
         return "overwrite"
     if state == PARTIAL:
         return "resume"
     return "replace_failed" if state == FAILED_EARLY else "new"
+
+
+def previous_run_note(run_dir: Path) -> str:
+    """``"; the finished run ... is kept in <run_dir>/.previous-run ..."`` when an ``--overwrite`` that did not
+    finish (a killed process) left the run it replaces aside, else ``""``: for every message about the folder."""
+    previous = Path(run_dir) / PREVIOUS
+    if not (previous / FINAL).is_file():
+        return ""
+    return (
+        f"; the finished run that an interrupted --overwrite replaced is kept in {previous}: finish the new run "
+        "with --resume (it is then deleted), or move its files back to keep it"
+    )
 
 
 def read_config(run_dir: Path) -> dict:

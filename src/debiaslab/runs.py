@@ -28,7 +28,7 @@ from debiaslab import __version__
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.input_spec import describe_inputs
 from debiaslab.data.overlap import OverlappingGroupDataset
-from debiaslab.data.registry import build_dataset, check_options
+from debiaslab.data.registry import build_dataset, check_options, dataset_name
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
 from debiaslab.engine.trainer import Trainer, eval_mode, resolve_device
 from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
@@ -40,9 +40,18 @@ from debiaslab.inference.groups_file import GroupsFile
 from debiaslab.inference.in_runs import check_reads_groups, groups_for_run, label_ledger
 from debiaslab.methods.registry import get_method
 from debiaslab.reporting import run_report_markdown
-from debiaslab.run_dir import CONFIG, FINAL, MODEL, claimed_run_dir, plan_run_dir, read_config
+from debiaslab.run_dir import (
+    CONFIG,
+    FINAL,
+    MODEL,
+    claimed_run_dir,
+    plan_run_dir,
+    previous_run_note,
+    read_config,
+)
 from debiaslab.utils import dist
-from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml, finite_or_none
+from debiaslab.utils.paths import options_slug
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,10 @@ class RunConfig:
                 identity["groups_recipe"] = self.groups_recipe
         return identity
 
+    def trainer_options(self) -> dict[str, Any]:
+        """The :class:`~debiaslab.engine.trainer.Trainer` settings of this run (its directory aside)."""
+        return {k: getattr(self, k) for k in ("device", "precision", "seed", "resume", "progress", "num_threads")}
+
     def comparable_identity(self) -> dict[str, Any]:
         """:meth:`identity` as compared with a run directory's ``config.yaml`` (see :func:`comparable_identity`)."""
         return comparable_identity(_plain(self.identity()))
@@ -95,7 +108,7 @@ class RunConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        opts = "-".join(f"{k}{v}" for k, v in sorted(self.dataset_options.items()))
+        opts = options_slug(self.dataset_options)
         return Path("runs") / f"{self.dataset}{'-' + opts if opts else ''}" / self.method / f"seed{self.seed}"
 
 
@@ -135,9 +148,14 @@ def is_finished(run_dir: str | os.PathLike[str]) -> bool:
 def checked_config(cfg: RunConfig) -> RunConfig:
     """``cfg`` with its hyperparameters and dataset options checked by name and converted to their declared types
     (``lr: "1e-3"`` -> 0.001), as ``config.yaml`` records them; a bad name or value is a one-line ConfigError."""
-    hparams = get_method(cfg.method).convert_hparams(cfg.hparams)
+    method = get_method(cfg.method)
+    hparams = method.convert_hparams(cfg.hparams)
     options = check_options(cfg.dataset, cfg.dataset_options)
-    return dataclasses.replace(cfg, hparams=hparams, dataset_options=options)
+    if cfg.num_threads is not None and (isinstance(cfg.num_threads, bool) or cfg.num_threads < 1):
+        raise ConfigError(f"threads {cfg.num_threads!r} must be an integer >= 1 (torch CPU threads)")
+    return dataclasses.replace(
+        cfg, method=method.name, dataset=dataset_name(cfg.dataset), hparams=hparams, dataset_options=options
+    )
 
 
 def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
@@ -207,6 +225,10 @@ def run_method(
     action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume) if main else "new"
     if action == "resume":
         check_resumable(run_dir, cfg)
+    if main:
+        log.info("%s on %s, seed %d: run directory %s (%s)", cfg.method, cfg.dataset, cfg.seed, run_dir, action)
+        if bundle.recipe.get("aligned"):
+            log.info("%s: aligned pairing %s", cfg.dataset, bundle.recipe["aligned"])
     dist.barrier()
     with claimed_run_dir(run_dir, action) if main else contextlib.nullcontext():
         return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks, fit_bundle, groups)
@@ -251,25 +273,35 @@ def _train_in(
     for note in bundle.notes:
         log.warning("%s", note)
 
-    trainer = Trainer(
-        device=cfg.device,
-        precision=cfg.precision,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        resume=cfg.resume,
-        progress=cfg.progress,
-        num_threads=cfg.num_threads,
-        report_rules=report_rules,
-        callbacks=callbacks,
-    )
+    trainer = Trainer(run_dir=run_dir, report_rules=report_rules, callbacks=callbacks, **cfg.trainer_options())
     trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
     trainer.callbacks.extend(trackers)
     try:
         method.fit(fit_bundle.train, val, trainer=trainer)
+        final = _evaluate_and_write(run_dir, cfg, method, bundle, trainer, started, labels=labels, groups=groups)
     except BaseException:
         close_trackers(trackers, "FAILED")
         raise
+    for tracker in trackers:  # the test metrics and the selected epoch, beside the per-epoch validation
+        tracker.log_final(final)
     close_trackers(trackers, "FINISHED")
+    return final
+
+
+def _evaluate_and_write(
+    run_dir: Path,
+    cfg: RunConfig,
+    method: Any,
+    bundle: DatasetBundle,
+    trainer: Trainer,
+    started: float,
+    *,
+    labels: Any,
+    groups: GroupsFile | None,
+) -> dict[str, Any]:
+    """Evaluate the deployed model on ``bundle`` and write ``model.pt``, ``final.json`` and the reports (rank 0
+    only); ``labels`` is the run's label ledger, ``groups`` the inferred groups it trained on (if any)."""
+    main = dist.is_main_process()
     result = method.fit_result_
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
@@ -279,11 +311,7 @@ def _train_in(
     reports["test"].to_csv(run_dir / "test_groups.csv")
     checks = run_health(method, bundle, trainer)
     final = {
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "dataset_options": _plain(cfg.dataset_options),
-        "hparams": _plain(cfg.hparams),
-        "seed": cfg.seed,
+        **run_record(cfg),
         "world_size": dist.world_size(),
         "global_batch_size": getattr(method.hparams, "batch_size", None),
         "protocol": bundle.protocol,
@@ -319,7 +347,7 @@ def _train_in(
     if groups is not None:
         final["groups"] = groups_record(groups)
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
-    atomic_write_json(run_dir / FINAL, _jsonable(final))
+    atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
 
 
@@ -334,6 +362,18 @@ def run_health(method: Any, bundle: DatasetBundle, trainer: Trainer) -> list[Che
     for check in failing(checks):
         log.warning("%s premise check %s: %s", method.name, check.status, check.line())
     return checks
+
+
+def run_record(cfg: RunConfig) -> dict[str, Any]:
+    """What a result record says of the run it comes from: method, dataset, options, the user's hyperparameters
+    and the seed (the first keys of ``final.json``)."""
+    return {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "dataset_options": _plain(cfg.dataset_options),
+        "hparams": _plain(cfg.hparams),
+        "seed": cfg.seed,
+    }
 
 
 def groups_record(groups: GroupsFile) -> dict[str, Any]:
@@ -476,9 +516,16 @@ def load_finished_run(run_dir: str | os.PathLike[str]) -> tuple[torch.nn.Module,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
-    if not is_finished(run_dir):
-        raise RunDirError(f"{run_dir} holds no finished run ({FINAL} missing); train it first or --resume it")
+    check_finished(run_dir)
     return load_model_file(run_dir / MODEL)
+
+
+def check_finished(run_dir: Path) -> None:
+    if not is_finished(run_dir):
+        raise RunDirError(
+            f"{run_dir} holds no finished run ({FINAL} missing); train it first or --resume it"
+            + previous_run_note(run_dir)
+        )
 
 
 def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -499,8 +546,7 @@ def evaluate_run(
 ) -> dict[str, EvalReport]:
     """Re-evaluate a finished run's model on its dataset's validation and test splits."""
     run_dir = Path(run_dir)
-    if not is_finished(run_dir):
-        raise RunDirError(f"{run_dir} holds no finished run ({FINAL} missing); train it first or --resume it")
+    check_finished(run_dir)
     config = load_run_config(run_dir)
     run = config["run"]
     bundle = build_dataset(run["dataset"], data_root, cache_dir, **run["dataset_options"])
@@ -535,18 +581,6 @@ def _plain(obj: Any) -> Any:
         return str(obj)
     if hasattr(obj, "item") and not isinstance(obj, bool | int | float):
         return obj.item()
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
     return obj
 
 

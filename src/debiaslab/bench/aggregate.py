@@ -327,7 +327,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
     after :func:`add_differences`, the paired differences with the reference; a ``health`` column (the premise
     checks: a mark, and footnotes under the table) when some run of the rows has checks."""
     compared = list(rows[0].get("vs") or {}) if rows else []
-    header = ["method", "dataset options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
+    header = ["method", "dataset", "options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
     header += [f"{m} − {rows[0]['reference']} (points)" for m in compared] + ["time s"]
     notes = HealthNotes()
     checked = any(checks is not None for row in rows for _, checks in row.get("health", []))
@@ -337,6 +337,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
         opts = ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k != "protocol")
         cells = [
             row["method"],
+            row["dataset"],
             opts,
             row["protocol"],
             row["selection"],

@@ -21,6 +21,7 @@ import yaml
 from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.runs import RunConfig
 from debiaslab.utils import paths
+from debiaslab.utils.paths import options_slug
 
 SUITE_KEYS = {
     "name": "suite name (default: the file name); the default output is runs/bench/<name>",
@@ -379,7 +380,8 @@ def _dataset(where: _Where, i: int, d: Any) -> DatasetEntry:
         )
         if len(set(ratios)) != len(ratios):
             raise where.error(f"{key}.ratios", list(ratios), "distinct ratios")
-    default_dir = name + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    slug = options_slug(options)
+    default_dir = f"{name}-{slug}" if slug else name
     folder = d.get("dir", default_dir)
     if not isinstance(folder, str) or not _SAFE_NAME.match(folder):
         raise where.error(f"{key}.dir", folder, "a folder name of letters, digits and _ . + = -")

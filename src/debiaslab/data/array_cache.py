@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,58 +29,56 @@ def split_names(protocol: str) -> tuple[str, ...]:
     return ("train", "val", "test") if protocol == "default" else ("train", "test")
 
 
-def load_array_cache(
-    path: Path,
-    recipe_json: str,
-    splits: tuple[str, ...],
-    label: str,
-    image_shape_ok: Callable[[tuple[int, ...]], bool],
-) -> dict[str, np.ndarray] | None:
-    """The cached arrays of ``splits``, or ``None`` (with a warning naming ``label`` and ``path``) when the file is
-    unreadable, holds another recipe, or an array has the wrong dtype or shape (``image_shape_ok`` gets C, H, W)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["recipe"][()]) != recipe_json:
-                raise DataError("it holds a different recipe")
-            arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in splits for f in FIELDS}
-        for s in splits:
-            x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
-            ok = x.dtype == np.uint8 and x.ndim == 4 and image_shape_ok(tuple(x.shape[1:]))
-            ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
-            if not ok:
-                raise DataError(f"split {s} has unexpected shapes or dtypes")
+@dataclass(frozen=True)
+class ArrayCache:
+    """The cache file of one recipe: ``path`` holds the arrays of ``splits`` and the recipe's JSON; ``label`` names
+    the dataset in messages and ``image_shape_ok(C, H, W)`` says whether cached images have the expected shape."""
+
+    path: Path
+    recipe_json: str
+    splits: tuple[str, ...]
+    label: str
+    image_shape_ok: Callable[[tuple[int, ...]], bool]
+
+    def load(self) -> dict[str, np.ndarray] | None:
+        """The cached arrays, or ``None`` (with a warning) when the file is unreadable, holds another recipe, or an
+        array has the wrong dtype or shape."""
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                if str(z["recipe"][()]) != self.recipe_json:
+                    raise DataError("it holds a different recipe")
+                arrays = {f"{s}_{f}": z[f"{s}_{f}"] for s in self.splits for f in FIELDS}
+            for s in self.splits:
+                x, y, attr = arrays[f"{s}_x"], arrays[f"{s}_y"], arrays[f"{s}_attr"]
+                ok = x.dtype == np.uint8 and x.ndim == 4 and self.image_shape_ok(tuple(x.shape[1:]))
+                ok = ok and y.dtype == attr.dtype == np.int64 and y.shape == attr.shape == (len(x),)
+                if not ok:
+                    raise DataError(f"split {s} has unexpected shapes or dtypes")
+            return arrays
+        except Exception as exc:  # a cache must never be fatal: any failure to read it means "rebuild"
+            log.warning(
+                "%s cache %s is unreadable (%s: %s); rebuilding it", self.label, self.path, type(exc).__name__, exc
+            )
+            return None
+
+    def save(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write the arrays and the recipe atomically; a failure is a warning, not an error."""
+        try:
+            atomic_write(self.path, lambda fh: np.savez(fh, recipe=np.array(self.recipe_json), **arrays))
+            log.debug("cached %s in %s", self.label, self.path)
+        except OSError as exc:
+            log.warning("cannot write the %s cache %s (%s); continuing without it", self.label, self.path, exc)
+
+    def arrays(self, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The recipe's arrays: read from the cache when it holds them, else ``build()`` them and cache them."""
+        arrays = self.load() if self.path.exists() else None
+        if arrays is not None:
+            log.debug("loaded %s from cache %s", self.label, self.path)
+            return arrays
+        log.debug("building %s into %s", self.label, self.path)
+        arrays = build()
+        self.save(arrays)
         return arrays
-    except Exception as exc:  # a cache must never be fatal: any failure to read it means "rebuild"
-        log.warning("%s cache %s is unreadable (%s: %s); rebuilding it", label, path, type(exc).__name__, exc)
-        return None
-
-
-def save_array_cache(path: Path, arrays: dict[str, np.ndarray], recipe_json: str, label: str) -> None:
-    """Write the arrays and the recipe atomically; a failure is a warning, not an error."""
-    try:
-        atomic_write(path, lambda fh: np.savez(fh, recipe=np.array(recipe_json), **arrays))
-        log.debug("cached %s in %s", label, path)
-    except OSError as exc:
-        log.warning("cannot write the %s cache %s (%s); continuing without it", label, path, exc)
-
-
-def cached_arrays(
-    path: Path,
-    recipe_json: str,
-    splits: tuple[str, ...],
-    label: str,
-    image_shape_ok: Callable[[tuple[int, ...]], bool],
-    build: Callable[[], dict[str, np.ndarray]],
-) -> dict[str, np.ndarray]:
-    """The arrays of a recipe: read from ``path`` when it holds them, else ``build()`` them and cache them there."""
-    arrays = load_array_cache(path, recipe_json, splits, label, image_shape_ok) if path.exists() else None
-    if arrays is not None:
-        log.debug("loaded %s from cache %s", label, path)
-        return arrays
-    log.debug("building %s into %s", label, path)
-    arrays = build()
-    save_array_cache(path, arrays, recipe_json, label)
-    return arrays
 
 
 def protocol_bundle(

@@ -10,6 +10,7 @@ code.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,14 @@ import torch
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.data.files import (
+    SPLIT_NAMES,
     check_bool,
-    check_split_nonempty,
     file_sha256,
     parse_split_column,
     resolve_user_path,
     warn_empty_groups,
 )
-from debiaslab.data.labels import check_count, label_ids, split_ids
+from debiaslab.data.labels import Aligned, check_count, label_ids, user_labels
 from debiaslab.data.transforms import ToFloat
 from debiaslab.errors import ConfigError, DataError
 
@@ -34,21 +35,32 @@ NAME = "arrays"
 KEYS: tuple[str, ...] = ("x", "y", "attr", "split")
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file, read without pickle; a file that is not one is a one-line DataError."""
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # a truncated archive, pickled objects
+        raise DataError(f"cannot read {path}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                raw: dict[str, Any] = {k: z[k] for k in z.files}
-        elif suffix in (".pt", ".pth"):
+    if suffix == ".npz":
+        raw: Any = load_npz(path)
+    elif suffix in (".pt", ".pth"):
+        try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(f"{path}: expected an .npz or .pt file, not {suffix or 'no extension'}")
-    except DataError:
-        raise
-    except Exception as exc:  # corrupt zip, pickled objects, truncated file
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {path}: {msg}") from exc
+        except Exception as exc:  # not a torch file, pickled objects, truncated file
+            raise DataError(f"cannot read {path}: {_first_line(exc)}") from exc
+    else:
+        raise DataError(f"{path}: expected an .npz or .pt file, not {suffix or 'no extension'}")
     if not isinstance(raw, dict):
         raise DataError(f"{path} holds a {type(raw).__name__}; expected a dict with arrays x, y[, attr][, split]")
     out: dict[str, np.ndarray] = {}
@@ -60,6 +72,11 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     if missing:
         have = ", ".join(map(str, raw)) or "nothing"
         raise DataError(f"{path} has no array {', '.join(map(repr, missing))} (it has {have}); expected x, y")
+    if out["x"].ndim < 2:
+        raise DataError(
+            f"{path}: x has shape {out['x'].shape}; expected the examples on its first dimension: (N, D) features "
+            "or (N, C, H, W) images (one feature per example is x.reshape(-1, 1))"
+        )
     n = len(out["x"])
     for key, arr in out.items():
         if key != "x" and arr.ndim != 1:
@@ -77,6 +94,7 @@ def build_arrays(
     path: str | None = None,
     n_classes: int | None = None,
     n_attrs: int | None = None,
+    aligned: Aligned = "auto",
     channels_last: bool = False,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
@@ -84,8 +102,9 @@ def build_arrays(
 ) -> DatasetBundle:
     """Your arrays: an .npz or .pt file with x, y[, attr][, split] (one entry per example).
 
-    ``n_classes`` / ``n_attrs`` declare the ids (default: largest id + 1); ``channels_last`` reads images
-    stored as ``(N, H, W, C)``.
+    ``n_classes`` / ``n_attrs`` declare the ids (default: largest id + 1); ``aligned`` pairs each class with its
+    bias-aligned attribute (see :mod:`debiaslab.data.labels`); ``channels_last`` reads images stored as
+    ``(N, H, W, C)``.
     """
     if path is None:
         raise ConfigError(
@@ -100,71 +119,72 @@ def build_arrays(
     def at(key: str) -> Any:
         return lambda i: f"{file} {key}[{i}]"
 
-    y, k = label_ids(arrays["y"].tolist(), at("y"), "label", declared=n_classes, names=None)
-    attr: np.ndarray | None = None
-    n_a = 1
+    y = label_ids(arrays["y"].tolist(), at("y"), "label", declared=n_classes, names=None)
+    attr = None
     if "attr" in arrays:
-        attr, n_a = label_ids(arrays["attr"].tolist(), at("attr"), "attribute", declared=n_attrs, names=None,
-                              unknown_ok=True)  # fmt: skip
+        values = arrays["attr"].tolist()
+        attr = label_ids(values, at("attr"), "attribute", declared=n_attrs, names=None, unknown_ok=True)
     elif n_attrs is not None:
         raise ConfigError(f"n_attrs={n_attrs} but {file} has no 'attr' array")
     given = None
     if "split" in arrays:
         values = [str(v) for v in arrays["split"].tolist()]
         given = parse_split_column(values, None, file, "split", where=at("split"))
-    split, how = split_ids(
-        given, y, attr, n_a, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
-    )
-    check_split_nonempty(split, file, NAME)
-
-    x = torch.from_numpy(np.ascontiguousarray(arrays["x"]))
-    if channels_last:
-        if x.ndim != 4:
-            raise ConfigError(f"channels_last=true needs images (N, H, W, C); x has shape {tuple(x.shape)}")
-        x = x.permute(0, 3, 1, 2).contiguous()
-    if x.dtype == torch.uint8:
-        transform = ToFloat(255.0)
-    elif x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.bool):
-        x, transform = x.float(), None
-    else:
-        raise DataError(f"{file}: x has dtype {x.dtype}; expected numbers (uint8 images or floats)")
-
+    labels = user_labels(
+        NAME, file, y, attr, given, aligned=aligned, val_fraction=val_fraction, test_fraction=test_fraction,
+        split_seed=split_seed,
+    )  # fmt: skip
+    x, transform = _inputs(arrays["x"], file, channels_last)
     splits: dict[str, GroupDataset] = {}
-    for sid, name in enumerate(("train", "val", "test")):
-        idx = torch.from_numpy(np.flatnonzero(split == sid))
+    for sid, name in enumerate(SPLIT_NAMES):
+        idx = torch.from_numpy(np.flatnonzero(labels.split == sid))
         splits[name] = GroupDataset(
             x=x[idx],
-            y=torch.from_numpy(y)[idx],
-            attr=None if attr is None else torch.from_numpy(attr)[idx],
-            n_classes=k,
-            n_attrs=n_a,
+            y=torch.from_numpy(labels.y)[idx],
+            attr=None if labels.attr is None else torch.from_numpy(labels.attr)[idx],
+            n_classes=labels.n_classes,
+            n_attrs=labels.n_attrs,
             transform=transform,
+            aligned_groups=labels.aligned_groups,
             name=NAME,
             split=name,
         )
-    for ds in splits.values():
-        warn_empty_groups(ds, file)
-    notes = []
-    if attr is None:
-        notes.append(
-            f"{file} has no attr array: group metrics are undefined and only methods that need no attribute "
-            "labels can run"
-        )
+        warn_empty_groups(splits[name], file)
+    recipe = {"path": str(file), "sha256": file_sha256(file), "has_attr": attr is not None}
     return DatasetBundle(
         name=NAME,
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        recipe={
-            "dataset": NAME,
-            "path": str(file),
-            "sha256": file_sha256(file),
-            "n_classes": k,
-            "n_attrs": n_a,
-            "has_attr": attr is not None,
-            "split": how,
-            "channels_last": channels_last,
-        },
+        recipe={"dataset": NAME, **recipe, **labels.recipe(), "channels_last": channels_last},
         default_model="mlp",
-        notes=notes,
+        notes=labels.notes,
     )
+
+
+def _inputs(raw: np.ndarray, file: Path, channels_last: bool) -> tuple[torch.Tensor, Any]:
+    """``x`` as a tensor with the examples first (images moved to channels-first) and its batch transform; inputs
+    that are not finite numbers are refused, naming the first such example."""
+    x = torch.from_numpy(np.ascontiguousarray(raw))
+    if channels_last:
+        if x.ndim != 4:
+            raise ConfigError(f"channels_last=true needs images (N, H, W, C); x has shape {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2).contiguous()
+    if x.dtype == torch.uint8:
+        return x, ToFloat(255.0)
+    if not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)):
+        raise DataError(f"{file}: x has dtype {x.dtype}; expected numbers (uint8 images or floats)")
+    x = x.float()
+    check_finite(x, f"{file} x")
+    return x, None
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite inputs, naming the first example that holds one (``what[i]``)."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if len(x) else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise DataError(
+            f"{what}[{first}] holds NaN or infinite values ({int(bad.sum())} example(s) do); every input must be a "
+            "finite number: fix or drop those examples"
+        )

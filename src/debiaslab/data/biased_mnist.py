@@ -21,20 +21,22 @@ normalisation. Built arrays are cached under ``<cache_dir>/biased_mnist/<recipe 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import numbers
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from debiaslab.data.array_cache import cached_arrays, protocol_bundle, split_names
 from debiaslab.data.catalog import register_dataset
-from debiaslab.data.colored_mnist import check_holdout_sizes, recipe_hash, seeded_rng, stratified_holdout
-from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.core import DatasetBundle
+from debiaslab.data.derived import (
+    check_number,
+    check_protocol_options,
+    derive_splits,
+    derived_bundle,
+    seeded_rng,
+)
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
 from debiaslab.data.transforms import Compose, Normalize, ToFloat
 from debiaslab.errors import ConfigError
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 
 NAME = "biased_mnist"
 FORMAT_VERSION = 1
-PROTOCOLS: tuple[str, ...] = ("default", "paper")
 N_CLASSES = 10
 N_CONFUSING = 9  # the release's n_confusing_labels: every other colour can appear
 EVAL_RHO = 0.1  # the release's unbiased evaluation setting
@@ -65,8 +66,6 @@ BACKGROUND_COLOURS = np.array(
 )
 #: The training correlations of the ReBias paper's Table 1.
 PAPER_RHOS: tuple[float, ...] = (0.999, 0.997, 0.995, 0.99)
-
-_STREAM_VAL_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST = 0, 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
@@ -117,42 +116,20 @@ def colour_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.nda
     ``val_*`` exists only under the default protocol. The same recipe gives byte-identical arrays.
     """
     seed = recipe["data_seed"]
-    train_x, train_y = mnist.train_x, mnist.train_y
-    out: dict[str, np.ndarray] = {}
-    if recipe["protocol"] == "default":
-        held = stratified_holdout(train_y, recipe["val_fraction"], seeded_rng(seed, _STREAM_VAL_SPLIT))
-        val_y = train_y[held]
-        val_attr = background_attributes(val_y, recipe["eval_rho"], seeded_rng(seed, _STREAM_VAL))
-        out |= {"val_x": colour_background(train_x[held], val_attr), "val_y": val_y, "val_attr": val_attr}
-        train_x, train_y = train_x[~held], train_y[~held]
-    train_attr = background_attributes(train_y, recipe["rho"], seeded_rng(seed, _STREAM_TRAIN))
-    out |= {"train_x": colour_background(train_x, train_attr), "train_y": train_y, "train_attr": train_attr}
-    test_attr = background_attributes(mnist.test_y, recipe["eval_rho"], seeded_rng(seed, _STREAM_TEST))
-    out |= {"test_x": colour_background(mnist.test_x, test_attr), "test_y": mnist.test_y, "test_attr": test_attr}
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+    def make(split: str, x: np.ndarray, y: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        rho = recipe["rho" if split == "train" else "eval_rho"]
+        attr = background_attributes(y, rho, seeded_rng(seed, stream))
+        return colour_background(x, attr), attr
+
+    return derive_splits((mnist.train_x, mnist.train_y), (mnist.test_x, mnist.test_y), recipe, make)
 
 
 # ---------------------------------------------------------------------------------------------- options
 def _check_options(rho: Any, protocol: Any, val_fraction: Any, data_seed: Any) -> tuple[float, str, float, int]:
     rho_what = "the share of training images with their class's own background colour, e.g. 0.99 (ReBias: 0.99-0.999)"
-    if isinstance(rho, str):
-        try:
-            rho = float(rho)
-        except ValueError:
-            raise ConfigError(f"rho {rho!r} is not a number; {rho_what}") from None
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0.0 < float(rho) <= 1.0:
-        raise ConfigError(f"rho {rho!r} is outside (0, 1]; {rho_what}")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"unknown Biased MNIST protocol {protocol!r}; expected one of: {', '.join(PROTOCOLS)} "
-            "(default: select on a validation split held out from MNIST-train; paper: select on test, as ReBias)"
-        )
-    vf_what = "the fraction of MNIST-train held out (stratified by digit) for validation, e.g. 0.1"
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
-        raise ConfigError(f"val_fraction {val_fraction!r} is outside (0, 1); {vf_what}")
-    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
-        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer (it seeds the colour assignment)")
-    return float(rho), str(protocol), float(val_fraction), int(data_seed)
+    r = check_number("rho", rho, rho_what, bounds="(]")
+    return (r, *check_protocol_options("Biased MNIST", "MNIST", protocol, val_fraction, data_seed))
 
 
 # ---------------------------------------------------------------------------------------------- the builder
@@ -177,39 +154,19 @@ def build_biased_mnist(
     if not isinstance(download, bool):
         raise ConfigError(f"download {download!r} is not true or false")
     recipe = make_recipe(rho=rho, protocol=protocol, val_fraction=val_fraction, data_seed=data_seed)
-    recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    key = recipe_hash(recipe)
-    path = Path(cache_dir) / NAME / f"{key}.npz"
 
-    def build() -> dict[str, np.ndarray]:
-        mnist = load_mnist(data_root, download=download)
-        if protocol == "default":
-            check_holdout_sizes(mnist.train_y, val_fraction)
-        return colour_mnist(mnist, recipe)
-
-    arrays = cached_arrays(
-        path, recipe_json, split_names(protocol), "Biased MNIST", lambda chw: chw == (3, 28, 28), build
-    )
-    splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
-    return protocol_bundle(
+    transform = Compose([ToFloat(255.0), Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    return derived_bundle(
         NAME,
         "Biased MNIST",
-        splits,
-        protocol,
-        {**recipe, "recipe_sha256": key},
-        "mlp",
-        "the unbiased test split, which is also the reported split (as in the ReBias release)",
-    )
-
-
-def _group_dataset(arrays: dict[str, np.ndarray], split: str) -> GroupDataset:
-    return GroupDataset(
-        x=torch.from_numpy(arrays[f"{split}_x"]),
-        y=torch.from_numpy(arrays[f"{split}_y"]),
-        attr=torch.from_numpy(arrays[f"{split}_attr"]),
+        recipe,
+        cache_dir,
+        load=lambda: load_mnist(data_root, download=download),
+        derive=lambda mnist: colour_mnist(mnist, recipe),
+        image_shape_ok=lambda chw: chw == (3, 28, 28),
         n_classes=N_CLASSES,
-        n_attrs=N_CLASSES,
-        transform=Compose([ToFloat(255.0), Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]),
-        name=NAME,
-        split=split,
+        transforms=(transform, transform),
+        default_model="mlp",
+        test_described="the unbiased test split, which is also the reported split (as in the ReBias release)",
+        kind="digit class",
     )

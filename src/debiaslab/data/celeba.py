@@ -26,23 +26,14 @@ from debiaslab.data.core import DatasetBundle
 from debiaslab.data.files import (
     CsvColumns,
     check_bool,
-    check_choice,
-    check_files_exist,
     check_split_nonempty,
     find_dataset_dir,
     parse_int_column,
     read_csv_columns,
 )
-from debiaslab.data.images import (
-    DEFAULT_WORKERS,
-    NORMALIZATIONS,
-    DecodeSpec,
-    as_size,
-    check_workers,
-    table_splits,
-    to_model_input,
-)
-from debiaslab.data.transforms import Compose, RandomHorizontalFlip, RandomResizedCrop
+from debiaslab.data.image_table import ImageRows, image_bundle, image_loading
+from debiaslab.data.images import DEFAULT_WORKERS, DecodeSpec, as_size
+from debiaslab.data.transforms import RandomResizedCrop
 from debiaslab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -141,10 +132,12 @@ def build_celeba(
     size = as_size(image_size, "image_size")
     centre = as_size(crop, "crop")
     augment = check_bool(augment, "augment")
-    verify = check_bool(verify, "verify")
-    normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
-    workers = check_workers(workers)
-
+    out = size or centre  # image_size=None keeps the crop's size
+    if augment and out is None:
+        raise ConfigError("augment=true needs image_size or crop (the size of the random crops)")
+    crops = [RandomResizedCrop(out, scale=(0.7, 1.0), ratio=(1.0, 4 / 3))] if augment else None
+    decode = DecodeSpec(size=size, center_crop=centre)
+    loading = image_loading(decode, normalize, workers, preload, verify, augment_ops=crops)
     folder = find_dataset_dir(data_root, root, FOLDERS, IMAGES, NAME)
     images = folder / IMAGES
     if (images / IMAGES).is_dir():  # the Kaggle copy nests the folder
@@ -165,53 +158,16 @@ def build_celeba(
         split[i] = part_split[j]
     check_split_nonempty(split, part_path, NAME)
     paths = [images / image_id for image_id in attrs["image_id"]]
-    check_files_exist(paths, attrs.lines, attr_path)
-
-    out = size or centre  # image_size=None keeps the crop's size
-    if augment and out is None:
-        raise ConfigError("augment=true needs image_size or crop (the size of the random crops)")
-    tail = to_model_input(normalize)
-    eval_tf = Compose(tail)
-    train_tf = (
-        Compose([RandomResizedCrop(out, scale=(0.7, 1.0), ratio=(1.0, 4 / 3)), RandomHorizontalFlip(), *tail])
-        if augment
-        else eval_tf
-    )
-    splits = table_splits(
-        name=NAME,
-        paths=paths,
-        y=y,
-        attr=a,
-        split=split,
-        lines=attrs.lines,
-        table=attr_path,
-        n_classes=2,
-        n_attrs=2,
-        spec=DecodeSpec(size=size, center_crop=centre),
-        workers=workers,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        preload=preload,
-        verify=verify,
-        aligned_groups=(),
-    )
     recipe = {
-        "dataset": NAME,
         "root": str(folder),
         "target": target,
         "attribute": attribute,
         "image_size": list(out) if out else None,
         "center_crop": list(centre) if centre else None,
-        "augment": augment,
-        "normalize": normalize,
         "class_names": [f"not {target}", target],
         "attr_names": [f"not {attribute}", attribute],
     }
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        recipe=recipe,
-        default_model=DEFAULT_MODEL,
+    rows = ImageRows(paths, y, a, split, attr_path, attrs.lines)
+    return image_bundle(
+        NAME, rows, loading, n_classes=2, n_attrs=2, recipe=recipe, default_model=DEFAULT_MODEL, aligned_groups=()
     )

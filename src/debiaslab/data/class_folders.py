@@ -19,32 +19,15 @@ import numpy as np
 
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
-from debiaslab.data.files import (
-    check_bool,
-    check_choice,
-    file_sha256,
-    read_csv_columns,
-    resolve_user_path,
-)
-from debiaslab.data.images import (
-    DEFAULT_WORKERS,
-    IMAGE_EXTENSIONS,
-    MODES,
-    NORMALIZATIONS,
-    DecodeSpec,
-    as_size,
-    check_workers,
-    table_splits,
-    to_model_input,
-)
-from debiaslab.data.labels import check_count, label_ids, split_ids
-from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+from debiaslab.data.files import SPLIT_NAMES, file_sha256, read_csv_columns, resolve_user_path
+from debiaslab.data.image_table import user_image_bundle, user_image_loading
+from debiaslab.data.images import DEFAULT_WORKERS, IMAGE_EXTENSIONS
+from debiaslab.data.labels import Aligned, check_count, label_ids, user_labels
 from debiaslab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 NAME = "class_folders"
-SPLIT_FOLDERS = ("train", "val", "test")
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -52,14 +35,27 @@ def _class_dirs(folder: Path) -> list[str]:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The image files below ``folder``; other files (not hidden ones) are counted in a warning."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    images = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+    skipped = sorted(p.relative_to(folder) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:3])) + (", ..." if len(skipped) > 3 else "")
+        log.warning(
+            "class folder %s: skipped %d non-image file(s) (%s); images end in %s",
+            folder,
+            len(skipped),
+            shown,
+            " ".join(IMAGE_EXTENSIONS),
+        )
+    return images
 
 
 def scan_class_folders(root: Path) -> tuple[list[Path], np.ndarray, np.ndarray | None, list[str]]:
     """Image paths, class ids, split ids (None without split folders) and class names of ``root``."""
     top = _class_dirs(root)
-    by_split = set(top) >= {"train"} and set(top) <= set(SPLIT_FOLDERS) and len(top) > 1
-    parts = [(root / s, i) for i, s in enumerate(SPLIT_FOLDERS) if s in top] if by_split else [(root, -1)]
+    by_split = set(top) >= {"train"} and set(top) <= set(SPLIT_NAMES) and len(top) > 1
+    parts = [(root / s, i) for i, s in enumerate(SPLIT_NAMES) if s in top] if by_split else [(root, -1)]
     names = _class_dirs(parts[0][0])
     if len(names) < 2:
         raise DataError(
@@ -115,6 +111,7 @@ def build_class_folders(
     root: str | None = None,
     attributes: str | None = None,
     n_attrs: int | None = None,
+    aligned: Aligned = "auto",
     image_size: int | None = None,
     mode: str = "RGB",
     normalize: str = "none",
@@ -136,84 +133,32 @@ def build_class_folders(
             "dataset 'class_folders' needs --data-opt root=PATH: a folder with one sub-folder of images per class"
         )
     n_attrs = check_count(n_attrs, "n_attrs")
-    size = as_size(image_size, "image_size")
-    mode = check_choice(mode, "mode", tuple(MODES))
-    normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
-    augment = check_bool(augment, "augment")
-    verify = check_bool(verify, "verify")
-    workers = check_workers(workers)
+    loading = user_image_loading(
+        image_size=image_size, mode=mode, normalize=normalize, augment=augment, workers=workers, preload=preload,
+        verify=verify,
+    )  # fmt: skip
     folder = resolve_user_path(root, data_root, "root")
     if not folder.is_dir():
         raise ConfigError(f"root={root!r} is not a folder ({folder}); expected root/<class>/<image files>")
     paths, y, given, names = scan_class_folders(folder)
-    attr: np.ndarray | None = None
-    n_a = 1
+    attr = None
     table: Path | None = None
     if attributes is not None:
         table = resolve_user_path(attributes, data_root, "attributes")
-        attr, n_a = read_attributes(table, folder, paths, n_attrs)
+        attr = read_attributes(table, folder, paths, n_attrs)
     elif n_attrs is not None:
         raise ConfigError(f"n_attrs={n_attrs} but no attributes=CSV was given")
-    split, how = split_ids(
-        given, y, attr, n_a, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
-    )
-    for sid, split_name in enumerate(SPLIT_FOLDERS):
-        if not (split == sid).any():
-            raise DataError(
-                f"{folder}: no images in split {split_name!r} ({how}); add images, or a {split_name}/ folder, "
-                "or change val_fraction / test_fraction"
-            )
-    tail = to_model_input(normalize, MODES[mode])
-    eval_tf = Compose(tail)
-    if augment:
-        if size is None:
-            raise ConfigError("augment=true needs image_size (the crop size)")
-        train_tf = Compose([RandomCrop(size, padding=max(1, size[0] // 8)), RandomHorizontalFlip(), *tail])
-    else:
-        train_tf = eval_tf
-    splits = table_splits(
-        name=NAME,
-        paths=paths,
-        y=y,
-        attr=attr,
-        split=split,
-        lines=None,
-        table=folder,
-        n_classes=len(names),
-        n_attrs=n_a,
-        spec=DecodeSpec(size=size, mode=mode),
-        workers=workers,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        preload=preload,
-        verify=verify,
-    )
+    labels = user_labels(
+        NAME, folder, (y, len(names)), attr, given, aligned=aligned, class_names=names, val_fraction=val_fraction,
+        test_fraction=test_fraction, split_seed=split_seed,
+    )  # fmt: skip
+    if given is not None:
+        labels.how = "folders"
     recipe = {
-        "dataset": NAME,
         "root": str(folder),
         "class_names": names,
         "n_images": len(paths),
         "attributes": str(table) if table is not None else None,
         "attributes_sha256": file_sha256(table) if table is not None else None,
-        "n_attrs": n_a,
-        "split": "folders" if given is not None else how,
-        "image_size": list(size) if size else None,
-        "mode": mode,
-        "normalize": normalize,
-        "augment": augment,
     }
-    notes = []
-    if attr is None:
-        notes.append(
-            f"{folder}: no attributes CSV: group metrics are undefined and only methods that need no attribute "
-            "labels can run"
-        )
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        recipe=recipe,
-        default_model="resnet18",
-        notes=notes,
-    )
+    return user_image_bundle(NAME, paths, labels, loading, folder, None, recipe)

@@ -13,29 +13,34 @@ determines them (options, colours, MNIST checksums, a format version).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import numbers
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from debiaslab.data.array_cache import cached_arrays, protocol_bundle, split_names
 from debiaslab.data.catalog import register_dataset
-from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.core import DatasetBundle
+from debiaslab.data.derived import (
+    check_number,
+    check_protocol_options,
+    derive_splits,
+    derived_bundle,
+    holdout_sizes,
+    recipe_hash,
+    seeded_rng,
+    stratified_holdout,
+)
 from debiaslab.data.mnist import MNIST_SHA256, MnistArrays, load_mnist
 from debiaslab.data.transforms import ToFloat
 from debiaslab.errors import ConfigError
+
+__all__ = ["build_colored_mnist", "colorize_mnist", "holdout_sizes", "recipe_hash", "stratified_holdout"]
 
 log = logging.getLogger(__name__)
 
 NAME = "colored_mnist"
 FORMAT_VERSION = 1
-PROTOCOLS: tuple[str, ...] = ("default", "paper")
 N_CLASSES = 10
 SIGMA = 0.005  # "severity 4" in LfF
 EVAL_ALIGNED_RATIO = 0.1  # a = 1 / n_colours: the colour says nothing about the digit
@@ -55,10 +60,6 @@ MEAN_COLOURS = np.array(
     ],
     dtype=np.float64,
 )
-
-# Independent random streams derived from data_seed, one per use, so that e.g. the test split's colours do not
-# depend on the protocol.
-_STREAM_VAL_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST = 0, 1, 2, 3
 _CHUNK = 4096  # images coloured per vectorised step (bounds the float64 temporary to ~77 MB)
 
 
@@ -100,35 +101,6 @@ def colorize(
     return out
 
 
-def holdout_sizes(counts: np.ndarray, fraction: float) -> np.ndarray:
-    """Per-class held-out sizes summing to ``round(sum(counts) * fraction)`` (largest remainder)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    total = int(np.rint(counts.sum() * fraction))
-    quota = counts * fraction
-    sizes = np.floor(quota).astype(np.int64)
-    extra = total - int(sizes.sum())
-    if extra > 0:
-        order = np.argsort(-(quota - sizes), kind="stable")
-        sizes[order[:extra]] += 1
-    return sizes
-
-
-def stratified_holdout(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask of a held-out set of ``round(N * fraction)`` examples, stratified by class
-    (:func:`holdout_sizes`); which examples are held out is drawn from ``rng``."""
-    y = np.asarray(y)
-    classes, counts = np.unique(y, return_counts=True)
-    mask = np.zeros(len(y), dtype=bool)
-    for c, k in zip(classes, holdout_sizes(counts, fraction)):
-        idx = np.flatnonzero(y == c)
-        mask[rng.permutation(idx)[:k]] = True
-    return mask
-
-
-def seeded_rng(data_seed: int, stream: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([data_seed, stream])))
-
-
 def make_recipe(
     *, ratio: float, protocol: str, val_fraction: float | None, data_seed: int, sigma: float
 ) -> dict[str, Any]:
@@ -148,11 +120,6 @@ def make_recipe(
     }
 
 
-def recipe_hash(recipe: dict[str, Any]) -> str:
-    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def colorize_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.ndarray]:
     """The split arrays ``{split}_x`` (uint8 N,3,28,28), ``{split}_y``, ``{split}_attr`` (int64) for a recipe.
 
@@ -160,69 +127,22 @@ def colorize_mnist(mnist: MnistArrays, recipe: dict[str, Any]) -> dict[str, np.n
     Deterministic: the same recipe gives byte-identical arrays.
     """
     seed, sigma = recipe["data_seed"], recipe["sigma"]
-    train_x, train_y = mnist.train_x, mnist.train_y
-    out: dict[str, np.ndarray] = {}
-    if recipe["protocol"] == "default":
-        held = stratified_holdout(train_y, recipe["val_fraction"], seeded_rng(seed, _STREAM_VAL_SPLIT))
-        val_y = train_y[held]
-        val_attr = bias_attributes(val_y, recipe["eval_aligned_ratio"])
-        out |= {"val_x": colorize(train_x[held], val_attr, seeded_rng(seed, _STREAM_VAL), sigma)}
-        out |= {"val_y": val_y, "val_attr": val_attr}
-        train_x, train_y = train_x[~held], train_y[~held]
-    train_attr = bias_attributes(train_y, recipe["train_aligned_ratio"])
-    out |= {"train_x": colorize(train_x, train_attr, seeded_rng(seed, _STREAM_TRAIN), sigma)}
-    out |= {"train_y": train_y, "train_attr": train_attr}
-    test_attr = bias_attributes(mnist.test_y, recipe["eval_aligned_ratio"])
-    out |= {"test_x": colorize(mnist.test_x, test_attr, seeded_rng(seed, _STREAM_TEST), sigma)}
-    out |= {"test_y": mnist.test_y, "test_attr": test_attr}
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+    def make(split: str, x: np.ndarray, y: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        attr = bias_attributes(y, recipe["train_aligned_ratio" if split == "train" else "eval_aligned_ratio"])
+        return colorize(x, attr, seeded_rng(seed, stream), sigma), attr
+
+    return derive_splits((mnist.train_x, mnist.train_y), (mnist.test_x, mnist.test_y), recipe, make)
 
 
-# ---------------------------------------------------------------------------------------------- the cache
 # ---------------------------------------------------------------------------------------------- options
-def _number(name: str, value: Any, what: str) -> float:
-    if isinstance(value, str):  # YAML reads "1e-3" as a string
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} {value!r} is not a number; {what}")
-    return float(value)
-
-
 def _check_options(
     ratio: Any, protocol: Any, val_fraction: Any, data_seed: Any, sigma: Any
 ) -> tuple[float, str, float, int, float]:
-    ratio_what = "the fraction of bias-conflicting training examples, e.g. 0.01"
-    r = _number("ratio", ratio, ratio_what)
-    if not 0.0 < r < 1.0:
-        raise ConfigError(f"ratio {ratio} is outside (0, 1); {ratio_what}")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"unknown Colored MNIST protocol {protocol!r}; expected one of: {', '.join(PROTOCOLS)} "
-            "(default: select on a validation split held out from MNIST-train; "
-            "paper: select on test, as the papers do)"
-        )
-    vf_what = "the fraction of MNIST-train held out (stratified by digit) for validation, e.g. 0.1"
-    vf = _number("val_fraction", val_fraction, vf_what)
-    if not 0.0 < vf < 1.0:
-        raise ConfigError(f"val_fraction {val_fraction} is outside (0, 1); {vf_what}")
-    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
-        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer (it seeds the colours)")
-    sigma_what = "the standard deviation of the per-image colour noise, 0.005 in LfF"
-    s = _number("sigma", sigma, sigma_what)
-    if not 0.0 <= s <= 1.0:
-        raise ConfigError(f"sigma {sigma} is outside [0, 1]; {sigma_what}")
-    return r, str(protocol), vf, int(data_seed), s
-
-
-def check_holdout_sizes(y: np.ndarray, val_fraction: float) -> None:
-    counts = np.bincount(y, minlength=N_CLASSES)
-    k = holdout_sizes(counts, val_fraction)
-    if (k < 1).any() or (counts - k < 1).any():
-        raise ConfigError(
-            f"val_fraction {val_fraction} leaves a digit class without validation or training images; "
-            "choose a value such as 0.1"
-        )
+    r = check_number("ratio", ratio, "the fraction of bias-conflicting training examples, e.g. 0.01")
+    p, vf, seed = check_protocol_options("Colored MNIST", "MNIST", protocol, val_fraction, data_seed)
+    s = check_number("sigma", sigma, "the standard deviation of the per-image colour noise, 0.005 in LfF", bounds="[]")
+    return r, p, vf, seed, s
 
 
 # ---------------------------------------------------------------------------------------------- the builder
@@ -255,37 +175,18 @@ def build_colored_mnist(
         data_seed=data_seed,
         sigma=sigma,
     )
-    recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    key = recipe_hash(recipe)
-    path = Path(cache_dir) / NAME / f"{key}.npz"
 
-    def build() -> dict[str, np.ndarray]:
-        mnist = load_mnist(data_root, download=download)
-        if protocol == "default":
-            check_holdout_sizes(mnist.train_y, val_fraction)
-        return colorize_mnist(mnist, recipe)
-
-    arrays = cached_arrays(path, recipe_json, split_names(protocol), "Colored MNIST", lambda chw: chw[0] == 3, build)
-    splits = {s: _group_dataset(arrays, s) for s in split_names(protocol)}
-    return protocol_bundle(
+    return derived_bundle(
         NAME,
         "Colored MNIST",
-        splits,
-        protocol,
-        {**recipe, "recipe_sha256": key},
-        "mlp",
-        "the coloured MNIST test split, which is also the reported split (as in LfF, DeNetDM and REST)",
-    )
-
-
-def _group_dataset(arrays: dict[str, np.ndarray], split: str) -> GroupDataset:
-    return GroupDataset(
-        x=torch.from_numpy(arrays[f"{split}_x"]),
-        y=torch.from_numpy(arrays[f"{split}_y"]),
-        attr=torch.from_numpy(arrays[f"{split}_attr"]),
+        recipe,
+        cache_dir,
+        load=lambda: load_mnist(data_root, download=download),
+        derive=lambda mnist: colorize_mnist(mnist, recipe),
+        image_shape_ok=lambda chw: chw[0] == 3,
         n_classes=N_CLASSES,
-        n_attrs=N_CLASSES,
-        transform=ToFloat(255.0),
-        name=NAME,
-        split=split,
+        transforms=(ToFloat(255.0), ToFloat(255.0)),
+        default_model="mlp",
+        test_described="the coloured MNIST test split, which is also the reported split (as in LfF, DeNetDM and REST)",
+        kind="digit class",
     )

@@ -17,21 +17,16 @@ procedural substitute, which is then recorded in the recipe and in every report'
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import numbers
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from debiaslab.data.array_cache import load_array_cache, protocol_bundle, save_array_cache, split_names
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.cifar10 import Cifar10Arrays, batch_hashes, load_cifar10, locate_cifar10
-from debiaslab.data.colored_mnist import bias_attributes, holdout_sizes, recipe_hash, stratified_holdout
-from debiaslab.data.core import DatasetBundle, GroupDataset
+from debiaslab.data.colored_mnist import bias_attributes
+from debiaslab.data.core import DatasetBundle
 from debiaslab.data.corruptions import (
     CORRUPTIONS,
     FROST_FILES,
@@ -39,27 +34,23 @@ from debiaslab.data.corruptions import (
     load_frost_textures,
     synthetic_frost_textures,
 )
+from debiaslab.data.derived import check_number, check_protocol_options, derive_splits, derived_bundle, seeded_rng
 from debiaslab.data.files import check_bool, check_choice, file_sha256, resolve_user_path
 from debiaslab.data.images import NORMALIZATIONS, to_model_input
 from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
-from debiaslab.errors import ConfigError, DataError
+from debiaslab.errors import DataError
 
 log = logging.getLogger(__name__)
 
 NAME = "corrupted_cifar10"
 FORMAT_VERSION = 1
-PROTOCOLS: tuple[str, ...] = ("default", "paper")
 FROST_MODES: tuple[str, ...] = ("images", "synthetic")
 FROST_FOLDERS: tuple[str, ...] = ("frost", "frost_images")
 SEVERITY = 5
 N_CLASSES = 10
 EVAL_ALIGNED_RATIO = 0.1
-_STREAM_VAL_SPLIT, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST, _STREAM_FROST = 0, 1, 2, 3, 4
+_STREAM_FROST = 4  # after the streams of the splits (debiaslab.data.derived.STREAMS)
 _CHUNK = 2048  # images corrupted per vectorised step
-
-
-def _rng(*keys: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(keys))))
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -70,7 +61,7 @@ def corrupt_split(
     out = np.empty_like(images)
     for k, name in enumerate(CORRUPTIONS):
         idx = np.flatnonzero(attr == k)
-        rng = _rng(seed, stream, k)
+        rng = seeded_rng(seed, stream, k)
         for start in range(0, len(idx), _CHUNK):
             part = idx[start : start + _CHUNK]
             out[part] = functions[name](images[part], rng)
@@ -83,46 +74,16 @@ def corrupt_cifar10(
     """``{split}_x`` (uint8 N,3,32,32), ``{split}_y``, ``{split}_attr`` for a recipe (val only by default)."""
     seed = recipe["data_seed"]
     functions = corruption_functions(frost_textures)
-    train_x, train_y = cifar.train_x, cifar.train_y
-    out: dict[str, np.ndarray] = {}
-    if recipe["protocol"] == "default":
-        held = stratified_holdout(train_y, recipe["val_fraction"], _rng(seed, _STREAM_VAL_SPLIT))
-        val_y = train_y[held]
-        val_attr = bias_attributes(val_y, recipe["eval_aligned_ratio"])
-        log.info("corrupting %d CIFAR-10 validation images", len(val_y))
-        out |= {"val_x": corrupt_split(train_x[held], val_attr, functions, seed, _STREAM_VAL)}
-        out |= {"val_y": val_y, "val_attr": val_attr}
-        train_x, train_y = train_x[~held], train_y[~held]
-    train_attr = bias_attributes(train_y, recipe["train_aligned_ratio"])
-    log.info("corrupting %d CIFAR-10 training images", len(train_y))
-    out |= {"train_x": corrupt_split(train_x, train_attr, functions, seed, _STREAM_TRAIN)}
-    out |= {"train_y": train_y, "train_attr": train_attr}
-    test_attr = bias_attributes(cifar.test_y, recipe["eval_aligned_ratio"])
-    log.info("corrupting %d CIFAR-10 test images", len(cifar.test_y))
-    out |= {"test_x": corrupt_split(cifar.test_x, test_attr, functions, seed, _STREAM_TEST)}
-    out |= {"test_y": cifar.test_y, "test_attr": test_attr}
-    return out
+
+    def make(split: str, x: np.ndarray, y: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        attr = bias_attributes(y, recipe["train_aligned_ratio" if split == "train" else "eval_aligned_ratio"])
+        log.info("corrupting %d CIFAR-10 %s images", len(y), split)
+        return corrupt_split(x, attr, functions, seed, stream), attr
+
+    return derive_splits((cifar.train_x, cifar.train_y), (cifar.test_x, cifar.test_y), recipe, make)
 
 
-# ---------------------------------------------------------------------------------------------- cache
 # ---------------------------------------------------------------------------------------------- options
-def _check(ratio: Any, protocol: Any, val_fraction: Any, data_seed: Any) -> tuple[float, str, float, int]:
-    def number(name: str, value: Any) -> float:
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
-            raise ConfigError(f"{name} {value!r} is not a number in (0, 1)")
-        return float(value)
-
-    r = number("ratio", ratio)
-    p = check_choice(protocol, "protocol", PROTOCOLS)
-    vf = number("val_fraction", val_fraction)
-    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
-        raise ConfigError(f"data_seed {data_seed!r} is not a non-negative integer")
-    return r, p, vf, int(data_seed)
-
-
 def _frost_folder(data_root: Path, frost_dir: str | None) -> Path:
     if frost_dir is not None:
         return resolve_user_path(frost_dir, data_root, "frost_dir")
@@ -159,7 +120,10 @@ def build_corrupted_cifar10(
     out before corrupting) or paper (select on test); ``frost`` images (texture files required) or synthetic
     (a documented substitute); ``augment`` random crops and flips in training (as LfF).
     """
-    ratio, protocol, val_fraction, data_seed = _check(ratio, protocol, val_fraction, data_seed)
+    ratio = check_number("ratio", ratio, "the fraction of bias-conflicting training examples, e.g. 0.01")
+    protocol, val_fraction, data_seed = check_protocol_options(
+        "Corrupted CIFAR-10", "CIFAR-10", protocol, val_fraction, data_seed
+    )
     frost = check_choice(frost, "frost", FROST_MODES)
     augment = check_bool(augment, "augment")
     normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
@@ -184,60 +148,36 @@ def build_corrupted_cifar10(
         "frost": frost_record,
         "cifar10_sha256": batch_hashes(folder),
     }
-    recipe_json = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
-    key = recipe_hash(recipe)
-    path = Path(cache_dir) / NAME / f"{key}.npz"
-    arrays = (
-        load_array_cache(path, recipe_json, split_names(protocol), "Corrupted CIFAR-10", lambda chw: chw == (3, 32, 32))
-        if path.exists()
-        else None
-    )
-    if arrays is None:
-        cifar = load_cifar10(folder)
-        if protocol == "default":
-            counts = np.bincount(cifar.train_y, minlength=N_CLASSES)
-            k = holdout_sizes(counts, val_fraction)
-            if (k < 1).any() or (counts - k < 1).any():
-                raise ConfigError(f"val_fraction {val_fraction} leaves a class without validation or training images")
+
+    def derive(cifar: Cifar10Arrays) -> dict[str, np.ndarray]:
         textures = (
             load_frost_textures(frost_folder)
             if frost_folder is not None
-            else synthetic_frost_textures(_rng(data_seed, _STREAM_FROST))
+            else synthetic_frost_textures(seeded_rng(data_seed, _STREAM_FROST))
         )
-        arrays = corrupt_cifar10(cifar, recipe, textures)
-        save_array_cache(path, arrays, recipe_json, "Corrupted CIFAR-10")
-    else:
-        log.debug("loaded Corrupted CIFAR-10 from cache %s", path)
+        return corrupt_cifar10(cifar, recipe, textures)
 
     tail = to_model_input(normalize)
     eval_tf = Compose(tail)
     train_tf = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), *tail]) if augment else eval_tf
-    splits = {
-        s: GroupDataset(
-            x=torch.from_numpy(arrays[f"{s}_x"]),
-            y=torch.from_numpy(arrays[f"{s}_y"]),
-            attr=torch.from_numpy(arrays[f"{s}_attr"]),
-            n_classes=N_CLASSES,
-            n_attrs=N_CLASSES,
-            transform=train_tf if s == "train" else eval_tf,
-            name=NAME,
-            split=s,
-        )
-        for s in split_names(protocol)
-    }
     notes = []
     if frost == "synthetic":
         notes.append(
             "Corrupted CIFAR-10 frost='synthetic': the Frost corruption uses procedural textures instead of the "
             "CIFAR-10-C frost photos, so this is not the published dataset; numbers are not comparable."
         )
-    return protocol_bundle(
+    return derived_bundle(
         NAME,
         "Corrupted CIFAR-10",
-        splits,
-        protocol,
-        {**recipe, "recipe_sha256": key, "augment": augment, "normalize": normalize},
-        "resnet20",
-        "the corrupted test split, which is also the reported split (as in LfF, DFA and DeNetDM)",
-        notes,
+        recipe,
+        cache_dir,
+        load=lambda: load_cifar10(folder),
+        derive=derive,
+        image_shape_ok=lambda chw: chw == (3, 32, 32),
+        n_classes=N_CLASSES,
+        transforms=(train_tf, eval_tf),
+        default_model="resnet20",
+        test_described="the corrupted test split, which is also the reported split (as in LfF, DFA and DeNetDM)",
+        extra_recipe={"augment": augment, "normalize": normalize},
+        notes=notes,
     )

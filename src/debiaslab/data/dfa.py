@@ -24,21 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from debiaslab.data.catalog import register_dataset
-from debiaslab.data.core import DatasetBundle, GroupDataset
-from debiaslab.data.files import check_bool, check_choice, find_dataset_dir, warn_empty_groups
-from debiaslab.data.images import (
-    DEFAULT_WORKERS,
-    NORMALIZATIONS,
-    DecodeSpec,
-    ImageFiles,
-    as_size,
-    check_workers,
-    image_split,
-    list_images,
-    to_model_input,
-    want_preload,
-)
-from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+from debiaslab.data.core import DatasetBundle
+from debiaslab.data.files import SPLIT_NAMES, check_bool, find_dataset_dir
+from debiaslab.data.image_table import ImageLoading, ImageRows, image_bundle, image_loading
+from debiaslab.data.images import DEFAULT_WORKERS, DecodeSpec, as_size, list_images
+from debiaslab.data.transforms import RandomCrop
 from debiaslab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -121,15 +111,11 @@ def build_dfa(
     name: str,
     folder_name: str,
     data_root: Path,
+    loading: ImageLoading,
     *,
     root: str | None,
     ratio: float | str,
     n_classes: int,
-    spec: DecodeSpec,
-    train_tf: Compose,
-    eval_tf: Compose,
-    workers: int,
-    preload: bool | str,
     valid_at_top: bool,
     default_model: str,
     test_conflicting_only: bool = False,
@@ -147,44 +133,23 @@ def build_dfa(
         paths, y, b = listed["test"]
         keep = np.flatnonzero(y != b)
         listed["test"] = ([paths[i] for i in keep], y[keep], b[keep])
-    splits: dict[str, GroupDataset] = {}
-    for split, (paths, y, b) in listed.items():
-        files = ImageFiles(paths, spec, workers=workers)
-        ds = image_split(
-            files,
-            y,
-            b,
-            n_classes=n_classes,
-            n_attrs=n_classes,
-            transform=train_tf if split == "train" else eval_tf,
-            name=name,
-            split=split,
-            preload=want_preload(files, preload),
-        )
-        warn_empty_groups(ds, pct_dir if split == "train" else base)
-        splits[split] = ds
-    return DatasetBundle(
-        name=name,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        recipe={
-            "dataset": name,
-            "root": str(base),
-            "ratio": next((r for r, n in PCT_FOLDERS.items() if n == pct_dir.name), str(ratio)),
-            "folder": pct_dir.name,
-            "test_conflicting_only": test_conflicting_only,
-            **(recipe or {}),
-        },
-        default_model=default_model,
+    parts = [listed[s] for s in SPLIT_NAMES]
+    rows = ImageRows(
+        paths=[p for paths, _, _ in parts for p in paths],
+        y=np.concatenate([y for _, y, _ in parts]),
+        attr=np.concatenate([b for _, _, b in parts]),
+        split=np.concatenate([np.full(len(y), sid) for sid, (_, y, _) in enumerate(parts)]),
+        source=base,
     )
-
-
-def _common(normalize: str, workers: int, augment: bool) -> tuple[str, int, bool]:
-    return (
-        check_choice(normalize, "normalize", tuple(NORMALIZATIONS)),
-        check_workers(workers),
-        check_bool(augment, "augment"),
+    recipe = {
+        "root": str(base),
+        "ratio": next((r for r, n in PCT_FOLDERS.items() if n == pct_dir.name), str(ratio)),
+        "folder": pct_dir.name,
+        "test_conflicting_only": test_conflicting_only,
+        **(recipe or {}),
+    }
+    return image_bundle(
+        name, rows, loading, n_classes=n_classes, n_attrs=n_classes, recipe=recipe, default_model=default_model
     )
 
 
@@ -200,12 +165,10 @@ def build_dfa_cmnist(
     preload: bool | str = "auto",
 ) -> DatasetBundle:
     """Colored MNIST as released by DFA (<root>/cmnist/{pct}/...): digit = class, colour = bias."""
-    normalize, workers, _ = _common(normalize, workers, False)
-    tf = Compose(to_model_input(normalize))
+    loading = image_loading(DecodeSpec(), normalize, workers, preload)
     return build_dfa(
-        "dfa_cmnist", "cmnist", data_root, root=root, ratio=ratio, n_classes=10, spec=DecodeSpec(),
-        train_tf=tf, eval_tf=tf, workers=workers, preload=preload, valid_at_top=False, default_model="mlp",
-        recipe={"normalize": normalize},
+        "dfa_cmnist", "cmnist", data_root, loading, root=root, ratio=ratio, n_classes=10, valid_at_top=False,
+        default_model="mlp",
     )  # fmt: skip
 
 
@@ -225,14 +188,11 @@ def build_dfa_cifar10c(
 
     ``augment``: random 32 x 32 crops of the 4-pixel padded image and horizontal flips (the DFA/LfF recipe).
     """
-    normalize, workers, augment = _common(normalize, workers, augment)
-    tail = to_model_input(normalize)
-    eval_tf = Compose(tail)
-    train_tf = Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), *tail]) if augment else eval_tf
+    crops = [RandomCrop(32, padding=4)] if check_bool(augment, "augment") else None
+    loading = image_loading(DecodeSpec(), normalize, workers, preload, augment_ops=crops)
     return build_dfa(
-        "dfa_cifar10c", "cifar10c", data_root, root=root, ratio=ratio, n_classes=10, spec=DecodeSpec(),
-        train_tf=train_tf, eval_tf=eval_tf, workers=workers, preload=preload, valid_at_top=False,
-        default_model="resnet18", recipe={"normalize": normalize, "augment": augment},
+        "dfa_cifar10c", "cifar10c", data_root, loading, root=root, ratio=ratio, n_classes=10, valid_at_top=False,
+        default_model="resnet18",
     )  # fmt: skip
 
 
@@ -255,20 +215,17 @@ def build_bffhq(
     Images are resized to ``image_size`` (224, as DFA); ``augment``: random crops of the 4-pixel padded image
     and flips (DFA's recipe, which also normalises with the CIFAR-10 statistics: ``normalize``).
     """
-    normalize, workers, augment = _common(normalize, workers, augment)
     test_conflicting_only = check_bool(test_conflicting_only, "test_conflicting_only")
     size = as_size(image_size, "image_size")
-    tail = to_model_input(normalize)
-    eval_tf = Compose(tail)
-    train_tf = eval_tf
-    if augment:
+    crops = None
+    if check_bool(augment, "augment"):
         if size is None:
             raise ConfigError("augment=true needs an image_size (the crop size)")
-        train_tf = Compose([RandomCrop(size, padding=4), RandomHorizontalFlip(), *tail])
+        crops = [RandomCrop(size, padding=4)]
+    loading = image_loading(DecodeSpec(size=size), normalize, workers, preload, augment_ops=crops)
     return build_dfa(
-        "bffhq", "bffhq", data_root, root=root, ratio=ratio, n_classes=2, spec=DecodeSpec(size=size),
-        train_tf=train_tf, eval_tf=eval_tf, workers=workers, preload=preload, valid_at_top=True,
+        "bffhq", "bffhq", data_root, loading, root=root, ratio=ratio, n_classes=2, valid_at_top=True,
         default_model="resnet18", test_conflicting_only=test_conflicting_only,
-        recipe={"normalize": normalize, "augment": augment, "image_size": list(size) if size else None,
-                "class_names": ["young", "old"], "attr_names": ["female", "male"]},
+        recipe={"image_size": list(size) if size else None, "class_names": ["young", "old"],
+                "attr_names": ["female", "male"]},
     )  # fmt: skip

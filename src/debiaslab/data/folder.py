@@ -11,38 +11,15 @@ asking for another one is an error that lists those that can.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-import numpy as np
 
 from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
-from debiaslab.data.files import (
-    check_bool,
-    check_choice,
-    check_files_exist,
-    check_split_nonempty,
-    file_sha256,
-    parse_split_column,
-    read_csv_columns,
-    resolve_user_path,
-)
-from debiaslab.data.images import (
-    DEFAULT_WORKERS,
-    MODES,
-    NORMALIZATIONS,
-    DecodeSpec,
-    as_size,
-    check_workers,
-    table_splits,
-    to_model_input,
-)
-from debiaslab.data.labels import check_count, check_names, label_ids, split_ids
-from debiaslab.data.transforms import Compose, RandomCrop, RandomHorizontalFlip
+from debiaslab.data.files import file_sha256, parse_split_column, read_csv_columns, resolve_user_path
+from debiaslab.data.image_table import user_image_bundle, user_image_loading
+from debiaslab.data.images import DEFAULT_WORKERS
+from debiaslab.data.labels import Aligned, check_count, check_names, label_ids, user_labels
 from debiaslab.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 NAME = "folder"
 REQUIRED: tuple[str, ...] = ("path", "label")
@@ -58,6 +35,7 @@ def build_folder(
     n_classes: int | None = None,
     n_attrs: int | None = None,
     class_names: list[str] | None = None,
+    aligned: Aligned = "auto",
     image_size: int | None = None,
     mode: str = "RGB",
     normalize: str = "none",
@@ -73,7 +51,8 @@ def build_folder(
 
     ``csv`` is required (absolute, or relative to the data root, else to the working directory).
     ``n_classes`` / ``n_attrs`` declare the ids (default: largest id + 1); ``class_names`` lets labels be
-    names. ``image_size`` resizes every image (default: all images must share one size). ``augment`` adds
+    names. ``aligned`` pairs each class with its bias-aligned attribute (see :mod:`debiaslab.data.labels`).
+    ``image_size`` resizes every image (default: all images must share one size). ``augment`` adds
     padded random crops and flips to training. ``preload`` decodes everything into memory (auto: when it
     takes at most 1 GiB).
     """
@@ -84,12 +63,10 @@ def build_folder(
     n_classes = check_count(n_classes, "n_classes")
     n_attrs = check_count(n_attrs, "n_attrs")
     names = check_names(class_names, "class_names")
-    size = as_size(image_size, "image_size")
-    mode = check_choice(mode, "mode", tuple(MODES))
-    normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
-    augment = check_bool(augment, "augment")
-    verify = check_bool(verify, "verify")
-    workers = check_workers(workers)
+    loading = user_image_loading(
+        image_size=image_size, mode=mode, normalize=normalize, augment=augment, workers=workers, preload=preload,
+        verify=verify,
+    )  # fmt: skip
 
     table = resolve_user_path(csv, data_root, "csv")
     if table.is_dir():
@@ -100,73 +77,22 @@ def build_folder(
     def where(i: int) -> str:
         return f"{table} line {lines[i]}"
 
-    y, k = label_ids(rows["label"], where, "label", declared=n_classes, names=names)
-    attr: np.ndarray | None = None
-    n_a = 1
+    y = label_ids(rows["label"], where, "label", declared=n_classes, names=names)
+    attr = None
     if rows.has("attribute"):
-        attr, n_a = label_ids(rows["attribute"], where, "attribute", declared=n_attrs, names=None, unknown_ok=True)
+        attr = label_ids(rows["attribute"], where, "attribute", declared=n_attrs, names=None, unknown_ok=True)
     elif n_attrs is not None:
         raise ConfigError(f"n_attrs={n_attrs} but {table} has no 'attribute' column")
     given = parse_split_column(rows["split"], lines, table, "split") if rows.has("split") else None
-    split, how = split_ids(
-        given, y, attr, n_a, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
-    )
-    check_split_nonempty(split, table if given is not None else f"{table} ({how})", NAME)
-    paths = [table.parent / p for p in rows["path"]]
-    check_files_exist(paths, lines, table)
-
-    channels = MODES[mode]
-    tail = to_model_input(normalize, channels)
-    eval_tf = Compose(tail)
-    if augment:
-        if size is None:
-            raise ConfigError("augment=true needs image_size (the crop size)")
-        train_tf = Compose([RandomCrop(size, padding=max(1, size[0] // 8)), RandomHorizontalFlip(), *tail])
-    else:
-        train_tf = eval_tf
-    splits = table_splits(
-        name=NAME,
-        paths=paths,
-        y=y,
-        attr=attr,
-        split=split,
-        lines=lines,
-        table=table,
-        n_classes=k,
-        n_attrs=n_a,
-        spec=DecodeSpec(size=size, mode=mode),
-        workers=workers,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        preload=preload,
-        verify=verify,
-    )
+    labels = user_labels(
+        NAME, table, y, attr, given, aligned=aligned, class_names=names, val_fraction=val_fraction,
+        test_fraction=test_fraction, split_seed=split_seed,
+    )  # fmt: skip
     recipe = {
-        "dataset": NAME,
         "csv": str(table),
         "csv_sha256": file_sha256(table),
-        "n_classes": k,
-        "n_attrs": n_a,
         "has_attribute_column": attr is not None,
-        "split": how,
-        "image_size": list(size) if size else None,
-        "mode": mode,
-        "normalize": normalize,
-        "augment": augment,
         "class_names": names,
     }
-    notes = []
-    if attr is None:
-        notes.append(
-            f"{table} has no attribute column: group metrics are undefined and only methods that need no "
-            "attribute labels can run"
-        )
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        recipe=recipe,
-        default_model="resnet18",
-        notes=notes,
-    )
+    paths = [table.parent / p for p in rows["path"]]
+    return user_image_bundle(NAME, paths, labels, loading, table, lines, recipe)

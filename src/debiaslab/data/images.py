@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from debiaslab.data.core import BatchTransform, GroupDataset
-from debiaslab.data.files import SPLIT_NAMES, warn_empty_groups
+from debiaslab.data.core import BatchTransform
 from debiaslab.data.transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize, ToFloat
 from debiaslab.errors import ConfigError, DataError
 
@@ -246,7 +245,7 @@ def list_images(folder: Path, depth: int | tuple[int, ...]) -> list[Path]:
     return sorted(found)
 
 
-# ---------------------------------------------------------------------------------------------- splits
+# ---------------------------------------------------------------------------------------------- model input
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
@@ -264,91 +263,3 @@ def to_model_input(normalize: str, channels: int = 3) -> list[BatchTransform]:
     if channels != len(stats[0]):
         raise ConfigError(f"normalize={normalize!r} is for 3-channel images; these have {channels}; use none")
     return [ToFloat(255.0), Normalize(*stats)]
-
-
-def image_split(
-    files: ImageFiles,
-    y: np.ndarray,
-    attr: np.ndarray | None,
-    *,
-    n_classes: int,
-    n_attrs: int,
-    transform: BatchTransform,
-    name: str,
-    split: str,
-    preload: bool,
-    aligned_groups: Iterable[int] | None = None,
-) -> GroupDataset:
-    """A split served lazily by ``files`` (or from memory when ``preload``)."""
-    what = f"{name}/{split} images"
-    x = files.load_all(what) if preload and len(files) else None
-    return GroupDataset(
-        y=torch.as_tensor(y, dtype=torch.long),
-        attr=None if attr is None else torch.as_tensor(attr, dtype=torch.long),
-        n_classes=n_classes,
-        n_attrs=n_attrs,
-        x=x,
-        loader=None if x is not None else files,
-        transform=transform,
-        aligned_groups=aligned_groups,
-        name=name,
-        split=split,
-    )
-
-
-class TableOrigin:
-    """``origin(i)`` for files listed in a table: ``'<table> line <n>'``."""
-
-    def __init__(self, table: Path | str, lines: Sequence[int]) -> None:
-        self.table, self.lines = str(table), np.asarray(lines, dtype=np.int64)
-
-    def __call__(self, i: int) -> str:
-        return f"{self.table} line {int(self.lines[i])}"
-
-
-def table_splits(
-    *,
-    name: str,
-    paths: Sequence[Path],
-    y: np.ndarray,
-    attr: np.ndarray | None,
-    split: np.ndarray,
-    lines: Sequence[int] | None,
-    table: Path | str,
-    n_classes: int,
-    n_attrs: int,
-    spec: DecodeSpec,
-    workers: int,
-    train_transform: BatchTransform,
-    eval_transform: BatchTransform,
-    preload: bool | str,
-    verify: bool = False,
-    aligned_groups: Iterable[int] | None = None,
-) -> dict[str, GroupDataset]:
-    """``train``/``val``/``test`` image splits from per-row paths, labels and split ids (0/1/2).
-
-    ``verify`` decodes every file once up front (a bad file fails now, not in the middle of training).
-    Groups that are empty in a split are logged (see :func:`~debiaslab.data.files.warn_empty_groups`).
-    """
-    out: dict[str, GroupDataset] = {}
-    for sid, split_name in enumerate(SPLIT_NAMES):
-        idx = np.flatnonzero(split == sid)
-        origin = TableOrigin(table, np.asarray(lines)[idx]) if lines is not None else None
-        files = ImageFiles([paths[i] for i in idx], spec, workers=workers, origin=origin)
-        if verify:
-            files.verify()
-        ds = image_split(
-            files,
-            y[idx],
-            None if attr is None else attr[idx],
-            n_classes=n_classes,
-            n_attrs=n_attrs,
-            transform=train_transform if split_name == "train" else eval_transform,
-            name=name,
-            split=split_name,
-            preload=want_preload(files, preload),
-            aligned_groups=aligned_groups,
-        )
-        warn_empty_groups(ds, table)
-        out[split_name] = ds
-    return out

@@ -6,12 +6,16 @@ value ``i`` came from (``labels.csv line 7``, ``data.npz y[6]``) so every error 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from debiaslab.data.files import check_fraction, check_seed, stratified_split
+from debiaslab.data.files import SPLIT_IDS, check_fraction, check_seed, stratified_split
 from debiaslab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 Where = Callable[[int], str]
 
@@ -70,9 +74,11 @@ def label_ids(
         except ValueError:
             hint = f"; expected one of {', '.join(names)} or an id" if names else "; expected an integer id"
             raise DataError(f"{where(i)}: {what} {text!r} is not valid{hint}") from None
-        if v < 0 or (k is not None and v >= k):
-            declared_txt = f"0..{k - 1}" if k is not None else "non-negative ids"
-            raise DataError(f"{where(i)}: {what} {v} is outside the declared {what}s {declared_txt}")
+        if v < 0:
+            unknown = " (or -1 for unknown)" if unknown_ok else "; only attributes may be -1 (unknown)"
+            raise DataError(f"{where(i)}: {what} {v} is negative; expected an id from 0{unknown}")
+        if k is not None and v >= k:
+            raise DataError(f"{where(i)}: {what} {v} is outside the declared {what}s 0..{k - 1}")
         out[i] = v
     if k is None:
         known = out[out >= 0]
@@ -101,3 +107,154 @@ def split_ids(
     seed = check_seed(split_seed, "split_seed")
     strata = y * (n_attrs + 1) + (attr + 1 if attr is not None else 0)
     return stratified_split(strata, vf, tf, seed), f"stratified val_fraction={vf} test_fraction={tf} seed={seed}"
+
+
+# ---------------------------------------------------------------------------------------------- the whole set
+#: What ``aligned`` may be: a word (``auto``, ``identity``, ``none``), one attribute id per class, or a mapping.
+Aligned = str | list[int] | dict[int | str, int]
+ALIGNED_WORDS = ("auto", "identity", "none")
+_ALIGNED_HINT = (
+    "expected auto, identity, none, a list of one attribute id per class (e.g. [1, 0]) or a mapping "
+    "{class: attribute} (e.g. {0: 1, 1: 0})"
+)
+
+
+def aligned_pairing(
+    aligned: object, n_classes: int, n_attrs: int, *, has_attr: bool, class_names: Sequence[str] | None = None
+) -> tuple[tuple[int, ...], str]:
+    """The bias-aligned groups (``class * n_attrs + attribute``) the ``aligned`` option declares, and the pairing
+    in words. ``auto`` pairs attribute id c with class id c when there are as many attribute values as classes
+    (``identity``), else declares no pairing (``none``: aligned / conflicting accuracy are not reported)."""
+    if not has_attr:
+        return (), "none (no attribute labels)"
+    word = aligned.strip().lower() if isinstance(aligned, str) else None
+    if word is not None and word not in ALIGNED_WORDS:
+        raise ConfigError(f"aligned {aligned!r}; {_ALIGNED_HINT}")
+    if word == "auto":
+        word = "identity" if n_attrs == n_classes else "none"
+    if word == "none":
+        return (), "none declared: aligned / conflicting accuracy are not reported (per-group and worst-group are)"
+    if word == "identity":
+        if n_attrs != n_classes:
+            raise ConfigError(
+                f"aligned=identity pairs attribute id c with class id c, but there are {n_classes} classes and "
+                f"{n_attrs} attribute values; give a mapping {{class: attribute}}"
+            )
+        pairs = {c: c for c in range(n_classes)}
+    elif isinstance(aligned, list | tuple):
+        if len(aligned) != n_classes:
+            raise ConfigError(f"aligned {list(aligned)!r}: {len(aligned)} entries; expected {n_classes}, one per class")
+        pairs = dict(enumerate(aligned))
+    elif isinstance(aligned, dict):
+        names = {str(n): i for i, n in enumerate(class_names or [])}
+        pairs = {}
+        for key, value in aligned.items():
+            c = names.get(str(key), _as_id(key))
+            if c is None or not 0 <= c < n_classes:
+                known = f" or one of {', '.join(names)}" if names else ""
+                raise ConfigError(f"aligned: class {key!r} is not a class id 0..{n_classes - 1}{known}")
+            pairs[c] = value
+    else:
+        raise ConfigError(f"aligned {aligned!r}; {_ALIGNED_HINT}")
+    for c, a in pairs.items():
+        if _as_id(a) is None or not 0 <= int(a) < n_attrs:
+            raise ConfigError(f"aligned: attribute {a!r} of class {c} is not an attribute id 0..{n_attrs - 1}")
+    shown = [f"{class_names[c] if class_names else c}->{a}" for c, a in sorted(pairs.items())]
+    words = ", ".join(shown[:10]) + (f", ... ({len(shown)} classes)" if len(shown) > 10 else "")
+    how = "attribute id == class id" if word == "identity" else "declared"
+    return tuple(c * n_attrs + int(a) for c, a in sorted(pairs.items())), f"{how} (class->attribute: {words})"
+
+
+def _as_id(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def warn_empty_classes(y: np.ndarray, n_classes: int, source: object, names: Sequence[str] | None = None) -> None:
+    """Log the class ids no example has: the model still gets one output per id (a stray large label makes
+    every id below it a class)."""
+    counts = np.bincount(y, minlength=n_classes)
+    empty = np.flatnonzero(counts == 0)
+    if not empty.size:
+        return
+    listed = ", ".join(str(names[c]) if names else str(int(c)) for c in empty[:10])
+    more = f" and {empty.size - 10} more" if empty.size > 10 else ""
+    top = int(y.max()) if y.size else 0
+    log.warning(
+        "%s: class id(s) %s%s have no examples, yet the model gets %d outputs (ids 0..%d; the largest label, %d, "
+        "has %d example(s)); check for a stray label, or declare n_classes / class_names",
+        source,
+        listed,
+        more,
+        n_classes,
+        n_classes - 1,
+        top,
+        int(counts[top]) if y.size else 0,
+    )
+
+
+@dataclass
+class UserLabels:
+    """The checked labels of a user's dataset: class ids (``n_classes``), attribute ids (None: no attribute
+    column; ``n_attrs``), split ids 0/1/2 (``how`` they were made) and the aligned groups (``pairing`` in words)."""
+
+    y: np.ndarray
+    n_classes: int
+    attr: np.ndarray | None
+    n_attrs: int
+    split: np.ndarray
+    how: str
+    aligned_groups: tuple[int, ...]
+    pairing: str
+    notes: list[str] = field(default_factory=list)
+
+    def recipe(self) -> dict[str, object]:
+        return {"n_classes": self.n_classes, "n_attrs": self.n_attrs, "split": self.how, "aligned": self.pairing}
+
+
+def user_labels(
+    dataset: str,
+    source: object,
+    y: tuple[np.ndarray, int],
+    attr: tuple[np.ndarray, int] | None,
+    given_split: np.ndarray | None,
+    *,
+    aligned: object,
+    class_names: Sequence[str] | None = None,
+    val_fraction: object,
+    test_fraction: object,
+    split_seed: object,
+) -> UserLabels:
+    """Split ids (the given ones, else a seeded stratified split), a warning for class ids without examples, the
+    aligned pairing (logged: which one is used), and the note that group metrics are undefined without attributes.
+    ``y`` and ``attr`` are ``(ids, count)`` from :func:`label_ids`."""
+    ids, k = y
+    attr_ids, n_a = attr if attr is not None else (None, 1)
+    split, how = split_ids(
+        given_split, ids, attr_ids, n_a, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
+    )
+    for name, sid in SPLIT_IDS.items():
+        if not (split == sid).any():
+            raise DataError(
+                f"{dataset}: {source} has no {name} examples (split {how}); every split needs examples: add some, "
+                "or change val_fraction / test_fraction"
+            )
+    warn_empty_classes(ids, k, source, class_names)
+    groups, pairing = aligned_pairing(aligned, k, n_a, has_attr=attr_ids is not None, class_names=class_names)
+    notes = []
+    if attr_ids is None:
+        notes.append(
+            f"{source} has no attribute labels (no attribute column, attr array or attributes CSV): group "
+            "metrics are undefined and only methods that need no attribute labels can run"
+        )
+    elif isinstance(aligned, str) and aligned.strip().lower() == "auto" and groups:
+        notes.append(
+            f"{dataset}: aligned / conflicting accuracy take attribute id c as the aligned attribute of class c "
+            "(the default); if your attribute ids mean something else, declare --data-opt "
+            "aligned={class: attribute, ...} or aligned=none"
+        )
+    return UserLabels(ids, k, attr_ids, n_a, split, how, groups, pairing, notes)

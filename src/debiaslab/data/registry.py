@@ -14,6 +14,7 @@ from debiaslab.data.catalog import DATASETS, DatasetSpec, register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.errors import ConfigError
 from debiaslab.utils.paths import resolve_cache_dir, resolve_data_root
+from debiaslab.utils.registry import did_you_mean
 from debiaslab.utils.typed import convert_arguments
 
 __all__ = ["DATASETS", "DatasetSpec", "build_dataset", "check_options", "list_datasets", "register_dataset"]
@@ -42,14 +43,20 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(
             f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"expected some of: {', '.join(accepted) or '(none)'}"
+            f"expected some of: {', '.join(accepted) or '(none)'}.{did_you_mean(unknown[0], accepted)}"
         )
     return convert_arguments(spec.builder, options, f"dataset {name!r}: option")
 
 
+def dataset_name(name: str) -> str:
+    """The registered spelling of a dataset name (``Colored_MNIST`` -> ``colored_mnist``)."""
+    _import_builtin_datasets()
+    return DATASETS.canonical(name)
+
+
 def list_datasets() -> list[DatasetSpec]:
     _import_builtin_datasets()
-    return [DATASETS.get(n) for n in DATASETS.names()]
+    return DATASETS.values()
 
 
 def _import_builtin_datasets() -> None:

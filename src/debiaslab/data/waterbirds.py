@@ -21,24 +21,15 @@ from debiaslab.data.catalog import register_dataset
 from debiaslab.data.core import DatasetBundle
 from debiaslab.data.files import (
     check_bool,
-    check_choice,
-    check_files_exist,
     check_split_nonempty,
     file_sha256,
     find_dataset_dir,
     parse_int_column,
     read_csv_columns,
 )
-from debiaslab.data.images import (
-    DEFAULT_WORKERS,
-    NORMALIZATIONS,
-    DecodeSpec,
-    as_size,
-    check_workers,
-    table_splits,
-    to_model_input,
-)
-from debiaslab.data.transforms import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop
+from debiaslab.data.image_table import ImageRows, image_bundle, image_loading
+from debiaslab.data.images import DEFAULT_WORKERS, DecodeSpec, as_size
+from debiaslab.data.transforms import CenterCrop, RandomResizedCrop
 from debiaslab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -78,10 +69,10 @@ def build_waterbirds(
     if crop[0] > load[0] or crop[1] > load[1]:
         raise ConfigError(f"image_size {image_size} is larger than resize {resize}; the crop must fit")
     augment = check_bool(augment, "augment")
-    verify = check_bool(verify, "verify")
-    normalize = check_choice(normalize, "normalize", tuple(NORMALIZATIONS))
-    workers = check_workers(workers)
-
+    crops = [RandomResizedCrop(crop, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3))] if augment else None
+    loading = image_loading(
+        DecodeSpec(size=load), normalize, workers, preload, verify, eval_ops=[CenterCrop(crop)], augment_ops=crops
+    )
     folder = find_dataset_dir(data_root, root, FOLDERS, METADATA, NAME)
     table = folder / METADATA
     meta = read_csv_columns(table, ["img_filename", "y", "place", "split"])
@@ -90,49 +81,13 @@ def build_waterbirds(
     split = parse_int_column(meta["split"], meta.lines, table, "split", allowed=(0, 1, 2), what=" (0/1/2)")
     check_split_nonempty(split, table, NAME)
     paths = [folder / name for name in meta["img_filename"]]
-    check_files_exist(paths, meta.lines, table)
-
-    tail = to_model_input(normalize)
-    eval_tf = Compose([CenterCrop(crop), *tail])
-    train_tf = (
-        Compose([RandomResizedCrop(crop, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3)), RandomHorizontalFlip(), *tail])
-        if augment
-        else eval_tf
-    )
-    splits = table_splits(
-        name=NAME,
-        paths=paths,
-        y=y,
-        attr=place,
-        split=split,
-        lines=meta.lines,
-        table=table,
-        n_classes=2,
-        n_attrs=2,
-        spec=DecodeSpec(size=load),
-        workers=workers,
-        train_transform=train_tf,
-        eval_transform=eval_tf,
-        preload=preload,
-        verify=verify,
-    )
     recipe = {
-        "dataset": NAME,
         "root": str(folder),
         "metadata_sha256": file_sha256(table),
         "image_size": list(crop),
         "resize": list(load),
-        "augment": augment,
-        "normalize": normalize,
         "class_names": list(CLASS_NAMES),
         "attr_names": list(ATTR_NAMES),
     }
-    log.debug("waterbirds from %s: group counts %s", folder, splits["train"].group_counts.tolist())
-    return DatasetBundle(
-        name=NAME,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        recipe=recipe,
-        default_model=DEFAULT_MODEL,
-    )
+    rows = ImageRows(paths, y, place, split, table, meta.lines)
+    return image_bundle(NAME, rows, loading, n_classes=2, n_attrs=2, recipe=recipe, default_model=DEFAULT_MODEL)

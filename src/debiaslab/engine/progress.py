@@ -53,18 +53,10 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.advance(self._tasks[stage])
 
-    def epoch_done(
-        self,
-        stage: str,
-        epoch: int,
-        epochs: int,
-        record: dict[str, Any],
-        rule: Any,
-        score: float | None = None,
-        best: tuple[float | None, int] | None = None,
-    ) -> None:
-        """Show the finished epoch: in the bar's description, or as a log line when there is no bar."""
-        line = epoch_line(stage, epoch, epochs, record, rule, score, best)
+    def epoch_done(self, stage: str, epoch: int, epochs: int, record: dict[str, Any], *scores: Any) -> None:
+        """Show the finished epoch (``scores``: the rule, its score, the best so far, as :func:`epoch_line` takes
+        them): in the bar's description, or as a log line when there is no bar."""
+        line = epoch_line(stage, epoch, epochs, record, *scores)
         if self._progress is not None:
             self._progress.update(self._tasks[stage], description=_short(stage, epoch, epochs, record))
             log.debug(line)

@@ -52,6 +52,22 @@ def metric_key(record: dict[str, Any], name: str) -> str:
     return f"{record.get('stage', 'train')}/{name}"
 
 
+def final_metrics(final: dict[str, Any]) -> dict[str, float]:
+    """What a finished run adds to its tracker: ``final/<split>/<metric>`` of the deployed model on validation
+    and test, ``final/selected_epoch`` (of the stage it deploys), each stage's ``final/<stage>/selected_epoch``
+    and ``final/train_time_s``."""
+    out = dict(flat_metrics({split: m for split, m in (final.get("metrics") or {}).items()}, "final/"))
+    selected = (final.get("selected") or {}).get("epoch")
+    if isinstance(selected, int):
+        out["final/selected_epoch"] = float(selected)
+    for stage in final.get("stages") or []:
+        if isinstance(stage.get("selected_epoch"), int):
+            out[f"final/{stage['name']}/selected_epoch"] = float(stage["selected_epoch"])
+    if isinstance(final.get("train_time_s"), int | float):
+        out["final/train_time_s"] = float(final["train_time_s"])
+    return out
+
+
 class TensorBoardTracker:
     """Writes TensorBoard event files to ``log_dir`` (read them with ``tensorboard --logdir``)."""
 
@@ -65,6 +81,11 @@ class TensorBoardTracker:
         step = int(record.get("epoch", 0))
         for name, value in flat_metrics(record):
             self.writer.add_scalar(metric_key(record, name), value, global_step=step)
+        self.writer.flush()
+
+    def log_final(self, final: dict[str, Any]) -> None:
+        for name, value in final_metrics(final).items():
+            self.writer.add_scalar(name, value, global_step=0)
         self.writer.flush()
 
     def close(self, status: str = "FINISHED") -> None:
@@ -119,6 +140,13 @@ class MLflowTracker:
         step = int(record.get("epoch", 0))
         now = int(time.time() * 1000)
         metrics = [self._metric(metric_key(record, n), v, now, step) for n, v in flat_metrics(record)]
+        self._log(metrics)
+
+    def log_final(self, final: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
+        self._log([self._metric(n, v, now, 0) for n, v in final_metrics(final).items()])
+
+    def _log(self, metrics: list[Any]) -> None:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 

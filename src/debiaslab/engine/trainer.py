@@ -36,7 +36,8 @@ from debiaslab.errors import ConfigError, TrainingError
 from debiaslab.evaluation.metrics import EvalReport, PredictionCollector
 from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.utils import dist
-from debiaslab.utils.io import atomic_write_text
+from debiaslab.utils.io import atomic_write_text, finite_or_none
+from debiaslab.utils.logs import OncePerRun, show_progress_logs
 from debiaslab.utils.seed import derive_seed, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,12 @@ class Trainer:
         self.epoch_hook = epoch_hook
         self.callbacks = list(callbacks)
         if num_threads is not None:
+            if isinstance(num_threads, bool) or int(num_threads) < 1:
+                raise ConfigError(f"num_threads {num_threads!r} must be an integer >= 1 (torch CPU threads)")
             torch.set_num_threads(int(num_threads))
+        self._repeats = OncePerRun()  # an evaluation warning that every epoch repeats is shown once
+        if progress:
+            show_progress_logs()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -418,6 +424,10 @@ class Trainer:
         return {("train_" + k): float(v) / max(n_steps, 1) for k, v in sums.items()}
 
     def _validate(self, stage: Stage, rule: Any, val: GroupDataset, record: dict[str, Any]) -> float | None:
+        with self._repeats.on("debiaslab.evaluation.metrics", "debiaslab.evaluation.selection"):
+            return self._validate_once(stage, rule, val, record)
+
+    def _validate_once(self, stage: Stage, rule: Any, val: GroupDataset, record: dict[str, Any]) -> float | None:
         main = self.evaluate(stage.predict_fn, val, stage.modules)
         record["val"] = main.metrics
         scored = main
@@ -433,7 +443,7 @@ class Trainer:
             return
         import json
 
-        text = "".join(json.dumps(_jsonable(line)) + "\n" for line in lines)
+        text = "".join(json.dumps(finite_or_none(line)) + "\n" for line in lines)
         atomic_write_text(self.run_dir / "metrics.jsonl", text)
 
 
@@ -442,13 +452,3 @@ def _scored_metrics(stage: Stage, record: dict[str, Any]) -> dict[str, Any] | No
     if stage.selection_predictor is not None and stage.selection_predictor in stage.extra_predictors:
         return record.get(f"val_{stage.selection_predictor}")
     return record.get("val")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -144,29 +144,8 @@ class EvalReport:
     def from_dict(cls, d: Mapping[str, Any]) -> EvalReport:
         """Inverse of :meth:`to_dict` (``None`` floats come back as NaN)."""
         return cls(
-            rows=[
-                GroupRow(
-                    group=int(r["group"]),
-                    y=int(r["y"]),
-                    attr=int(r["attr"]),
-                    n=int(r["n"]),
-                    correct=int(r["correct"]),
-                    accuracy=_from_json_float(r["accuracy"]),
-                    loss=_from_json_float(r["loss"]),
-                    aligned=bool(r["aligned"]),
-                )
-                for r in d["groups"]
-            ],
-            class_rows=[
-                ClassRow(
-                    y=int(r["y"]),
-                    n=int(r["n"]),
-                    correct=int(r["correct"]),
-                    accuracy=_from_json_float(r["accuracy"]),
-                    loss=_from_json_float(r["loss"]),
-                )
-                for r in d["classes"]
-            ],
+            rows=[_row_from_dict(GroupRow, r) for r in d["groups"]],
+            class_rows=[_row_from_dict(ClassRow, r) for r in d["classes"]],
             metrics={k: _from_json_float(v) for k, v in d["metrics"].items()},
             n_classes=int(d["n_classes"]),
             n_attrs=int(d["n_attrs"]),
@@ -223,6 +202,12 @@ class EvalReport:
     def summary_line(self) -> str:
         """One line, in percent: ``unbiased 71.3 | worst-group 40.2 | ... | acc 93.0 (%)``."""
         return tables.summary_line(self.metrics)
+
+
+def _row_from_dict(cls: Any, r: Mapping[str, Any]) -> Any:
+    """A :class:`GroupRow` / :class:`ClassRow` from :meth:`EvalReport.to_dict`'s dict (``None`` floats: NaN)."""
+    convert = {"int": int, "bool": bool, "float": _from_json_float}
+    return cls(**{f.name: convert[str(f.type)](r[f.name]) for f in fields(cls)})
 
 
 def _to_json_float(v: Any) -> Any:

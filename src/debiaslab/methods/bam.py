@@ -213,6 +213,8 @@ class BAM(Method):
     """Bias amplification with per-example auxiliary logits, then continued training with errors upsampled μ×."""
 
     family = "inferred minority"
+    earlier_stages = (("amplify", "amplify_epochs", None, False),)
+    final_stage = ("upweight", "upweight_lr")
 
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 

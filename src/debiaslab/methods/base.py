@@ -46,6 +46,26 @@ class Requirements:
         return "attribute labels on " + " and ".join(needs) if needs else "no attribute labels for training"
 
 
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a method as a run announces it before training: its length (``epochs``, set by the
+    hyperparameter ``epochs_from``; None for a step that is not an epoch loop), learning rate and what it keeps
+    (``last``, or the selection rule it picks its epoch by)."""
+
+    name: str
+    epochs: int | None
+    epochs_from: str = "epochs"
+    lr: float | None = None
+    selects: str = "last"
+
+    def describe(self) -> str:
+        if self.epochs is None:
+            return f"{self.name}: {self.selects}"
+        keeps = "keeps its last epoch" if self.selects == "last" else f"selects its epoch by {self.selects}"
+        lr = f", lr {self.lr:g}" if self.lr is not None else ""
+        return f"{self.name}: {self.epochs} epoch(s) ({self.epochs_from}){lr}, {keeps}"
+
+
 @dataclass
 class FitResult:
     """What ``fit`` produced: the deployed model, how to rebuild it, and every stage's history."""
@@ -93,6 +113,12 @@ class Method:
     #: by the rule (DeNetDM's experts); a ``plateau`` scheduler, which steps on the selection score, also rules it out
     rule_free_training: ClassVar[bool] = False
 
+    #: the trainer stages run before the final one, as ``(name, hyperparameter giving its epochs, hyperparameter
+    #: giving its learning rate (None: ``lr``), whether it selects its epoch by the rule (else keeps its last))``
+    earlier_stages: ClassVar[tuple[tuple[str, str, str | None, bool], ...]] = ()
+    #: the final trainer stage's name (None: the method's) and the hyperparameter giving its learning rate
+    final_stage: ClassVar[tuple[str | None, str | None]] = (None, None)
+
     @property
     def trains_without_rule(self) -> bool:
         """True when the selection rule cannot change what this configuration trains (see ``rule_free_training``)."""
@@ -112,9 +138,11 @@ class Method:
 
     # ------------------------------------------------------------------ contract
     def fit(self, train: GroupDataset, val: GroupDataset | None, *, trainer: Trainer | None = None) -> Method:
-        """Run every stage and keep the selected model; labels the method needs are checked first."""
+        """Run every stage and keep the selected model; labels the method needs are checked first, and the stage
+        plan is logged (with progress: a default trainer shows it)."""
         self.check_labels(train, val)
-        trainer = trainer or Trainer(progress=False)
+        trainer = trainer or Trainer()
+        self.log_plan(val)
         started = time.perf_counter()
         result = self._fit(train, val, trainer)
         if result.train_time_s is None:
@@ -122,6 +150,38 @@ class Method:
             result.train_time_s = round(stages if result.stages else time.perf_counter() - started, 2)
         self.model_, self.fit_result_ = result.model, result
         return self
+
+    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
+        """The stages ``fit`` runs, in order (from :attr:`earlier_stages` and :attr:`final_stage`)."""
+        hp, rule = self.hparams, self.selection_rule(val)
+
+        def lr(name: str | None) -> float:
+            value = getattr(hp, name) if name else None
+            return hp.lr if value is None else value
+
+        plan = [
+            PlannedStage(name, getattr(hp, epochs), epochs, lr(lr_name), rule if selects else "last")
+            for name, epochs, lr_name, selects in self.earlier_stages
+        ]
+        name, lr_name = self.final_stage
+        return [*plan, PlannedStage(name or self.name, hp.epochs, "epochs", lr(lr_name), rule)]
+
+    def log_plan(self, val: GroupDataset | None) -> None:
+        """Log the stage plan; when the user set ``epochs`` but not the length of an earlier stage, say that
+        ``epochs`` sets the final stage only."""
+        plan = self.stage_plan(val)
+        log.info("%s plan: %s", self.name, "; ".join(stage.describe() for stage in plan))
+        if self.hparam_sources.get("epochs") != "user" or len(plan) < 2:
+            return
+        others = [s for s in plan[:-1] if s.epochs is not None and self.hparam_sources.get(s.epochs_from) != "user"]
+        if others:
+            log.warning(
+                "%s: epochs=%d sets the final stage %s only; %s (set with --hp NAME=N)",
+                self.name,
+                self.hparams.epochs,
+                plan[-1].name,
+                ", ".join(f"{s.name} runs {s.epochs} ({s.epochs_from})" for s in others),
+            )
 
     @classmethod
     def convert_hparams(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -160,11 +220,21 @@ class Method:
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Logits of the deployed model for a batch of inputs."""
+    def predict_logits(self, x: Tensor) -> Tensor:
+        """Logits of the deployed model for a batch of model-ready inputs (scikit-learn's ``decision_function``)."""
         model = self._fitted_model()
         model.eval()
         return model(x)
+
+    decision_function = predict_logits
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Class probabilities (softmax of the logits), one row per input."""
+        return torch.softmax(self.predict_logits(x).float(), dim=1)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """The predicted class id of each input (``int64``), as scikit-learn's ``predict``."""
+        return self.predict_logits(x).argmax(dim=1)
 
     def evaluate(self, dataset: GroupDataset, trainer: Trainer | None = None, **kwargs: Any) -> EvalReport:
         model = self._fitted_model()

@@ -100,10 +100,14 @@ def family_of(method: type[Method]) -> str:
     return method.family or "other"
 
 
-def method_card(method: type[Method]) -> dict[str, Any]:
-    """Everything ``debiaslab methods NAME`` shows, as plain data (also its ``--format json`` output)."""
-    presets = {GENERIC: resolved(method, None)}
-    presets.update({d: resolved(method, d) for d in preset_datasets(method)})
+def method_card(method: type[Method], dataset: str | None = None) -> dict[str, Any]:
+    """Everything ``debiaslab methods NAME`` shows, as plain data (also its ``--format json`` output); with
+    ``dataset`` only that dataset's preset (a registered dataset without a preset shows the generic values)."""
+    if dataset is not None:
+        presets = {dataset: resolved(method, dataset)}
+    else:
+        presets = {GENERIC: resolved(method, None)}
+        presets.update({d: resolved(method, d) for d in preset_datasets(method)})
     return {
         "name": method.name,
         "summary": method.summary,

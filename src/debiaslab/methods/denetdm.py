@@ -175,6 +175,8 @@ class DeNetDM(Method):
     """Deep and shallow branches as a product of experts, then distillation of the shallow expert into a target."""
 
     family = "distillation"
+    earlier_stages = (("experts", "expert_epochs", "expert_lr", True),)
+    final_stage = ("distill", None)
 
     summary = "depth-modulated product of experts, then distillation into a target branch (Sreelatha 2024)"
     #: searched by `debiaslab tune`: the experts' training length, the PoE and distillation weights, τ

@@ -28,6 +28,7 @@ vectors, no CE term).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.engine.weighting import lookup, normalise_mean_one, weighted_mean
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, weight_checks
-from debiaslab.methods.base import FitResult, Method
+from debiaslab.methods.base import FitResult, Method, PlannedStage
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.premises import conflicting_mask, error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
@@ -161,6 +162,27 @@ def obtain_teacher(
     return teacher, {**source, "teacher_model": spec["name"], "teacher_params": count_parameters(teacher)}
 
 
+def teacher_plan(method: Method, val: GroupDataset | None) -> list[PlannedStage]:
+    """The stages of a teacher trained on the spot (none when ``teacher_run`` names a finished one)."""
+    hp: TeacherHparams = method.hparams  # type: ignore[assignment]
+    if hp.teacher_run:
+        return []
+    from debiaslab.methods.registry import get_method
+
+    teacher = get_method(hp.teacher_method)(dataset=method.dataset, **hp.teacher_hparams)
+    return [dataclasses.replace(s, name=f"teacher {s.name}") for s in teacher.stage_plan(val)]
+
+
+class TeacherStudentMethod(Method):
+    """A method distilling a teacher (a finished run's model, ``teacher_run``, or one trained on the spot) into a
+    student; its plan starts with the teacher's stages when the teacher is trained here."""
+
+    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
+
+    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
+        return [*teacher_plan(self, val), *super().stage_plan(val)]
+
+
 class StudentWithTeacher(nn.Module):
     """The student (trained) next to the frozen teacher, which stays in eval mode."""
 
@@ -225,10 +247,12 @@ def map_size(model: Backbone, input_shape: tuple[int, ...]) -> list[int]:
 
 
 @register_method("dett")
-class DeTT(Method):
+class DeTT(TeacherStudentMethod):
     """Distil a debiased teacher into a smaller student through the teacher's transplanted, frozen last layer."""
 
     family = "distillation"
+    earlier_stages = (("dett_detector", "detector_epochs", None, False),)
+    final_stage = ("dett_student", None)
 
     summary = "debiased distillation: transplanted frozen teacher head, projector, upweighted feature matching"
     #: searched by `debiaslab tune`: the detector's epochs, λ_up, the feature-distillation and CE weights
@@ -240,7 +264,6 @@ class DeTT(Method):
         "ce_weight": uniform(0.0, 1.0),
     }
     Hparams: ClassVar[type[TrainHparams]] = DeTTHparams
-    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "detector_epochs": Default(2, REIMPL),

@@ -30,7 +30,7 @@ from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.evaluation.health import Check
-from debiaslab.methods.base import FitResult, Method, Requirements
+from debiaslab.methods.base import FitResult, Method, PlannedStage, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -258,6 +258,13 @@ class DFR(Method):
     """Deep Feature Reweighting: re-fit the last layer of a frozen ERM model on group-balanced validation."""
 
     family = "last-layer retraining"
+    final_stage = ("erm", None)
+
+    def stage_plan(self, val: GroupDataset | None) -> list[PlannedStage]:
+        hp: DFRHparams = self.hparams  # type: ignore[assignment]
+        base = [] if hp.base_run else super().stage_plan(val)
+        head = f"re-fitted on validation ({hp.n_fits} logistic regressions, C chosen on validation halves)"
+        return [*base, PlannedStage("last layer", None, selects=head)]
 
     summary = "re-fit the last layer of an ERM model on group-balanced validation (L1 logistic regression)"
     execution_hparams: ClassVar[frozenset[str]] = frozenset({"n_jobs"})

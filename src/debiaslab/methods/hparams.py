@@ -14,6 +14,7 @@ from debiaslab.engine.optim import OptimConfig
 from debiaslab.engine.sparse import SparseConfig
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.selection import get_rule, list_rules
+from debiaslab.utils.registry import did_you_mean
 from debiaslab.utils.typed import convert_fields
 
 
@@ -123,7 +124,7 @@ def convert_hparams(cls: type[TrainHparams], values: dict[str, Any], method: str
     if unknown:
         raise ConfigError(
             f"method {method!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
-            f"expected some of: {', '.join(names)}"
+            f"expected some of: {', '.join(names)}.{did_you_mean(unknown[0], names)}"
         )
     return convert_fields(cls, values, f"method {method!r}: hyperparameter")
 

@@ -133,6 +133,8 @@ class JTT(Method):
     """Just Train Twice: ERM for T epochs, then a fresh model with its errors upweighted by λ_up + 1."""
 
     family = "inferred minority"
+    earlier_stages = (("identify", "identify_epochs", "identify_lr", False),)
+    final_stage = ("upweight", None)
 
     rule_free_training: ClassVar[bool] = True  # only the last stage selects on validation
 

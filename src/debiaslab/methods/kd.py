@@ -19,8 +19,8 @@ from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
-from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, obtain_teacher, student_stage
+from debiaslab.methods.base import FitResult
+from debiaslab.methods.dett import OURS_STUDENT, TeacherHparams, TeacherStudentMethod, obtain_teacher, student_stage
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -47,10 +47,11 @@ class KDHparams(TeacherHparams):
 
 
 @register_method("kd")
-class KnowledgeDistillation(Method):
+class KnowledgeDistillation(TeacherStudentMethod):
     """Logit distillation of a (debiased) teacher into a student on the biased training set."""
 
     family = "distillation"
+    final_stage = ("kd_student", None)
 
     summary = "plain logit knowledge distillation from a teacher (baseline for DeTT)"
     #: searched by `debiaslab tune`: the distillation weight and temperature
@@ -60,7 +61,6 @@ class KnowledgeDistillation(Method):
         "temperature": uniform(1.0, 8.0),
     }
     Hparams: ClassVar[type[TrainHparams]] = KDHparams
-    run_inputs: ClassVar[frozenset[str]] = frozenset({"teacher_run"})
     hparam_table: ClassVar[HparamTable] = {
         "*": {"kd_weight": Default(0.9, KD_COMMON), "temperature": Default(4.0, KD_COMMON)},
         "colored_mnist": {**CMNIST_MLP, "model_kwargs": Default({"width": 32, "depth": 2}, OURS_STUDENT)},

@@ -256,6 +256,8 @@ class _RESTBase(Method):
 class REST(_RESTBase):
     """Sparse training + upweighting of the bias-conflicting examples given by the training attributes."""
 
+    final_stage = ("rest", None)
+
     summary = "dynamic sparse training + upweighted bias-conflicting examples (Zhao et al. 2023)"
     requires = Requirements(train_attrs=True)
 
@@ -266,6 +268,9 @@ class REST(_RESTBase):
 @register_method("rest_free")
 class RESTFree(_RESTBase):
     """Label-free REST: an ERM model's training errors stand in for the bias-conflicting examples."""
+
+    earlier_stages = (("identify", "identify_epochs", None, False),)
+    final_stage = ("rest", None)
 
     summary = "REST with an ERM error set as the conflicting examples (no training labels)"
     label_free: ClassVar[bool] = True

@@ -161,62 +161,45 @@ def _table(reweight: bool) -> HparamTable:
 _GROUP_ATTRS = Requirements(train_attrs=True)
 
 
-@register_method("reweight_group")
-class ReweightGroup(Balancing):
-    """Group loss reweighting: ``w_i ∝ 1/n_{g(i)}^power`` (Sagawa et al. 2020's reweighting baseline)."""
-
-    summary = "loss weights ∝ 1/n_g^power (needs training groups)"
-    Hparams = ReweightHparams
-    search_space: ClassVar[SearchSpace] = REWEIGHT_SPACE
-    hparam_table: ClassVar[HparamTable] = _table(reweight=True)
-    requires = _GROUP_ATTRS
-    by, scheme = "group", "reweight"
-
-
-@register_method("reweight_class")
-class ReweightClass(Balancing):
-    """Class loss reweighting: ``w_i ∝ 1/n_{y(i)}^power``; needs no attribute labels."""
-
-    summary = "loss weights ∝ 1/n_y^power (labels only)"
-    Hparams = ReweightHparams
-    search_space: ClassVar[SearchSpace] = REWEIGHT_SPACE
-    hparam_table: ClassVar[HparamTable] = _table(reweight=True)
-    by, scheme = "class", "reweight"
+#: per scheme: the summary, with {k} the balanced label's letter (g or y), and the docstring's description
+_SCHEMES: dict[str, tuple[str, str]] = {
+    "reweight": (
+        "loss weights ∝ 1/n_{k}^power",
+        "loss reweighting: ``w_i ∝ 1/n_{{{k}(i)}}^power`` (Sagawa et al. 2020's reweighting baseline)",
+    ),
+    "resample": (
+        "{by}-balanced sampling with replacement",
+        "balanced resampling: draw ``i`` with probability ∝ ``1/n_{{{k}(i)}}``, with replacement",
+    ),
+    "subsample": (
+        "keep min_{k} n_{k} examples per {by}, then ERM",
+        "subsampling: ``min_{k} n_{k}`` random examples of each {by}, then ERM (SUBG / SUBY, Idrissi et al. 2022)",
+    ),
+}
 
 
-@register_method("resample_group")
-class ResampleGroup(Balancing):
-    """Group-balanced resampling: draw ``i`` with probability ∝ ``1/n_{g(i)}``, with replacement."""
-
-    summary = "group-balanced sampling with replacement (needs training groups)"
-    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
-    requires = _GROUP_ATTRS
-    by, scheme = "group", "resample"
-
-
-@register_method("resample_class")
-class ResampleClass(Balancing):
-    """Class-balanced resampling: draw ``i`` with probability ∝ ``1/n_{y(i)}``, with replacement."""
-
-    summary = "class-balanced sampling with replacement (labels only)"
-    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
-    by, scheme = "class", "resample"
-
-
-@register_method("subsample_group")
-class SubsampleGroup(Balancing):
-    """Group subsampling: ``min_g n_g`` random examples of each group, then ERM (SUBG, Idrissi et al. 2022)."""
-
-    summary = "keep min_g n_g examples per group, then ERM (needs training groups)"
-    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
-    requires = _GROUP_ATTRS
-    by, scheme = "group", "subsample"
+def _variant(by: By, scheme: Scheme) -> type[Balancing]:
+    """The :class:`Balancing` subclass balancing by ``by`` (group or class) with ``scheme``, registered as
+    ``<scheme>_<by>`` (``reweight_group``)."""
+    name, class_name = f"{scheme}_{by}", f"{scheme.capitalize()}{by.capitalize()}"
+    k, needs = ("g", "needs training groups") if by == "group" else ("y", "labels only")
+    summary, doc = (text.format(k=k, by=by) for text in _SCHEMES[scheme])
+    attrs: dict[str, object] = {
+        "__doc__": f"{by.capitalize()} {doc} ({needs}).",
+        "__module__": __name__,
+        "__qualname__": class_name,
+        "summary": f"{summary} ({needs})",
+        "by": by,
+        "scheme": scheme,
+        "hparam_table": _table(reweight=scheme == "reweight"),
+    }
+    if scheme == "reweight":
+        attrs.update(Hparams=ReweightHparams, search_space=REWEIGHT_SPACE)
+    if by == "group":
+        attrs["requires"] = _GROUP_ATTRS
+    return register_method(name)(type(class_name, (Balancing,), attrs))  # type: ignore[return-value]
 
 
-@register_method("subsample_class")
-class SubsampleClass(Balancing):
-    """Class subsampling: ``min_y n_y`` random examples of each class, then ERM (SUBY, Idrissi et al. 2022)."""
-
-    summary = "keep min_y n_y examples per class, then ERM (labels only)"
-    hparam_table: ClassVar[HparamTable] = _table(reweight=False)
-    by, scheme = "class", "subsample"
+ReweightGroup, ReweightClass = _variant("group", "reweight"), _variant("class", "reweight")
+ResampleGroup, ResampleClass = _variant("group", "resample"), _variant("class", "resample")
+SubsampleGroup, SubsampleClass = _variant("group", "subsample"), _variant("class", "subsample")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from torch import Tensor, nn
@@ -110,59 +110,48 @@ def cnn_rest(input_shape: tuple[int, ...], n_classes: int, *, channels: Sequence
     )
 
 
-@register_model("cnn3")
-def cnn3(
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    *,
-    channels: Sequence[int] = (32, 64, 128),
-    kernel_size: int | Sequence[int] = 3,
-    padding: int | None = None,
-    downsample: Downsample = "maxpool",
-) -> ConvNet:
+def _blocks(name: str, default_channels: tuple[int, ...], doc: str) -> Callable[..., ConvNet]:
+    """The factory of a plain stack of ``len(default_channels)`` conv blocks, registered as ``name``."""
+    depth = len(default_channels)
+
+    def factory(
+        input_shape: tuple[int, ...],
+        n_classes: int,
+        *,
+        channels: Sequence[int] = default_channels,
+        kernel_size: int | Sequence[int] = 3,
+        padding: int | None = None,
+        downsample: Downsample = "maxpool",
+    ) -> ConvNet:
+        if len(channels) != depth:
+            raise ConfigError(f"{name} needs exactly {depth} channel widths; got {list(channels)}")
+        shape = image_shape(input_shape, name)
+        return ConvNet(
+            shape, n_classes, channels, kernel_size=kernel_size, padding=padding, downsample=downsample, name=name
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return register_model(name)(factory)
+
+
+cnn3 = _blocks(
+    "cnn3",
+    (32, 64, 128),
     """Three conv blocks (DeNetDM's shallow branch on Corrupted CIFAR-10).
 
     The release used ``channels=(32, 64, 64), kernel_size=5, padding=0`` (64 = ResNet-20's feature width).
-    """
-    if len(channels) != 3:
-        raise ConfigError(f"cnn3 needs exactly 3 channel widths; got {list(channels)}")
-    return ConvNet(
-        image_shape(input_shape, "cnn3"),
-        n_classes,
-        channels,
-        kernel_size=kernel_size,
-        padding=padding,
-        downsample=downsample,
-        name="cnn3",
-    )
-
-
-@register_model("cnn4")
-def cnn4(
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    *,
-    channels: Sequence[int] = (32, 64, 128, 256),
-    kernel_size: int | Sequence[int] = 3,
-    padding: int | None = None,
-    downsample: Downsample = "maxpool",
-) -> ConvNet:
+    """,
+)
+cnn4 = _blocks(
+    "cnn4",
+    (32, 64, 128, 256),
     """Four conv blocks (DeNetDM's shallow branch on BFFHQ).
 
     The release used ``channels=(64, 128, 512, 512), kernel_size=(7, 3, 3, 3), padding=0`` (512 = ResNet-18's
     width; about 3 M conv weights).
-    """
-    if len(channels) != 4:
-        raise ConfigError(f"cnn4 needs exactly 4 channel widths; got {list(channels)}")
-    return ConvNet(
-        image_shape(input_shape, "cnn4"),
-        n_classes,
-        channels,
-        kernel_size=kernel_size,
-        padding=padding,
-        downsample=downsample,
-        name="cnn4",
-    )
+    """,
+)
 
 
 @register_model("cnn_rebias")

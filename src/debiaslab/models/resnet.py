@@ -8,7 +8,7 @@ in the 3x3 convolution ("v1.5").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -198,60 +198,55 @@ def _resnet(
     return model
 
 
-@register_model("resnet18")
-def resnet18(
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    *,
-    stem: Stem = "imagenet",
-    zero_init_residual: bool = False,
-    pretrained: str | None = None,
-) -> ResNet:
-    """ResNet-18 (basic blocks 2-2-2-2, feature_dim 512); ``pretrained``: ``"imagenet"`` (torchvision's published
-    weights, fetched with their checksum), a URL or a local state-dict file."""
-    return _resnet(
-        "resnet18",
-        BasicBlock,
-        (2, 2, 2, 2),
-        (64, 128, 256, 512),
-        input_shape,
-        n_classes,
-        stem=stem,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-        arch="ResNet-18",
-    )
+PRETRAINED_DOC = (
+    '``pretrained``: ``"imagenet"`` (torchvision\'s published weights, fetched with their checksum), a URL or a local '
+    "state-dict file."
+)
+
+
+def _imagenet_resnet(
+    name: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], arch: str, doc: str
+) -> Callable[..., ResNet]:
+    """The factory of an ImageNet-layout ResNet (widths 64-128-256-512), registered as ``name``."""
+
+    def factory(
+        input_shape: tuple[int, ...],
+        n_classes: int,
+        *,
+        stem: Stem = "imagenet",
+        zero_init_residual: bool = False,
+        pretrained: str | None = None,
+    ) -> ResNet:
+        return _resnet(
+            name, block, layers, (64, 128, 256, 512), input_shape, n_classes, stem=stem,
+            zero_init_residual=zero_init_residual, pretrained=pretrained, arch=arch,
+        )  # fmt: skip
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return register_model(name)(factory)
+
+
+resnet18 = _imagenet_resnet(
+    "resnet18",
+    BasicBlock,
+    (2, 2, 2, 2),
+    "ResNet-18",
+    "ResNet-18 (basic blocks 2-2-2-2, feature_dim 512); " + PRETRAINED_DOC,
+)
+resnet50 = _imagenet_resnet(
+    "resnet50",
+    Bottleneck,
+    (3, 4, 6, 3),
+    "ResNet-50",
+    "ResNet-50 (bottlenecks 3-4-6-3, feature_dim 2048); " + PRETRAINED_DOC,
+)
 
 
 @register_model("resnet18_cifar")
 def resnet18_cifar(input_shape: tuple[int, ...], n_classes: int, *, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 with the CIFAR stem (3x3 conv, no max pool): keeps resolution on 32x32 images."""
     return resnet18(input_shape, n_classes, stem="cifar", zero_init_residual=zero_init_residual)
-
-
-@register_model("resnet50")
-def resnet50(
-    input_shape: tuple[int, ...],
-    n_classes: int,
-    *,
-    stem: Stem = "imagenet",
-    zero_init_residual: bool = False,
-    pretrained: str | None = None,
-) -> ResNet:
-    """ResNet-50 (bottlenecks 3-4-6-3, feature_dim 2048); ``pretrained``: ``"imagenet"`` (torchvision's published
-    weights, fetched with their checksum), a URL or a local state-dict file."""
-    return _resnet(
-        "resnet50",
-        Bottleneck,
-        (3, 4, 6, 3),
-        (64, 128, 256, 512),
-        input_shape,
-        n_classes,
-        stem=stem,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-        arch="ResNet-50",
-    )
 
 
 @register_model("resnet20")

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from debiaslab.cli_options import from_args, run_places
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import parse_key_values
@@ -16,6 +17,9 @@ from debiaslab.tune.space import load_space_file, resolve_space
 from debiaslab.tune.study import SearchSpec
 
 log = logging.getLogger(__name__)
+
+#: the options of how every trial and final run trains, passed on as they are
+ENGINE = ("threads", "device", "precision")
 
 
 def default_rule(dataset: str, options: dict[str, Any], data_root: str | None, cache_dir: str | None) -> str:
@@ -37,17 +41,8 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         from debiaslab.tune.suite_runner import run_tune_suite
 
         suite = load_tune_suite(args.suite)
-        return run_tune_suite(
-            suite,
-            args.out,
-            workers=args.workers,
-            only=args.only,
-            no_final=args.no_final,
-            storage=args.storage,
-            data_root=args.data_root,
-            cache_dir=args.cache_dir,
-            progress=not args.no_progress,
-        )
+        passed = from_args(args, "workers", "only", "no_final", "storage")
+        return run_tune_suite(suite, args.out, **passed, **run_places(args))
     if not args.dataset:
         raise ConfigError("--dataset is required with --method")
     options = parse_key_values(args.data_opt, "--data-opt")
@@ -59,27 +54,10 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         method_cls, overrides, parse_key_values(args.hp, "--hp"), source=f"space file {args.space}"
     )
     rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
-    spec = SearchSpec(
-        method=args.method,
-        dataset=args.dataset,
-        dataset_options=options,
-        space=space,
-        fixed=fixed,
-        rule=rule,
-        trials=args.trials,
-        epochs=args.epochs_cap,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        seed=args.search_seed,
-        storage=args.storage,
-        study_name=args.study,
-        threads=args.threads,
-        device=args.device,
-        precision=args.precision,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        imports=tuple(args.imports or ()),
-    )
+    named = {"dataset_options": options, "fixed": fixed, "seed": args.search_seed, "study_name": args.study}
+    passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
+    named["imports"] = tuple(args.imports or ())
+    spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
     spec.out = args.out or str(Path("runs") / "tune" / spec.name)
     result = run_search(spec, workers=args.workers)
     lines = search_lines(result)
@@ -89,7 +67,7 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
     if best is None:
         return [*lines, f"no complete trial under {rule}: no final runs"]
     ratios = args.final_ratios or ([options["ratio"]] if "ratio" in options else None)
-    chosen = [Chosen(args.method, args.method, chosen_hparams(fixed, best, spec.epochs, rule))]
+    chosen = [Chosen(spec.method, spec.method, chosen_hparams(fixed, best, spec.epochs, rule))]
     suite = final_suite(
         spec.name,
         rule,
@@ -98,19 +76,15 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         options=options,
         ratios=ratios,
         seeds=args.seeds,
-        threads=args.threads,
-        device=args.device,
-        precision=args.precision,
-        description=f"{args.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
+        **from_args(args, *ENGINE),
+        description=f"{spec.method} tuned by {rule} ({spec.trials} trials, cap {spec.epochs} epochs)",
         imports=spec.imports,
     )
     bench = train_chosen(
         suite,
         Path(spec.out) / "final" / rule,
         workers=args.workers,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        **run_places(args),
     )
     return [*lines, bench.tables.get("results", ""), f"final runs: {bench.out / 'report.md'}"]
 
@@ -125,6 +99,8 @@ def search_lines(result: SearchResult) -> list[str]:
     for rule, best in result.best.items():
         values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
         lines.append(f"  {rule}: trial {best['trial']} (val {best['score']:.4f}): {values}")
+    if result.tie_note():
+        lines.append(f"  note: {result.tie_note()}")
     lines.append(f"report: {Path(spec.out) / 'search.md'}")
     return lines
 

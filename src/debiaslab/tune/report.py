@@ -53,6 +53,8 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
             f"- each rule chooses among the first {spec.trials} trials by number (the budget); {extra} more "
             f"started in another worker before the budget was spent, shown here but never chosen from"
         )
+    if result.tie_note():
+        lines.append(f"- **{result.tie_note()}**")
     durations = [r["duration_s"] for r in result.trials if r["duration_s"] is not None]
     if durations:
         lines.append(f"- trial time: {sum(durations):.0f} s in all")

@@ -65,6 +65,8 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
             result.counts["running"],
             GRACE_S,
         )
+    if result.tie_note():
+        log.warning("%s: %s", spec.name, result.tie_note())
     result.wall_s = time.perf_counter() - started if left > 0 else None
     trial_time = sum(r["duration_s"] or 0.0 for r in result.trials)
     atomic_write_json(

@@ -20,6 +20,7 @@ from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import describe_space
 from debiaslab.tune.storage import open_storage, shown
 from debiaslab.utils.io import atomic_write_yaml
+from debiaslab.utils.paths import options_slug
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -77,8 +78,8 @@ class SearchSpec:
         """The study's name: given, or ``<method>-<dataset>[-<options>]``."""
         if self.study_name:
             return self.study_name
-        opts = "".join(f"-{k}{v}" for k, v in sorted(self.dataset_options.items()))
-        return f"{self.method}-{self.dataset}{opts}"
+        opts = options_slug(self.dataset_options)
+        return f"{self.method}-{self.dataset}{'-' + opts if opts else ''}"
 
     @property
     def direction(self) -> str:
@@ -198,3 +199,15 @@ class SearchResult:
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float | None = None
+
+    def tie_note(self) -> str:
+        """A sentence when every complete trial scored the same (two or more): the search learned nothing."""
+        values = {round(t["value"], 6) for t in self.trials if t["state"] == "complete" and t["value"] is not None}
+        complete = sum(t["state"] == "complete" for t in self.trials)
+        if complete < 2 or len(values) != 1:
+            return ""
+        return (
+            f"all {complete} complete trials scored {values.pop():.4f} under {self.spec.rule}: the search learned "
+            "nothing about these hyperparameters (the score does not respond to them here); widen the space, raise "
+            "--epochs-cap or optimise another --rule"
+        )

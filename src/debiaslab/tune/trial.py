@@ -29,8 +29,8 @@ from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.run_dir import claimed_run_dir, plan_run_dir
-from debiaslab.runs import FINAL, RunConfig, _jsonable, _plain, check_resumable, with_dataset_model
-from debiaslab.utils.io import atomic_write_json, atomic_write_yaml
+from debiaslab.runs import FINAL, RunConfig, _plain, check_resumable, run_record, with_dataset_model
+from debiaslab.utils.io import atomic_write_json, atomic_write_yaml, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
         counts = train.group_counts if train.has_attrs else None
         val_report = trainer.evaluate(method.model_, val, method.model_, train_group_counts=counts)
         final = {
-            "method": cfg.method,
-            "dataset": cfg.dataset,
-            "dataset_options": _plain(cfg.dataset_options),
-            "hparams": _plain(cfg.hparams),
-            "seed": cfg.seed,
+            **run_record(cfg),
             "selection": result.selection,
             "selected": _plain(result.selected),
             "metrics": {"val": val_report.metrics},
@@ -139,7 +135,7 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
             "total_time_s": round(time.perf_counter() - started, 2),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_json(run_dir / FINAL, _jsonable(final))
+        atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
 
 

@@ -7,6 +7,7 @@ before it is renamed into place: ``0o666`` less the user's umask (``0o644`` unde
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,10 +16,22 @@ from typing import Any
 
 import yaml
 
+from debiaslab.errors import OutputError, output_error
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it over ``path``."""
+    """Call ``write(fileobj)`` on a temp file beside ``path`` and rename it over ``path``; a place that cannot be
+    written is an :class:`~debiaslab.errors.OutputError` naming ``path``."""
     path = Path(path)
+    try:
+        return _atomic_write(path, write, mode)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -64,6 +77,17 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def atomic_write_yaml(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def finite_or_none(obj: Any) -> Any:
+    """A copy of nested dicts and lists with NaN and infinite floats as ``None`` (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 DATA_ENV = "DEBIASLAB_DATA"
 CACHE_ENV = "DEBIASLAB_CACHE"
@@ -16,22 +19,19 @@ def user_cache_dir() -> Path:
 
 def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
     """``--data-root`` > ``$DEBIASLAB_DATA`` > ``<user cache>/data``."""
-    if data_root is not None:
-        return Path(data_root).expanduser()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir() / "data"
+    return _resolve(data_root, DATA_ENV, "data")
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``--cache-dir`` > ``$DEBIASLAB_CACHE`` > ``<user cache>/cache``. The data root may be read-only."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir() / "cache"
+    return _resolve(cache_dir, CACHE_ENV, "cache")
+
+
+def _resolve(given: str | os.PathLike[str] | None, env: str, default: str) -> Path:
+    if given is not None:
+        return Path(given).expanduser()
+    value = os.environ.get(env)
+    return Path(value).expanduser() if value else user_cache_dir() / default
 
 
 def shipped_suites(package: str) -> list[str]:
@@ -41,3 +41,17 @@ def shipped_suites(package: str) -> list[str]:
 
     root = importlib.resources.files("debiaslab") / package / "suites"
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def options_slug(options: Mapping[str, Any]) -> str:
+    """Dataset options as a folder-name part, ``ratio0.01-protocolpaper``: a value that is a path (it holds a
+    ``/`` or ends in a file suffix) is named by its file or folder name alone (``path=/data/mine.npz`` -> ``mine``),
+    so that no data path becomes folders; other characters outside ``[A-Za-z0-9_.+=-]`` become ``_``."""
+    parts = []
+    for key, value in sorted(options.items()):
+        text = str(value)
+        if isinstance(value, str | os.PathLike) and ("/" in text or "\\" in text or re.search(r"\.[A-Za-z]\w*$", text)):
+            parts.append(Path(text.replace("\\", "/")).stem or key)
+        else:
+            parts.append(f"{key}{text}")
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", "-".join(parts)).strip("_")

@@ -81,8 +81,12 @@ def convert(name: str, value: Any, hint: Any, what: str = "value", shown: str | 
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
                 raise ConfigError(f"{what} {name}={original!r} is not valid YAML; expected {expected}") from None
-    if _is_sequence(hint) and (isinstance(value, str | int | float | bool)):
-        value = [value]
+    if (
+        _is_sequence(hint)
+        and isinstance(value, str | int | float | bool)
+        and not (isinstance(value, str) and _takes_text(hint))
+    ):
+        value = [value]  # a single value for a sequence field (text stays text where the field also takes text)
     if isinstance(value, bool) and bool not in _members(hint) and hint is not Any:
         # pydantic's lax mode reads True as 1 / 1.0: a flag given for a number is a mistake, not a number
         raise ConfigError(f"{what} {name}={original!r}: expected {expected} (got a true/false value)")
