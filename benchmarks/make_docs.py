@@ -27,12 +27,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmnist_tables as ct
+import denetdm_tables
 import labelfree_tables as lf
 import statistics_tables as st
 import tune_tables
 import ule_search_table
 
 from debiaslab.bench.aggregate import RunRecord, add_differences, metric_cell, read_run, summarise
+from debiaslab.bench.health_marks import HealthNotes
 from debiaslab.bench.ledger import label_ledger
 from debiaslab.bench.paper import (
     BMNIST_RHOS,
@@ -66,6 +68,8 @@ HEADLINE = (
 #: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
 BMNIST = "bmnist-2*"
+#: a short DeNetDM run on Biased MNIST (2 + 1 epochs, seed 0) whose per-epoch log shows when its experts split
+DENETDM_FIRST_EPOCHS = "denetdm-bmnist-2026-12-07/first-epochs/denetdm/seed0"
 METRICS = ("unbiased", "worst_group", "conflicting", "aligned")
 #: the label-free suites' committed outputs (``labelfree``: Colored MNIST, ``labelfree-bmnist``: Biased MNIST)
 LABELFREE = "labelfree-2*"
@@ -399,6 +403,7 @@ def bmnist_table(rec: Records, style: str = "bracket") -> str | None:
     if not rows:
         return None
     rhos = sorted({r["options"].get("rho", 0.99) for r in rows}, reverse=True)
+    notes = HealthNotes()
     lines = [
         f"**Biased MNIST, test unbiased / worst-group accuracy** (%, {interval_words(style)}; marks against ERM "
         "below; [published unbiased] where a paper has it)",
@@ -420,10 +425,12 @@ def bmnist_table(rec: Records, style: str = "bracket") -> str | None:
             )
             text += f" (n={len(row['seeds'])})"
             ref = next((x for x in references(row["method_name"], "biased_mnist", row["options"])), None)
-            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else ""))
+            health = notes.mark(f"{row['method_name']}, ρ {rho:g}", row["health"])
+            cells.append(text + (f" [{ref.value:.1f}]" if ref is not None else "") + (f" {health}" if health else ""))
         labels = " / ".join(dict.fromkeys(r["labels"] for r in mine))
         lines.append(f"| {method} | {labels} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", legend("ERM", style)])
+    footnotes = notes.block()
+    return "\n".join([*lines, "", legend("ERM", style)] + (["", footnotes] if footnotes else []))
 
 
 def settings(rec: Records) -> list[st.Setting]:
@@ -693,6 +700,10 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
         "dett": lambda: labelled(
             rec, ct.dett_table(rec.headline()), rec.headline(), lambda f: f["method"] in ("dett", "kd")
         ),
+        "denetdm_bmnist": lambda: labelled(
+            rec, denetdm_tables.premise_table(bmnist_roots(rec)), bmnist_roots(rec), _method("denetdm")
+        ),
+        "denetdm_bmnist_epochs": lambda: denetdm_tables.epochs_table(p(DENETDM_FIRST_EPOCHS)),
         "cost": lambda: cost_tables(rec),
         "tune_pruning": lambda: tune_pruning_table(rec),
         "biased_mnist": lambda: bmnist_table(rec, style),

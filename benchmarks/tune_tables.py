@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cmnist_tables as ct
 
+from debiaslab.bench.health_marks import HealthNotes, recorded_checks
 from debiaslab.bench.stats import mark
 
 #: the rules of the tables, in order, and what each one may read
@@ -154,6 +155,7 @@ def tuned_table(
     methods = _ordered({r["method"] for r in tuned}, order)
     preset = [r for r in load_runs(presets) if (dataset is None or r["dataset"] == dataset) and r["method"] in methods]
     columns = axis.columns(tuned)
+    notes = HealthNotes()
     lines = [ct.table_head("method", "settings", "labels", *[axis.title(float(c)) for c in columns])]
     for method in methods:
         base = {c: [r for r in preset if r["method"] == method and axis.key(r) == c] for c in columns}
@@ -162,13 +164,18 @@ def tuned_table(
             if not any(mine.values()):
                 continue
             against = base if label == "tuned" else None
-            row = [_cells(mine[c], metrics, cells, against and against[c]) if mine[c] else "–" for c in columns]
+            row = [
+                _marked(_cells(mine[c], metrics, cells, against and against[c]), notes, f"{method} ({label})", mine[c])
+                if mine[c]
+                else "–"
+                for c in columns
+            ]
             ledger = _ledger([r for rs in mine.values() for r in rs], cells)
             lines.append(f"| {method if label == 'tuned' else ''} | {label} | {ledger} | " + " | ".join(row) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no {rule} runs recorded: {', '.join(missing)}."]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def rules_table(
@@ -191,19 +198,21 @@ def rules_table(
         raise SystemExit(f"{root}: final runs at {len(columns)} settings of {axis.option}; expected one")
     where = columns[0]
     heads = ["preset", *[RULE_SHORT.get(rule, rule) for rule in names]]
+    notes = HealthNotes()
     lines = [ct.table_head("method", "labels (train · select: " + " / ".join(heads) + ")", *heads)]
     for method in methods:
         row, ledgers = [], []
         base = [r for r in preset if r["method"] == method and axis.key(r) == where]
         for i, runs in enumerate((preset, *tuned.values())):
             mine = [r for r in runs if r["method"] == method and axis.key(r) == where]
-            row.append(_cells(mine, metrics, cells, base if i else None) if mine else "–")
+            text = _cells(mine, metrics, cells, base if i else None)
+            row.append(_marked(text, notes, f"{method} ({heads[i]})", mine) if mine else "–")
             ledgers.append(_ledger(mine, cells) if mine else "")
         lines.append(f"| {method} | {_ledger_columns(ledgers)} | " + " | ".join(row) + " |")
     missing = [m for m in order if m not in methods]
     if missing:
         lines += ["", f"Methods of the suite with no tuned runs recorded: {', '.join(missing)}."]
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def _cells(runs: list[dict], metrics: Sequence[str], cells: Cells, against: list[dict] | None = None) -> str:
@@ -262,6 +271,17 @@ def rule_runs(root: Path, rule: str) -> list[dict]:
             picked = run["selections"][rule]
             out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}, "_rule": rule})
     return out
+
+
+def _marked(text: str, notes: HealthNotes, label: str, runs: list[dict]) -> str:
+    """``text`` followed by the premise-check mark of ``runs`` (nothing for runs that recorded no checks)."""
+    health = notes.mark(label, [(r.get("seed", 0), recorded_checks(r)) for r in runs])
+    return f"{text} {health}" if health else text
+
+
+def _with_notes(lines: list[str], notes: HealthNotes) -> str:
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def choices_table(root: Path, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:

@@ -90,7 +90,9 @@ def test_presets_follow_subpopbench_and_domainbed() -> None:
     assert "hparams_registry.py" in irm.hparam_sources["penalty_weight"]
     assert (vrex.hparams.penalty_weight, vrex.hparams.anneal_steps) == (10.0, 500)
     assert "DomainBed" in vrex.hparam_sources["penalty_weight"]
-    assert coral.hparams.penalty_weight == mmd.hparams.penalty_weight == 1.0
+    assert coral.hparams.penalty_weight == 1.0
+    assert get_method("mmd")(dataset="colored_mnist").hparams.penalty_weight == 1.0  # every preset: SubpopBench's
+    assert mmd.hparams.penalty_weight == 0.1 and "log K" in mmd.hparam_sources["penalty_weight"]  # no preset
     assert all(m.hparams.environments == "attr" for m in (irm, vrex, coral, mmd))
     assert "algorithms.py" in irm.hparam_sources["environments"]
     lam = irm.search_space["penalty_weight"]  # 10^U(-1, 5)

@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_deploy.add_parsers(sub, _data_args)
 
     report = sub.add_parser(
-        "report", help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read"
+        "report",
+        help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read, and a "
+        "mark for the runs' premise checks (runs that recorded none are re-scored from their final.json)",
     )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
     report.add_argument("--split", default="test", choices=["val", "test"])
@@ -276,7 +278,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from debiaslab.bench.aggregate import add_differences, find_runs, markdown_table, summarise, table_notes
     from debiaslab.bench.stats import Stats
 
-    records = find_runs(args.roots)
+    records = find_runs(args.roots, rescore=True)
     if not records:
         err_console.print(f"no finished runs under {', '.join(args.roots)}")
         return 1

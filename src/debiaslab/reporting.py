@@ -53,6 +53,18 @@ def group_table(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
+def health_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The premise checks that did not pass, one line each (nothing when all pass or none were recorded)."""
+    bad = [c for c in checks if c.get("status") != "ok"]
+    if not bad:
+        return [f"All {len(checks)} premise checks passed.", ""] if checks else []
+    lines = ["## Premise checks that did not pass", ""]
+    for c in bad:
+        labels = " (uses attribute labels)" if c.get("uses_labels") else ""
+        lines.append(f"- **{c['status']}** `{c['name']}`{labels}: {c.get('message', '')}")
+    return [*lines, ""]
+
+
 def run_report_markdown(final: dict[str, Any], test_report: EvalReport) -> str:
     selected = final["selected"]
     lines = [
@@ -64,6 +76,8 @@ def run_report_markdown(final: dict[str, Any], test_report: EvalReport) -> str:
         f"- finished: {final['finished_at']}",
     ]
     lines += [f"- note: {note}" for note in final.get("notes", [])]
-    lines += ["", "## Summary", "", metrics_table(final["metrics"]), "", "## Test accuracy per group", ""]
+    lines += ["", "## Summary", "", metrics_table(final["metrics"]), ""]
+    lines += health_lines(final.get("health") or [])
+    lines += ["## Test accuracy per group", ""]
     lines += [group_table(test_report), ""]
     return "\n".join(lines)

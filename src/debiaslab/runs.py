@@ -32,6 +32,7 @@ from debiaslab.data.registry import build_dataset, check_options, dataset_name
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
 from debiaslab.engine.trainer import Trainer, eval_mode, resolve_device
 from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
+from debiaslab.evaluation.health import Check, failing
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import check_rule_applicable
 from debiaslab.inference.apply import with_inferred_groups
@@ -308,6 +309,7 @@ def _evaluate_and_write(
     save_model_file(run_dir / MODEL, method.model_, result.model_spec)
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
+    checks = run_health(method, bundle, trainer)
     final = {
         **run_record(cfg),
         "world_size": dist.world_size(),
@@ -334,6 +336,7 @@ def _evaluate_and_write(
             for name, model in method.readout_models_.items()
         },
         "extras": _plain(result.extras),
+        "health": [_plain(c.to_dict()) for c in checks],
         "train_time_s": result.train_time_s,
         "total_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_mb": peak_memory_mb(trainer.device),
@@ -346,6 +349,19 @@ def _evaluate_and_write(
     atomic_write_text(run_dir / "report.md", run_report_markdown(final, reports["test"]))
     atomic_write_json(run_dir / FINAL, finite_or_none(final))
     return final
+
+
+def run_health(method: Any, bundle: DatasetBundle, trainer: Trainer) -> list[Check]:
+    """The method's premise checks (``Method.health``); each one that does not pass is logged as one warning line.
+    A check that cannot be computed is logged and left out: it never costs a finished run its record."""
+    try:
+        checks = method.health(bundle.train, bundle.selection_split, trainer)
+    except Exception as exc:
+        log.warning("%s: premise checks not computed (%s: %s)", method.name, type(exc).__name__, exc)
+        return []
+    for check in failing(checks):
+        log.warning("%s premise check %s: %s", method.name, check.status, check.line())
+    return checks
 
 
 def run_record(cfg: RunConfig) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from debiaslab.bench.health_marks import HealthNotes, recorded_checks
 from debiaslab.bench.ledger import InputReader, label_ledger, read_input
 from debiaslab.bench.stats import (
     MARKS_LEGEND,
@@ -30,6 +31,7 @@ from debiaslab.bench.stats import (
     run_scores,
 )
 from debiaslab.errors import DataError
+from debiaslab.evaluation.health import Check
 from debiaslab.evaluation.intervals import COUNT_METRICS, Interval
 from debiaslab.evaluation.ledger import ledger_text
 
@@ -80,6 +82,9 @@ class RunRecord:
             log.warning("labels of %s unknown: %s", self.path, exc)
             return "unknown"
 
+    #: the run's premise checks (``final.json["health"]``, or re-scored from the record); None: not checked
+    health: list[Check] | None = None
+
     @property
     def row_label(self) -> str:
         label = self.label or method_label(self.method, self.hparams)
@@ -112,16 +117,17 @@ class Cell:
         return f"{scale * self.mean:.{digits}f}"
 
 
-def find_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
+def find_runs(roots: Iterable[str | Path], rescore: bool = False) -> list[RunRecord]:
     """Every ``final.json`` below ``roots`` (unfinished runs are skipped, and so are hidden folders such as the
-    ``.previous-run`` a run being replaced with ``--overwrite`` is kept in)."""
+    ``.previous-run`` a run being replaced with ``--overwrite`` is kept in). ``rescore``: runs that recorded no
+    premise checks get those their record still supports (see :func:`read_run`)."""
     records = []
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise DataError(f"run root {root} does not exist")
         finals = [f for f in sorted(root.rglob("final.json")) if not _hidden(f.relative_to(root))]
-        records.extend(read_run(final.parent) for final in finals)
+        records.extend(read_run(final.parent, rescore=rescore) for final in finals)
     return records
 
 
@@ -129,8 +135,9 @@ def _hidden(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts[:-1])
 
 
-def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
-    """The :class:`RunRecord` of one finished run directory (``label`` names its row)."""
+def read_run(run_dir: str | Path, label: str | None = None, rescore: bool = False) -> RunRecord:
+    """The :class:`RunRecord` of one finished run directory (``label`` names its row). ``rescore``: a run that
+    recorded no premise checks gets those its method computes from the record (``Method.record_health``)."""
     final = Path(run_dir) / "final.json"
     try:
         d = json.loads(final.read_text())
@@ -153,6 +160,7 @@ def read_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
         selections=d.get("selections") or {},
         label=label,
         total_time_s=_number(d.get("total_time_s")),
+        health=recorded_checks(d, rescore=rescore),
         **_scale(d, final.parent),
         final=d,
     )
@@ -261,6 +269,7 @@ def summarise(
         }
         for col in columns:
             row[col] = Cell([r.metrics.get(split, {}).get(col, math.nan) for r in runs])
+        row["health"] = [(r.seed, r.health) for r in runs]
         row["labels"] = " / ".join(dict.fromkeys(r.labels(inputs(r.path)) for r in runs))
         row["scores"] = [r.scores for r in runs] if split == "test" else []
         row["intervals"] = {
@@ -315,10 +324,14 @@ def metric_cell(row: dict[str, Any], column: str, style: str = "bracket", show_n
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
     """Every row: its labels, seeds, each column (95 % interval where the runs give one, else mean ± std) and,
-    after :func:`add_differences`, the paired differences with the reference."""
+    after :func:`add_differences`, the paired differences with the reference; a ``health`` column (the premise
+    checks: a mark, and footnotes under the table) when some run of the rows has checks."""
     compared = list(rows[0].get("vs") or {}) if rows else []
     header = ["method", "dataset", "options", "protocol", "selection", "labels", "seeds", *[f"{c} %" for c in columns]]
     header += [f"{m} − {rows[0]['reference']} (points)" for m in compared] + ["time s"]
+    notes = HealthNotes()
+    checked = any(checks is not None for row in rows for _, checks in row.get("health", []))
+    header += ["health"] if checked else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(row["options"].items()) if k != "protocol")
@@ -334,8 +347,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = DEFA
             *[difference_cell(row["vs"][m]) if row["vs"][m] is not None else "–" for m in compared],
             row["train_time_s"].format(scale=1.0, digits=0),
         ]
+        if checked:
+            cells.append(
+                notes.mark(f"{row['method_name']} ({row['dataset']}{', ' + opts if opts else ''})", row["health"])
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def table_notes(rows: Sequence[dict[str, Any]]) -> str:
@@ -363,8 +381,10 @@ def pivot_markdown(
     """Methods as rows, values of ``option`` (e.g. the conflicting ratio) as columns: ``metric`` (its interval,
     or mean ± std), marked against the reference after :func:`add_differences`.
 
-    ``reference(method, value) -> float | None`` adds the published number and our difference to each cell.
+    ``reference(method, value) -> float | None`` adds the published number and our difference to each cell; a
+    cell whose runs have premise checks ends with their mark (footnotes under the table).
     """
+    notes = HealthNotes()
     values = sorted({r["options"].get(option) for r in rows if option in r["options"]})
     keys = sorted({(r["method"], r["protocol"], r["selection"]) for r in rows})
     header = ["method", "protocol", "selection", *[f"{option} {v}" for v in values]]
@@ -387,6 +407,8 @@ def pivot_markdown(
             ref = reference(method, v) if reference is not None else None
             if ref is not None and not math.isnan(cell.mean):
                 text += f" [paper {ref:.1f}, {100 * cell.mean - ref:+.1f}]"
-            cells.append(text)
+            health = notes.mark(f"{method}, {option} {v}", match[0].get("health", []))
+            cells.append(f"{text} {health}" if health else text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from debiaslab.bench.aggregate import Cell, metric_cell
+from debiaslab.bench.health_marks import HealthNotes
 from debiaslab.bench.paper import Reference, headline_metric, references
 from debiaslab.bench.stats import mark
 
@@ -170,6 +171,7 @@ def ratio_pivot_markdown(
     ``style="pm"``, ``± half-width``; mean ± std where the runs give none), n, the mark against the reference row
     after :func:`~debiaslab.bench.aggregate.add_differences`, and [paper, ours − paper] when ``compare_paper``."""
     metric = metric or headline_metric(dataset)
+    notes = HealthNotes()
     rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
     ratios = sorted({r["options"]["ratio"] for r in rows})
     keys = list(dict.fromkeys((r["method"], r["selection"]) for r in rows))
@@ -190,9 +192,11 @@ def ratio_pivot_markdown(
             ref = next((x for x in refs if x.metric == metric), None)
             if ref is not None and not math.isnan(row[metric].mean):
                 text += f" [paper {ref.value:.1f}, {_signed(_diff(row[metric], ref))}]"
-            cells.append(text)
+            health = notes.mark(f"{row['method_name']}, ratio {v:g}", row.get("health", []))
+            cells.append(f"{text} {health}" if health else text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    footnotes = notes.block()
+    return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
 def rule_pivot_markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:

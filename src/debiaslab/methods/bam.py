@@ -31,9 +31,11 @@ from debiaslab.engine.sampling import IndexListSampler, UniformSampler, upsample
 from debiaslab.engine.stage import Stage, StageResult, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check
 from debiaslab.evaluation.selection import get_rule, select_best
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
@@ -343,6 +345,10 @@ class BAM(Method):
             "selections": selections,
         }
         return self.fit_result(train, final.modules, [amplify, upweight], rule, extras)
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the amplified model's error set is non-empty, a minority, spread over classes."""
+        return [*super().health(train, val, trainer), *error_set_health(self.error_set_, train)]
 
     @staticmethod
     def _reported_rules(rule: str, val: GroupDataset | None) -> list[str]:

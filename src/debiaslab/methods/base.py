@@ -22,9 +22,11 @@ from debiaslab.engine.cost import run_cost
 from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, DebiasLabError, MissingLabelsError
+from debiaslab.evaluation.health import Check
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.hparams import HparamTable, TrainHparams, convert_hparams, hparam_names, resolve_hparams
+from debiaslab.methods.premises import common_checks, common_record_checks
 from debiaslab.methods.presets import DATASET_PRESETS
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace
 from debiaslab.models import build_model
@@ -239,6 +241,20 @@ class Method:
         trainer = trainer or Trainer(progress=False)
         return trainer.evaluate(model, dataset, model, **kwargs)
 
+    # ------------------------------------------------------------------ premise checks
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Premise checks of the fitted run (:mod:`debiaslab.evaluation.health`). Every method's: the deployed
+        model left chance, its training/validation gap, no selecting stage kept its first or last epoch. A
+        method adds its own premises (``super().health(...) + [...]``) from what its ``fit`` kept."""
+        trainer = trainer or Trainer(progress=False)
+        return common_checks(self._fitted_result().stages, self._fitted_model(), train, val, trainer)
+
+    @classmethod
+    def record_health(cls, final: dict[str, Any]) -> list[Check]:
+        """The checks a finished run's ``final.json`` still supports, for runs written before ``health`` was
+        recorded (each marked ``source="record"``); a method adds what its records hold."""
+        return common_record_checks(final)
+
     # ------------------------------------------------------------------ helpers for subclasses
     def selection_rule(self, val: GroupDataset | None) -> str:
         """The configured rule, with ``auto`` resolved from the labels validation has."""
@@ -310,6 +326,11 @@ class Method:
                     f"selection rule {rule.name!r} needs attribute labels on validation, which "
                     f"{val.name}/{val.split} lacks; use val_worst_class, val_classdiff or val_accuracy"
                 )
+
+    def _fitted_result(self) -> FitResult:
+        if self.fit_result_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit(train, val) first")
+        return self.fit_result_
 
     def _fitted_model(self) -> nn.Module:
         if self.model_ is None:

@@ -34,8 +34,16 @@ from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check
 from debiaslab.methods.base import FitResult, Method
+from debiaslab.methods.denetdm_checks import (
+    expert_role_checks,
+    expert_split_check,
+    experts_alive_check,
+    target_beyond_check,
+)
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import majority_share, predictions, record_n_classes, record_split
 from debiaslab.methods.presets import OURS_CMNIST_SELECTION
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
@@ -242,6 +250,52 @@ class DeNetDM(Method):
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         super().__init__(dataset, **hparams)
         self.experts_: ProductOfExperts | None = None
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also DeNetDM's premises (:mod:`~debiaslab.methods.denetdm_checks`): both experts left chance on the
+        training set; on validation (else training) how the experts split (agreement, each one's accuracy on the
+        other's errors) and how the target does on the deep expert's errors; with attributes, which expert is
+        the biased one and whether the target beats it on the conflicting examples."""
+        trainer = trainer or Trainer(progress=False)
+        checks = super().health(train, val, trainer)
+        if "deep_expert" not in self.readout_models_:
+            return checks
+        models = {
+            "deep": self.readout_models_["deep_expert"],
+            "shallow": self.readout_models_["shallow_expert"],
+            "target": self._fitted_model(),
+        }
+        on_train = {k: {"accuracy": float((predictions(trainer, models[k], train) == train.y).float().mean())}
+                    for k in ("deep", "shallow")}  # fmt: skip
+        checks.append(experts_alive_check(on_train, train.n_classes, "the training set", majority_share(train)))
+        split, where = (val, "validation") if val is not None else (train, "the training set")
+        pred = {k: predictions(trainer, m, split) for k, m in models.items()}
+        checks.append(expert_split_check(pred, split.y, where))
+        checks.append(target_beyond_check(pred["target"], pred["deep"], split.y, split.n_classes, where))
+        labelled = next((s for s in (val, train) if s is not None and s.has_attrs and s.aligned_groups), None)
+        if labelled is not None:
+            metrics = {k: trainer.evaluate(m, labelled, m).metrics for k, m in models.items()}
+            checks += expert_role_checks(metrics, "validation" if labelled is val else "the training set")
+        return checks
+
+    @classmethod
+    def record_health(cls, final: dict[str, Any]) -> list[Check]:
+        """Also, from the experts' recorded read-outs: whether an expert is at chance on validation (near-uniform
+        outputs) and, with attribute metrics, which expert is the biased one and whether the target beats it."""
+        checks = super().record_health(final)
+        split, target = record_split(final)
+        readouts = final.get("readouts") or {}
+        deep, shallow = (readouts.get(k, {}).get(split) for k in ("deep_expert", "shallow_expert"))
+        n_classes = record_n_classes(final)
+        if not deep or not shallow or n_classes < 2:
+            return checks
+        where = "validation" if split == "val" else "test"
+        metrics = {"deep": deep, "shallow": shallow}
+        checks.append(experts_alive_check(metrics, n_classes, where, source="record"))
+        keys = ("aligned", "conflicting")
+        if all(isinstance(m.get(k), int | float) for m in (deep, shallow, target) for k in keys):
+            checks += expert_role_checks({**metrics, "target": target}, where, source="record")
+        return checks
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: DeNetDMHparams = self.hparams  # type: ignore[assignment]

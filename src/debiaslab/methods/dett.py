@@ -44,8 +44,10 @@ from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.engine.weighting import lookup, normalise_mean_one, weighted_mean
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, PlannedStage
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import conflicting_mask, error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform, uniform
@@ -280,6 +282,15 @@ class DeTT(TeacherStudentMethod):
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         super().__init__(dataset, **hparams)
         self.error_set_: Tensor | None = None
+        self.example_weights_: Tensor | None = None
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the bias detector's error set (non-empty, a minority, spread over classes) and the effective
+        sample size of the feature-matching weights it gives."""
+        checks = [*super().health(train, val, trainer), *error_set_health(self.error_set_, train, "detector errors")]
+        if self.example_weights_ is not None:
+            checks += weight_checks(self.example_weights_, conflicting_mask(train), "DeTT weights")
+        return checks
 
     def uses_map_projector(self, train: GroupDataset, teacher: Backbone) -> bool:
         """Whether the student matches the teacher's feature map (``projector`` ``map``, or ``auto`` with two
@@ -335,6 +346,7 @@ class DeTT(TeacherStudentMethod):
         weights = torch.ones(len(train))
         weights[errors] = hp.lambda_up
         weights = normalise_mean_one(weights)
+        self.example_weights_ = weights
         conv_map = self.uses_map_projector(train, teacher)
         teacher_map = map_size(teacher, tuple(train.input_shape)) if conv_map else None
         spec = self.student_spec(train, teacher.feature_dim, conv_map, teacher_map)

@@ -29,6 +29,7 @@ from debiaslab.data.core import GroupDataset
 from debiaslab.engine.stage import StageResult
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
+from debiaslab.evaluation.health import Check
 from debiaslab.methods.base import FitResult, Method, PlannedStage, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
@@ -309,6 +310,11 @@ class DFR(Method):
                 f"of class(es) {absent}"
             )
 
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: examples per group (class) on the validation split the head is fitted on; solver convergence."""
+        checks = super().health(train, val, trainer)
+        return checks + (dfr_checks(self._fitted_result().extras, train, val) if val is not None else [])
+
     def check_model(self, train: GroupDataset) -> None:
         """The model settings matter only when DFR trains its base model (no ``base_run``)."""
         if not self.hparams.base_run:  # type: ignore[attr-defined]
@@ -424,6 +430,43 @@ class DFRClass(DFR):
         "colored_mnist": {**CMNIST_MLP, "selection": _DFR_ROW["selection"]},
     }
     requires: ClassVar[Requirements] = Requirements()
+
+
+#: fewer examples than this per group (class) in the balanced subsample make DFR's head a guess
+DFR_MIN_PER_UNIT = 10
+
+
+def dfr_checks(extras: dict[str, Any], train: GroupDataset, val: GroupDataset) -> list[Check]:
+    """DFR's premises: enough examples of every group (``class`` variant: class) on validation, where the head is
+    fitted, every training group present there, and liblinear converged in the final fits."""
+    labelled = extras.get("variant", "group") == "group"
+    unit = "group" if labelled else "class"
+    units, n_units = (val.group, val.n_groups) if labelled else (val.y, val.n_classes)
+    counts = torch.bincount(units[units >= 0], minlength=n_units)
+    trained = train.group_counts if labelled and train.has_attrs else train.class_counts
+    absent = [int(u) for u in torch.nonzero((trained > 0) & (counts[: trained.numel()] == 0)).flatten()]
+    per_unit = int(extras.get("balanced_per_unit", 0))
+    value = {"per_unit_in_subsample": per_unit, "val_counts": counts.tolist(), "absent_from_val": absent}
+    problems = []
+    if per_unit < DFR_MIN_PER_UNIT:
+        problems.append(
+            f"the head is fitted on {per_unit} validation example(s) per {unit}, too few for a stable head "
+            f"(fewer than {DFR_MIN_PER_UNIT})"
+        )
+    if absent:
+        problems.append(f"training {unit}(s) {absent} have no validation example: the head never sees them")
+    text = "; ".join(problems) or f"{per_unit} validation examples per {unit}"
+    size = Check("dfr_examples_per_group", "warn" if problems else "ok", value, text, uses_labels=labelled)
+    unconverged, n_fits = int(extras.get("unconverged_fits", 0)), int(extras.get("n_fits", 0))
+    solver = Check(
+        "dfr_solver_converged",
+        "warn" if unconverged else "ok",
+        {"unconverged_fits": unconverged, "n_fits": n_fits},
+        f"liblinear hit max_iter in {unconverged} of {n_fits} final fits (raise max_iter)"
+        if unconverged
+        else f"all {n_fits} final fits converged",
+    )
+    return [size, solver]
 
 
 def _check_backbone(model: nn.Module, what: str) -> None:

@@ -33,6 +33,7 @@ from debiaslab.engine.sampling import UniformSampler, group_balanced_sampler
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, group_weight_check
 from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
@@ -181,6 +182,17 @@ class GroupDRO(Method):
             "adjustment": Default(0.0, OURS_CMNIST),
         },
     }
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the group weights q did not sit on one group for the whole run (their per-epoch maximum)."""
+        checks = super().health(train, val, trainer)
+        result = self._fitted_result()
+        history = [h for s in result.stages for h in s.history if "q_max_end" in h]
+        final_q = result.extras.get("group_weights") or []
+        if history:
+            q_max = [h["q_max_end"] for h in history]
+            checks.append(group_weight_check(q_max, [h["q_max_group"] for h in history], final_q))
+        return checks
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp = self.hparams

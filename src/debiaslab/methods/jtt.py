@@ -22,8 +22,10 @@ from debiaslab.engine.sampling import IndexListSampler, upsample_indices
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange
@@ -237,6 +239,11 @@ class JTT(Method):
             **quality,
         }
         return self.fit_result(train, final.modules, [identify, upweight], rule, extras)
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the error set is non-empty, a minority, spread over classes (and, with attributes, how well it
+        finds the bias-conflicting examples)."""
+        return [*super().health(train, val, trainer), *error_set_health(self.error_set_, train)]
 
     def _error_set(self, trainer: Trainer, train: GroupDataset, built: dict[str, Any]) -> Tensor:
         """Indices the identification model gets wrong: clean eval pass, or the predictions logged in epoch T."""

@@ -21,8 +21,10 @@ from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import conflicting_mask
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
@@ -141,6 +143,19 @@ class LfF(Method):
         "colored_mnist": dict(CMNIST_MLP),
     }
 
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        super().__init__(dataset, **hparams)
+        #: the relative difficulty W of every training example at the kept epoch (from the loss averages)
+        self.weights_: Tensor | None = None
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the effective sample size of the final weights W and the share the top 1 % hold (with
+        attributes: their mean on bias-conflicting against aligned examples)."""
+        checks = super().health(train, val, trainer)
+        if self.weights_ is not None:
+            checks += weight_checks(self.weights_, conflicting_mask(train), "LfF weights")
+        return checks
+
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: LfFHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
@@ -197,6 +212,9 @@ class LfF(Method):
             )
 
         stage, result = trainer.run_stage("lff", build, train, val)
+        ema_b, ema_d = stage.modules["ema_biased"], stage.modules["ema_debiased"]
+        every = torch.arange(len(train), device=ema_b.ema.device)
+        self.weights_ = relative_difficulty(ema_b.normalized(every), ema_d.normalized(every)).cpu()
         extras: dict[str, Any] = {"q": hp.q, "ema_alpha": hp.ema_alpha}
         last = result.history[-1] if result.history else {}
         for key in ("train_w_conflicting", "train_w_aligned"):

@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
+from debiaslab.data.core import GroupDataset
+from debiaslab.engine.trainer import Trainer
+from debiaslab.evaluation.health import Check
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import error_set_health, predictions
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, categorical, loguniform
@@ -67,3 +73,13 @@ class MistakeReweight(ULE):
         },
         "colored_mnist": {**CMNIST_MLP, "student_weight_decay": Default(0.01, STUDENT_WD)},
     }
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also (beside ULE's student checks): the student's mistakes on the training set at the kept epoch,
+        the set the teacher's CE is up-weighted on: non-empty, a minority, spread over classes."""
+        trainer = trainer or Trainer(progress=False)
+        checks = super().health(train, val, trainer)
+        if self.student_ is not None:
+            errors = torch.nonzero(predictions(trainer, self.student_, train) != train.y).flatten()
+            checks += error_set_health(errors, train, "student errors")
+        return checks

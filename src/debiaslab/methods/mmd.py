@@ -13,8 +13,15 @@ import torch
 from torch import Tensor
 
 from debiaslab.methods.coral import FeatureMatching
+from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.presets import DATASET_PRESETS
 from debiaslab.methods.registry import register_method
 
+OURS_GENERIC = (
+    "ours: on a dataset without a preset (a user's .npz of 2,000 MNIST digits with a planted shortcut, MLP, "
+    "validation) gamma 1 pulled the environments' features together until the cross-entropy stayed at log K for "
+    "6 epochs; 0.1, the low end of SubpopBench's search range 10^U(-1, 1), reached 83 % validation accuracy in 4"
+)
 #: the kernel bandwidths of DomainBed's and SubpopBench's gaussian_kernel
 KERNEL_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
 
@@ -36,6 +43,11 @@ class MMD(FeatureMatching):
 
     summary = "CE + γ · Gaussian-kernel MMD between environments' features (Li et al. 2018)"
     min_examples: ClassVar[int] = 1  # a kernel mean needs one example
+    #: SubpopBench's γ for every dataset with a preset; a smaller one elsewhere
+    hparam_table: ClassVar[HparamTable] = {
+        "*": {**FeatureMatching.hparam_table["*"], "penalty_weight": Default(0.1, OURS_GENERIC)},
+        **{d: {"penalty_weight": FeatureMatching.hparam_table["*"]["penalty_weight"]} for d in DATASET_PRESETS},
+    }
 
     @staticmethod
     def distance(a: Tensor, b: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from debiaslab.engine.sampling import (
 from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, Requirements
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.presets import CMNIST_MLP
@@ -88,6 +89,11 @@ class Balancing(Method):
     by: ClassVar[By] = "group"
     scheme: ClassVar[Scheme] = "reweight"
 
+    def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
+        super().__init__(dataset, **hparams)
+        #: what each training example counts for: loss weight, draw probability, or 1 kept / 0 left out
+        self.example_weights_: Tensor | None = None
+
     # ------------------------------------------------------------------ what is balanced
     def balance_labels(self, train: GroupDataset) -> tuple[Tensor, int]:
         """The label every example is balanced on (group or class) and how many values it takes."""
@@ -113,6 +119,15 @@ class Balancing(Method):
             return IndexListSampler(kept)
         return None
 
+    # ------------------------------------------------------------------ premise checks
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the effective sample size of what each example counts for (loss weight, draw probability, or
+        kept / not kept): a tiny group (class) makes a few examples carry the whole training signal."""
+        checks = super().health(train, val, trainer)
+        if self.example_weights_ is not None:
+            checks += weight_checks(self.example_weights_, None, f"{self.scheme} weights")
+        return checks
+
     # ------------------------------------------------------------------ fit
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         rule = self.selection_rule(val)
@@ -121,11 +136,16 @@ class Balancing(Method):
         weights = self.example_weights(train).to(trainer.device) if self.scheme == "reweight" else None
         extras: dict[str, object] = {"by": self.by, "scheme": self.scheme}
 
+        self.example_weights_ = weights.cpu() if weights is not None else None
+
         def build() -> Stage:
             model = self.build_model(train)  # first, so initialisation does not depend on the scheme
             sampler = self.sampler(train)
+            if isinstance(sampler, WeightedSampler):
+                self.example_weights_ = sampler.weights.cpu()
             if isinstance(sampler, IndexListSampler):
                 extras["n_kept"] = int(sampler.indices.numel())
+                self.example_weights_ = torch.zeros(len(train)).index_fill_(0, sampler.indices.cpu(), 1.0)
             return method_ce_stage(self, name, model, train, rule, sampler=sampler, example_weights=weights)
 
         stage, result = trainer.run_stage(name, build, train, val)

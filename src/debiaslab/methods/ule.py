@@ -64,11 +64,13 @@ from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import Stage, StepContext
-from debiaslab.engine.trainer import Trainer
+from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
+from debiaslab.evaluation.health import Check, disagreement_checks, saliency_mass_check, student_error_check
 from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
 from debiaslab.methods.lff import generalized_cross_entropy
+from debiaslab.methods.premises import conflicting_mask, predictions
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, categorical, loguniform, uniform
@@ -97,6 +99,8 @@ SPEC_PROBE_EPS = (
     "Colored MNIST 1 %"
 )
 COS_EPS = 1e-8
+#: training examples whose student saliency the premise check measures
+SALIENCY_EXAMPLES = 512
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
@@ -173,6 +177,15 @@ def mask_top_saliency(x: Tensor, g: Tensor, fraction: float, unit: str = "entry"
     keep = torch.ones_like(score, dtype=torch.bool)
     keep.scatter_(1, score.topk(k, dim=1, sorted=False).indices, False)
     return x * keep.reshape(x.shape).to(x.dtype)
+
+
+def saliency_units(g: Tensor, unit: str = "entry") -> Tensor:
+    """|g| per maskable unit, shape ``(N, units)``: per input entry, or (``pixel``, 4-D images) summed over
+    channels, as :func:`mask_top_saliency` ranks them."""
+    score = g.detach().abs().float()
+    if unit == "pixel" and score.dim() == 4:
+        return score.sum(dim=1).flatten(1)
+    return score.reshape(score.shape[0], -1)
 
 
 def normalise_to_batch_mean(raw: Tensor) -> Tensor:
@@ -450,6 +463,38 @@ class ULE(Method):
     def __init__(self, dataset: str | None = None, **hparams: Any) -> None:
         super().__init__(dataset, **hparams)
         self.student_: nn.Module | None = None
+
+    def health(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer | None = None) -> list[Check]:
+        """Also: the student's training error over the epochs (it should keep erring on a minority), how often
+        teacher and student disagree (on validation, else training; with attributes, on conflicting against
+        aligned examples) and, for ``mask``, how much of the student's saliency the masked inputs held."""
+        trainer = trainer or Trainer(progress=False)
+        checks = super().health(train, val, trainer)
+        wrong = [h["train_student_wrong"] for h in self._fitted_result().history if "train_student_wrong" in h]
+        if wrong:
+            checks.append(student_error_check(wrong))
+        if self.student_ is None:
+            return checks
+        split = val if val is not None else train
+        teacher_pred = predictions(trainer, self._fitted_model(), split)
+        checks += disagreement_checks(teacher_pred, predictions(trainer, self.student_, split), conflicting_mask(split))
+        if self.hparams.omega == "mask":  # type: ignore[attr-defined]
+            checks.append(self._saliency_check(train, trainer))
+        return checks
+
+    def _saliency_check(self, train: GroupDataset, trainer: Trainer) -> Check:
+        """The share of the student's input-gradient mass in the entries ``mask`` zeroes, on the first
+        :data:`SALIENCY_EXAMPLES` training examples (eval mode)."""
+        hp: ULEHparams = self.hparams  # type: ignore[assignment]
+        assert self.student_ is not None
+        index = torch.arange(min(len(train), SALIENCY_EXAMPLES))
+        x = trainer.prepare_inputs(train.inputs(index))
+        y = train.y[index].to(x.device)
+        with eval_mode(self.student_):
+            target = None if hp.saliency == "pred_logit" else y
+            _, g = logits_and_input_grad(self.student_, x, target, hp.saliency, create_graph=False)
+        scores = saliency_units(g, hp.mask_unit)
+        return saliency_mass_check(scores, mask_count(scores.shape[1], hp.mask_fraction))
 
     def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
         hp: ULEHparams = self.hparams  # type: ignore[assignment]
