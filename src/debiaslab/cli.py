@@ -336,9 +336,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from debiaslab.tune.command import tune_from_args
 
-    for line in tune_from_args(args):
+    lines = tune_from_args(args)
+    for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return 0
+    return 1 if lines.failed else 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -465,6 +466,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except DebiasLabError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    except (OSError, RuntimeError) as exc:  # a full disk wherever a write was not through debiaslab.utils.io
+        from debiaslab.utils.io import disk_full_error
+
+        full = disk_full_error(getattr(exc, "filename", None) or "a file", exc)
+        if full is None:
+            raise
+        err_console.print(f"[red]error:[/] {escape(str(full))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         if args.command in ("bench", "tune"):

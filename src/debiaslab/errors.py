@@ -36,3 +36,11 @@ class OutputError(DebiasLabError, OSError):
 def output_error(path: object, exc: OSError) -> OutputError:
     """The one-line error for a failed write of ``path``."""
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class RunInUseError(RunDirError):
+    """Another process holds the run directory's lock (it is training there now)."""
+
+
+class DiskFullError(OutputError):
+    """A file could not be written because its disk (or quota) is full; what was written before is intact."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import logging
 import os
 import tempfile
@@ -25,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from debiaslab.errors import ConfigError, DebiasLabError, output_error
+from debiaslab.errors import ConfigError, DebiasLabError, DiskFullError, output_error
+from debiaslab.run_dir import check_output_path
 from debiaslab.runs import load_finished_run, load_run_config
+from debiaslab.utils.io import disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,9 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path) -> Callable[[Ten
 def _export_torchscript(model: nn.Module, example: Tensor, path: Path) -> Callable[[Tensor], np.ndarray]:
     with _quiet():
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        buffer = io.BytesIO()  # serialised in memory: torch.jit.save to a full disk aborts the interpreter
+        torch.jit.save(traced, buffer)
+        path.write_bytes(buffer.getvalue())
         loaded = torch.jit.load(str(path), map_location="cpu")
     loaded.eval()
 
@@ -134,6 +139,9 @@ def export_run(
     and check it against the PyTorch model on ``check_batch`` random inputs."""
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+    default = "model.onnx" if fmt == "onnx" else "model.torchscript.pt"
+    target = Path(out) if out is not None else Path(run_dir) / default
+    check_output_path(run_dir, target)
     model, spec = load_finished_run(run_dir)
     config = load_run_config(run_dir)
     inputs = config.get("input") or {}
@@ -144,22 +152,23 @@ def export_run(
         )
     model = model.float().eval()
     input_shape = tuple(int(s) for s in spec["input_shape"])
-    default = "model.onnx" if fmt == "onnx" else "model.torchscript.pt"
-    target = Path(out) if out is not None else Path(run_dir) / default
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=SUFFIX[fmt], dir=target.parent)
     except OSError as exc:
-        raise output_error(target, exc) from exc
+        raise disk_full_error(target, exc) or output_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         exporter = _export_onnx if fmt == "onnx" else _export_torchscript
         try:
             run = exporter(model, example_inputs(input_shape, 2, seed=0), tmp)
-        except (ConfigError, ExportError):
+        except (ConfigError, ExportError, DiskFullError):
             raise
         except Exception as exc:  # the exporters raise many types for unsupported operations
+            full = disk_full_error(target, exc)
+            if full is not None:
+                raise full from exc
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{fmt} export of {spec['name']} failed: {type(exc).__name__}: {first}") from exc
         x = example_inputs(input_shape, check_batch, seed=1)

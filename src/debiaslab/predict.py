@@ -26,6 +26,7 @@ from debiaslab.data.arrays import check_finite, load_npz
 from debiaslab.data.images import IMAGE_EXTENSIONS, DecodeSpec, ImageFiles
 from debiaslab.data.input_spec import ARRAY, IMAGE, TEXT, build_transform, describe_inputs
 from debiaslab.errors import ConfigError, DataError
+from debiaslab.run_dir import check_output_path
 from debiaslab.runs import load_finished_run, load_run_config
 from debiaslab.utils.io import atomic_write_text
 
@@ -213,6 +214,8 @@ def predict_run(
     ``<run_dir>/predictions.csv``); returns the path and the number of rows."""
     from debiaslab.engine.trainer import resolve_device
 
+    target = Path(out) if out is not None else Path(run_dir) / "predictions.csv"
+    check_output_path(run_dir, target)
     model, model_spec = load_finished_run(run_dir)
     spec = run_input_spec(run_dir, data_root, cache_dir)
     if list(spec["shape"]) != list(model_spec["input_shape"]):
@@ -236,6 +239,5 @@ def predict_run(
     for i, row in enumerate(p.tolist()):
         extra = [names[pred[i]]] if names else []
         writer.writerow([data.ids[i], pred[i], *extra, *(f"{v:.6g}" for v in row)])
-    target = Path(out) if out is not None else Path(run_dir) / "predictions.csv"
     atomic_write_text(target, buf.getvalue())
     return target, len(data.ids)

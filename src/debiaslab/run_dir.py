@@ -9,20 +9,35 @@ States: ``empty`` (nothing of a run), ``failed_early`` (a run started but failed
   has finished; if the new run fails before its first epoch they are put back, and if it fails later they stay
   aside (the log says where) until the new run is resumed to its end.
 
+Moving aside and putting back are two-phase, so a kill at any instant loses nothing: files go first into
+``.previous-run.pending/``, which is renamed to ``.previous-run/`` once all are there; putting back renames
+``.previous-run/`` to ``.previous-run.restoring/`` and then moves its files back. The next command on the folder
+(:func:`recover_run_dir`) finishes what was interrupted: a pending move is rolled back, a restore completed, an
+old run kept aside is put back when the new one trained nothing and deleted once the new one has finished.
+It also removes the temporary files of writes a kill interrupted.
+
+One process writes a run directory at a time: :func:`run_dir_lock` holds an OS lock (``fcntl.flock`` on
+``.run.lock`` in the folder) while it trains; the OS releases it when the process exits or dies, and a second
+writer is refused with one line naming the holder.
+
 Only the files a run writes (:data:`RUN_FILES`) are moved or removed; anything else in the folder is left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import errno
 import logging
+import os
 import shutil
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
-from debiaslab.errors import RunDirError
+from debiaslab.errors import DataError, RunDirError, RunInUseError
+from debiaslab.utils.io import current_umask, read_yaml_mapping, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,12 @@ RUN_FILES = (
 )
 #: Where ``--overwrite`` keeps the replaced run until the new one has finished.
 PREVIOUS = ".previous-run"
+#: ``PREVIOUS`` while it is being filled (an interrupted move is rolled back) and while it is being emptied back
+#: into the run directory (an interrupted restore is completed)
+PENDING = ".previous-run.pending"
+RESTORING = ".previous-run.restoring"
+#: the lock file of :func:`run_dir_lock`
+LOCK = ".run.lock"
 
 EMPTY, FAILED_EARLY, PARTIAL, FINISHED = "empty", "failed_early", "partial", "finished"
 
@@ -116,9 +137,133 @@ def previous_run_note(run_dir: Path) -> str:
 
 
 def read_config(run_dir: Path) -> dict:
-    """The ``config.yaml`` of ``run_dir`` ({} when absent or empty)."""
+    """The ``config.yaml`` of ``run_dir`` ({} when absent); an empty or garbled one is one error naming it."""
     path = run_dir / CONFIG
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return read_yaml_mapping(path, "the configuration debiaslab wrote for this run")
+    except DataError as exc:
+        raise RunDirError(f"{exc}; start the run again with --overwrite") from exc
+
+
+# ---------------------------------------------------------------------------------------------- one writer
+_HELD: dict[str, list[int]] = {}  # real path of a locked run directory -> [file descriptor, nesting depth]
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the block (created with the folder when missing); a second process is refused
+    with :class:`RunInUseError` naming the holder. Nested use in one process is free; the OS releases the lock
+    of a process that dies, so a killed run never blocks the next one."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _acquire(run_dir)
+    _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        _release(run_dir / LOCK, fd)
+
+
+def _acquire(run_dir: Path) -> int:
+    import fcntl
+
+    path = run_dir / LOCK
+    for _ in range(20):  # the holder may remove the file between our open and our lock: try the new one
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as exc:
+            raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunInUseError(
+                    f"run directory {run_dir} is in use by another process ({holder}); wait for it to end or "
+                    "choose another --out"
+                ) from exc
+            log.warning("cannot lock %s (%s); going on without a lock", path, exc.strerror or exc)
+            return -1
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            _write_holder(fd)
+            return fd
+        os.close(fd)
+    raise RunInUseError(f"run directory {run_dir}: its lock file {path} keeps changing; another process uses it")
+
+
+def _holder_text() -> str:
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    text = f"pid {os.getpid()} on {socket.gethostname()} since {when}"
+    return text + (f": {command[:200]}" if command and not command.startswith("-c") else "")
+
+
+def _write_holder(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the lock holds without the note (e.g. on a full disk)
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder_text().encode())
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "no details recorded"
+
+
+def _release(path: Path, fd: int) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):  # removed while still held, so no other process can take a stale file
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+    os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- overwrite
+def recover_run_dir(run_dir: Path) -> None:
+    """Finish what a killed command left half done in ``run_dir`` (call it holding the lock): roll back an
+    interrupted move aside, complete an interrupted restore, put back an old run kept aside when the new run
+    trained nothing, delete it when the new run has finished; and remove killed writes' temporary files."""
+    if not run_dir.is_dir():
+        return
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        remove_stale_temp_files(folder)
+    pending, restoring, previous = run_dir / PENDING, run_dir / RESTORING, run_dir / PREVIOUS
+    if pending.is_dir():
+        _move_back(pending, run_dir)
+        log.warning("%s: an --overwrite was interrupted while moving the old run aside; the old run is back", run_dir)
+    if restoring.is_dir():
+        _move_back(restoring, run_dir)
+        log.warning("%s: putting the old run back was interrupted; it is back now", run_dir)
+    if not previous.is_dir():
+        return
+    state = run_dir_state(run_dir)
+    if state == FINISHED:
+        shutil.rmtree(previous)
+        log.info("%s: the run that replaced the old one has finished; the old run is deleted", run_dir)
+    elif state in (EMPTY, FAILED_EARLY):
+        _restore(run_dir)
+        log.warning("%s: the run that replaced the old one trained nothing; the old run is back", run_dir)
 
 
 @contextlib.contextmanager
@@ -143,10 +288,7 @@ def claimed_run_dir(run_dir: Path, action: str) -> Iterator[None]:
                     previous,
                 )
             else:
-                _remove_run_files(run_dir)
-                for item in previous.iterdir():
-                    item.rename(run_dir / item.name)
-                previous.rmdir()
+                _restore(run_dir)
                 log.warning("the new run failed before its first epoch; the previous run in %s is back", run_dir)
         raise
     if previous.is_dir():
@@ -154,17 +296,66 @@ def claimed_run_dir(run_dir: Path, action: str) -> Iterator[None]:
 
 
 def _move_aside(run_dir: Path, previous: Path) -> None:
-    """Move the run files of ``run_dir`` into ``previous``; a finished run already kept there (from an overwrite
-    that was interrupted) is kept instead of an unfinished one."""
+    """Move the run files of ``run_dir`` into ``previous`` in two phases (``PENDING``, then one rename); an old run
+    already kept there (the unfinished run now in ``run_dir`` replaced it) is kept instead of that run."""
     if previous.is_dir():
         if run_dir_state(run_dir) != FINISHED:
             _remove_run_files(run_dir)
             return
         shutil.rmtree(previous)
-    previous.mkdir()
+    pending = run_dir / PENDING
+    pending.mkdir(exist_ok=True)
     for name in RUN_FILES:
         if (run_dir / name).exists():
-            (run_dir / name).rename(previous / name)
+            (run_dir / name).rename(pending / name)
+    _sync_dir(pending)
+    pending.rename(previous)  # the commit: from here on the old run is whole in PREVIOUS
+    _sync_dir(run_dir)
+
+
+def _restore(run_dir: Path) -> None:
+    """Put the run kept in ``PREVIOUS`` back: remove the new run's files, rename ``PREVIOUS`` to ``RESTORING``,
+    move its files back (an interruption after the rename is completed by :func:`recover_run_dir`)."""
+    _remove_run_files(run_dir)
+    restoring = run_dir / RESTORING
+    (run_dir / PREVIOUS).rename(restoring)
+    _move_back(restoring, run_dir)
+
+
+def _move_back(folder: Path, run_dir: Path) -> None:
+    for item in sorted(folder.iterdir()):
+        target = run_dir / item.name
+        if target.exists():
+            raise RunDirError(
+                f"{run_dir} and {folder} both hold {item.name}; keep the one you want in {run_dir} and delete {folder}"
+            )
+        item.rename(target)
+    folder.rmdir()
+    _sync_dir(run_dir)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (its directory entry flushed), where the system allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_output_path(run_dir: str | os.PathLike[str], target: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Refuse an output that would overwrite a file of the run itself (``predict --out RUN/final.json``)."""
+    run = Path(run_dir).resolve()
+    out = Path(target).resolve()
+    if out == run:
+        raise RunDirError(f"{flag} {target} is the run directory itself; expected a file name")
+    for name in (*RUN_FILES, PREVIOUS, PENDING, RESTORING, LOCK):
+        own = run / name
+        if out == own or own in out.parents:
+            raise RunDirError(
+                f"{flag} {target} would overwrite {name} of the run {run_dir}; choose another output file"
+            )
 
 
 def _remove_run_files(run_dir: Path) -> None:

@@ -30,8 +30,9 @@ from debiaslab.data.input_spec import describe_inputs
 from debiaslab.data.overlap import OverlappingGroupDataset
 from debiaslab.data.registry import build_dataset, check_options, dataset_name
 from debiaslab.engine.checkpoint import clone_state, load_model_file, save_model_file
+from debiaslab.engine.integrity import config_hash
 from debiaslab.engine.trainer import Trainer, eval_mode, resolve_device
-from debiaslab.errors import ConfigError, DebiasLabError, RunDirError
+from debiaslab.errors import ConfigError, DataError, DebiasLabError, RunDirError
 from debiaslab.evaluation.health import Check, failing
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import check_rule_applicable
@@ -48,9 +49,17 @@ from debiaslab.run_dir import (
     plan_run_dir,
     previous_run_note,
     read_config,
+    recover_run_dir,
+    run_dir_lock,
 )
 from debiaslab.utils import dist
-from debiaslab.utils.io import atomic_write_json, atomic_write_text, atomic_write_yaml, finite_or_none
+from debiaslab.utils.io import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    finite_or_none,
+    read_yaml_mapping,
+)
 from debiaslab.utils.paths import options_slug
 
 log = logging.getLogger(__name__)
@@ -104,6 +113,10 @@ class RunConfig:
     def comparable_identity(self) -> dict[str, Any]:
         """:meth:`identity` as compared with a run directory's ``config.yaml`` (see :func:`comparable_identity`)."""
         return comparable_identity(_plain(self.identity()))
+
+    def checkpoint_hash(self) -> str:
+        """The hash recorded in this run's checkpoints: a resumed run uses only checkpoints of the same run."""
+        return config_hash(self.comparable_identity())
 
     def run_dir(self) -> Path:
         if self.out:
@@ -222,16 +235,19 @@ def run_method(
         from debiaslab.engine.tracking import require_packages
 
         require_packages(tensorboard=cfg.tensorboard, mlflow=cfg.mlflow is not None)
-    action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume) if main else "new"
-    if action == "resume":
-        check_resumable(run_dir, cfg)
-    if main:
-        log.info("%s on %s, seed %d: run directory %s (%s)", cfg.method, cfg.dataset, cfg.seed, run_dir, action)
-        if bundle.recipe.get("aligned"):
-            log.info("%s: aligned pairing %s", cfg.dataset, bundle.recipe["aligned"])
-    dist.barrier()
-    with claimed_run_dir(run_dir, action) if main else contextlib.nullcontext():
-        return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks, fit_bundle, groups)
+    with run_dir_lock(run_dir) if main else contextlib.nullcontext():  # one writer per run directory
+        if main:
+            recover_run_dir(run_dir)
+        action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume) if main else "new"
+        if action == "resume":
+            check_resumable(run_dir, cfg)
+        if main:
+            log.info("%s on %s, seed %d: run directory %s (%s)", cfg.method, cfg.dataset, cfg.seed, run_dir, action)
+            if bundle.recipe.get("aligned"):
+                log.info("%s: aligned pairing %s", cfg.dataset, bundle.recipe["aligned"])
+        dist.barrier()
+        with claimed_run_dir(run_dir, action) if main else contextlib.nullcontext():
+            return _train_in(run_dir, cfg, method, bundle, report_rules, started, callbacks, fit_bundle, groups)
 
 
 def _train_in(
@@ -273,12 +289,20 @@ def _train_in(
     for note in bundle.notes:
         log.warning("%s", note)
 
-    trainer = Trainer(run_dir=run_dir, report_rules=report_rules, callbacks=callbacks, **cfg.trainer_options())
+    trainer = Trainer(
+        run_dir=run_dir,
+        report_rules=report_rules,
+        callbacks=callbacks,
+        config_hash=cfg.checkpoint_hash(),
+        **cfg.trainer_options(),
+    )
     trackers = run_trackers_for(cfg, run_dir, config_doc) if main else []
     trainer.callbacks.extend(trackers)
     try:
         method.fit(fit_bundle.train, val, trainer=trainer)
-        final = _evaluate_and_write(run_dir, cfg, method, bundle, trainer, started, labels=labels, groups=groups)
+        final = _evaluate_and_write(
+            run_dir, cfg, method, bundle, trainer, started, labels=labels, groups=groups, config_doc=config_doc
+        )
     except BaseException:
         close_trackers(trackers, "FAILED")
         raise
@@ -298,15 +322,17 @@ def _evaluate_and_write(
     *,
     labels: Any,
     groups: GroupsFile | None,
+    config_doc: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluate the deployed model on ``bundle`` and write ``model.pt``, ``final.json`` and the reports (rank 0
-    only); ``labels`` is the run's label ledger, ``groups`` the inferred groups it trained on (if any)."""
+    only); ``labels`` is the run's label ledger, ``groups`` the inferred groups it trained on (if any),
+    ``config_doc`` what its ``config.yaml`` holds (``model.pt`` records its hash)."""
     main = dist.is_main_process()
     result = method.fit_result_
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
         return {}
-    save_model_file(run_dir / MODEL, method.model_, result.model_spec)
+    save_model_file(run_dir / MODEL, method.model_, result.model_spec, config_hash(config_doc["run"]))
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
     checks = run_health(method, bundle, trainer)
@@ -529,12 +555,22 @@ def check_finished(run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run directory's ``config.yaml``; a missing, empty or garbled one (or one without a ``run`` section naming
+    the method and dataset) is one error naming it."""
     path = Path(run_dir) / CONFIG
     if not Path(run_dir).is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a run directory: {CONFIG} is missing")
-    return yaml.safe_load(path.read_text())
+    expected = "the configuration debiaslab wrote for the run (a `run` section with its method and dataset)"
+    config = read_yaml_mapping(path, expected)
+    run = config.get("run")
+    if not isinstance(run, dict) or not all(isinstance(run.get(k), str) for k in ("method", "dataset")):
+        raise DataError(f"{path} has no valid `run` section; expected {expected}")
+    run.setdefault("dataset_options", {})
+    if not isinstance(run["dataset_options"], dict):
+        raise DataError(f"{path}: run.dataset_options is not a mapping; expected {expected}")
+    return config
 
 
 def evaluate_run(

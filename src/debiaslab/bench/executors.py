@@ -23,6 +23,7 @@ from typing import Any
 
 from debiaslab.bench.worker import ERROR, LOG, RUNNING, RunTask, execute_run, write_error
 from debiaslab.errors import ConfigError
+from debiaslab.utils.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ Callback = Callable[[RunTask, dict[str, Any]], None]
 
 
 def run_with_processes(tasks: list[RunTask], workers: int, on_result: Callback) -> None:
-    """Run ``tasks`` on a spawn-context ``ProcessPoolExecutor``, one fresh process per run.
+    """Run ``tasks`` on a spawn-context ``ProcessPoolExecutor``, one fresh process per run; the workers end with
+    this process (:func:`~debiaslab.utils.lifetime.die_with_parent`).
 
     A worker that dies breaks the whole pool; the runs that were in flight (their ``.bench-running`` marker is
     left behind) are then retried one at a time in a pool of their own, so only the run that dies again is
@@ -73,7 +75,13 @@ def _pool_round(tasks: list[RunTask], workers: int, on_result: Callback) -> list
     # token is ever released, so the 3.11 replacement-deadlock of gh-115634, which needs > 1, cannot occur.)
     extra = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
     left: list[RunTask] = []
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context, **extra)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=context,
+        initializer=die_with_parent,  # a killed bench leaves no worker behind
+        initargs=(os.getpid(),),
+        **extra,
+    )
     try:
         futures: dict[Future[dict[str, Any]], RunTask] = {pool.submit(execute_run, t): t for t in tasks}
         for future in as_completed(futures):

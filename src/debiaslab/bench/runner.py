@@ -36,7 +36,7 @@ from debiaslab.bench.worker import ERROR, RUNNING, RunTask, write_error
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import CONFIG, FINAL, comparable_identity, is_finished
-from debiaslab.utils.io import atomic_write_json
+from debiaslab.utils.io import atomic_write_json, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def run_suite(
         if s.status == "finished":
             s.status = "skipped"
     todo = [s for s in states if s.status in TO_RUN]
+    remove_stale_temp_files(out)  # a killed bench's half-written summary or report
     if todo and not report_only:
         if executor == "ray":
             check_ray()

@@ -36,8 +36,22 @@ class RunTask:
 
 
 def execute_run(task: RunTask) -> dict[str, Any]:
-    """Train ``task.config`` (resuming whatever is in its directory) and return ``{"status", ...}``."""
+    """Train ``task.config`` (resuming whatever is in its directory) and return ``{"status", ...}``. The run
+    directory's lock is taken first: a run another process trains now fails here with its files left alone."""
+    from debiaslab.errors import RunInUseError
+    from debiaslab.run_dir import run_dir_lock
+
     started = time.perf_counter()
+    try:
+        with run_dir_lock(task.run_dir):
+            return _execute_locked(task, started)
+    except RunInUseError as exc:
+        logging.getLogger(__name__).error("run %s not started: %s", task.run_dir, exc)
+        elapsed = round(time.perf_counter() - started, 2)
+        return {"status": "failed", "time_s": elapsed, "error": f"{type(exc).__name__}: {exc}", "log": None}
+
+
+def _execute_locked(task: RunTask, started: float) -> dict[str, Any]:
     run_dir = task.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / RUNNING

@@ -26,14 +26,19 @@ class RuleKeeper:
         rules: selection-rule names (duplicates ignored).
         path: checkpoint file (None: kept in memory only).
         resume: load the kept states from ``path`` when it exists.
+        trainer: the trainer whose run the checkpoint belongs to (its ``save`` / ``load`` record and check the
+            run's configuration hash); None: plain checksummed checkpoints.
     """
 
-    def __init__(self, rules: Sequence[str], path: Path | None = None, resume: bool = False) -> None:
+    def __init__(
+        self, rules: Sequence[str], path: Path | None = None, resume: bool = False, trainer: Any = None
+    ) -> None:
         self.rules = [get_rule(r) for r in dict.fromkeys(rules)]
         self.path = path
+        self._save = trainer.save if trainer is not None else save_checkpoint
         self.best: dict[str, dict[str, Any]] = {}
         if resume and path is not None and path.exists():
-            saved = load_checkpoint(path)["best"]
+            saved = (trainer.load(path) if trainer is not None else load_checkpoint(path))["best"]
             self.best = {name: kept for name, kept in saved.items() if name in {r.name for r in self.rules}}
 
     def __bool__(self) -> bool:
@@ -51,7 +56,7 @@ class RuleKeeper:
                 state = clone_state(modules) if state is None else state  # one copy shared by the rules
                 self.best[rule.name] = {"epoch": int(epoch), "score": score, "state": state}
         if state is not None and self.path is not None and dist.is_main_process():
-            save_checkpoint(self.path, {"best": self.best})
+            self._save(self.path, {"best": self.best})
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{rule: {"epoch", "score"}}`` without the weights (for logs)."""

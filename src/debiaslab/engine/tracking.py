@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from debiaslab.errors import ConfigError
+from debiaslab.utils.urls import hide_password, scrub, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ class MLflowTracker:
         self._metric = entities.Metric
         self._param = entities.Param
         self.uri = uri
+        shown = hide_password(uri)
+        down = unreachable(uri)  # fail in seconds, not after the client's minutes of retries
+        if down is not None:
+            raise ConfigError(f"cannot use MLflow tracking URI {shown!r}: {down}; expected a running tracking server")
         try:
             self.client = tracking.MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
@@ -133,8 +138,8 @@ class MLflowTracker:
             raise
         except Exception as exc:  # an unreachable server, a bad URI, a locked or foreign database
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot use MLflow tracking URI {uri!r}: {first}") from exc
-        log.info("MLflow run %s in %s (experiment %s)", self.run_id, uri, experiment)
+            raise ConfigError(f"cannot use MLflow tracking URI {shown!r}: {scrub(first, uri)}") from None
+        log.info("MLflow run %s in %s (experiment %s)", self.run_id, shown, experiment)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         step = int(record.get("epoch", 0))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
-from debiaslab.engine.checkpoint import clone_state, load_checkpoint, save_checkpoint
+from debiaslab.engine.checkpoint import clone_state, load_checkpoint, load_weights, save_checkpoint
 from debiaslab.engine.data_parallel import (
     GradSync,
     all_finite,
@@ -43,6 +43,9 @@ from debiaslab.utils.seed import derive_seed, rng_state, seed_everything, set_rn
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+#: a step's loss this many times the stage's reference loss (its first epoch's mean, at least 1) means training
+#: diverged: the run stops instead of deploying what it has become (a finite blow-up that NaN checks miss)
+EXPLODED = 1e4
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -91,6 +94,8 @@ class Trainer:
             (a tuning trial reports the score and is pruned this way, after the epoch's checkpoint is written).
         callbacks: objects with ``on_epoch_end(record)``, called with every epoch's record (the line written to
             ``metrics.jsonl``) on the main process, e.g. the experiment trackers of :mod:`debiaslab.engine.tracking`.
+        config_hash: the hash of the run's configuration, recorded in every checkpoint; a checkpoint recording
+            another is refused on resume (None: not checked).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Trainer:
         report_rules: Sequence[str] = (),
         epoch_hook: Callable[[str, int, dict[str, Any]], None] | None = None,
         callbacks: Sequence[Any] = (),
+        config_hash: str | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
@@ -126,6 +132,8 @@ class Trainer:
         self._sync: GradSync | None = None  # the training stage's loss and gradient averaging
         self.epoch_hook = epoch_hook
         self.callbacks = list(callbacks)
+        self.config_hash = config_hash
+        self._loss_ref: float | None = None  # the running stage's reference loss (see EXPLODED)
         if num_threads is not None:
             if isinstance(num_threads, bool) or int(num_threads) < 1:
                 raise ConfigError(f"num_threads {num_threads!r} must be an integer >= 1 (torch CPU threads)")
@@ -149,6 +157,15 @@ class Trainer:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def save(self, path: Path, state: dict[str, Any]) -> None:
+        """Write a checkpoint of this run (checksummed, with the run's configuration hash)."""
+        save_checkpoint(path, state, self.config_hash)
+
+    def load(self, path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Read and verify a checkpoint of this run (see :func:`~debiaslab.engine.checkpoint.load_checkpoint`)."""
+        redo = "start the run again with --overwrite (or delete the file to train its stage again)"
+        return load_checkpoint(path, map_location=map_location, config=self.config_hash, redo=redo)
 
     def seed_stage(self, name: str) -> None:
         """Seed all RNGs from (seed, stage): a stage builds identical modules whether or not earlier ones ran."""
@@ -235,8 +252,8 @@ class Trainer:
         return self.sparse[stage.name]
 
     def _restore_done(self, stage: Stage, path: Path) -> StageResult:
-        state = load_checkpoint(path, map_location=self.device)
-        stage.modules.load_state_dict(state["modules"])
+        state = self.load(path, map_location=self.device)
+        load_weights(stage.modules, state["modules"], path)
         result = StageResult(**state["result"], resumed=True)
         self.history.extend(result.history)
         log.info("stage %s restored from %s (selected epoch %d)", stage.name, path, result.selected_epoch)
@@ -261,11 +278,11 @@ class Trainer:
         best_path = self._ckpt_path(stage.name, "best")
         rules_path = self._ckpt_path(stage.name, "rules")
         resuming = self.resume and last_path is not None and last_path.exists()
-        keeper = RuleKeeper(self._extra_rules(stage, rule, val), rules_path, resume=resuming)
+        keeper = RuleKeeper(self._extra_rules(stage, rule, val), rules_path, resume=resuming, trainer=self)
         if resuming:
             assert last_path is not None
-            state = load_checkpoint(last_path, map_location=self.device)
-            stage.modules.load_state_dict(state["modules"])
+            state = self.load(last_path, map_location=self.device)
+            load_weights(stage.modules, state["modules"], last_path)
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler") is not None:
                 scheduler.load_state_dict(state["scheduler"])
@@ -280,9 +297,11 @@ class Trainer:
                 state["wall_time_s"],
             )
             if best_path is not None and best_path.exists() and rule.name != "last":
-                best_state = load_checkpoint(best_path)["modules"]
+                best_state = self.load(best_path)["modules"]
             log.info("stage %s resumed after epoch %d from %s", stage.name, start_epoch, last_path)
 
+        first = history[0].get("train_loss") if history else None
+        self._loss_ref = float(first) if isinstance(first, int | float) and math.isfinite(first) else None
         n_steps = steps_per_epoch(len(stage.sampler), stage.batch_size, stage.drop_last)
         ctx = StepContext(stage.name, start_epoch, start_epoch * n_steps, stage.epochs, n_steps)
         self._sync = GradSync(stage, flat_params)  # after loading: every process starts from the same weights
@@ -308,7 +327,7 @@ class Trainer:
                     best_score, best_epoch = score, epoch + 1
                     best_state = clone_state(stage.modules)
                     if best_path is not None and dist.is_main_process():
-                        save_checkpoint(best_path, {"modules": best_state, "epoch": epoch + 1})
+                        self.save(best_path, {"modules": best_state, "epoch": epoch + 1})
                 elif rule.name == "last":
                     best_epoch, best_score = epoch + 1, score
                 keeper.update(epoch + 1, _scored_metrics(stage, record), stage.modules)
@@ -323,7 +342,7 @@ class Trainer:
                     stage.name, epoch + 1, stage.epochs, record, rule, score, (best_score, best_epoch)
                 )
                 if last_path is not None and dist.is_main_process():
-                    save_checkpoint(
+                    self.save(
                         last_path,
                         {
                             "modules": stage.modules.state_dict(),
@@ -354,7 +373,7 @@ class Trainer:
         done = self._ckpt_path(stage.name, "done")
         if done is not None and dist.is_main_process():
             result_state = {k: v for k, v in vars(result).items() if k != "resumed"}
-            save_checkpoint(done, {"modules": stage.modules.state_dict(), "result": result_state})
+            self.save(done, {"modules": stage.modules.state_dict(), "result": result_state})
             for stale in (last_path, best_path, rules_path):
                 if stale is not None and stale.exists():
                     stale.unlink()
@@ -402,6 +421,7 @@ class Trainer:
                 kept = self._ckpt_path(stage.name, "last")
                 keep = f"; last good checkpoint kept at {kept}" if kept is not None and kept.exists() else ""
                 raise TrainingError(f"non-finite loss ({float(loss.detach()):.4g}) at {where}{keep}")
+            self._check_exploded(loss, stage.name, ctx)
             optimizer.zero_grad(set_to_none=True)
             sync.backward(loss, scale)  # the gradient of the global batch's mean loss, on every process
             if sparse is not None:  # keeps the dense gradient for a mask update, then masks the gradients
@@ -422,6 +442,23 @@ class Trainer:
             self.progress.advance(stage.name)
         sums = reduce_sums(sums)
         return {("train_" + k): float(v) / max(n_steps, 1) for k, v in sums.items()}
+
+    def _check_exploded(self, loss: Tensor, stage: str, ctx: StepContext) -> None:
+        """Stop with one line when a step's loss is :data:`EXPLODED` times the stage's reference loss (its first
+        epoch's mean, or this training's first step; at least 1): the weights have diverged."""
+        value = float(loss.detach().float().max())
+        if self._loss_ref is None:
+            self._loss_ref = value
+            return
+        limit = EXPLODED * max(abs(self._loss_ref), 1.0)
+        if value > limit:
+            kept = self._ckpt_path(stage, "last")
+            keep = f"; last checkpoint kept at {kept}" if kept is not None and kept.exists() else ""
+            raise TrainingError(
+                f"the loss exploded ({value:.3g}, over {EXPLODED:g} x the stage's first-epoch loss "
+                f"{self._loss_ref:.3g}) at stage {stage!r}, epoch {ctx.epoch + 1}, step {ctx.step + 1}: training "
+                f"diverged and was stopped (lower the learning rate or set grad_clip){keep}"
+            )
 
     def _validate(self, stage: Stage, rule: Any, val: GroupDataset, record: dict[str, Any]) -> float | None:
         with self._repeats.on("debiaslab.evaluation.metrics", "debiaslab.evaluation.selection"):

@@ -7,6 +7,7 @@ then the user's overrides. The resolved values and their sources are written to 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -26,6 +27,9 @@ class Default(NamedTuple):
 
 
 HparamTable = dict[str, dict[str, Default]]
+#: the most epochs a run may ask for (ours: no recipe we know of comes near it; a larger number is a typo that
+#: would train until killed)
+MAX_EPOCHS = 10_000
 
 
 @dataclass
@@ -69,8 +73,16 @@ class TrainHparams:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"epochs {self.epochs} must be >= 1")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"epochs {self.epochs} must be at most {MAX_EPOCHS}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size {self.batch_size} must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr {self.lr} must be a finite number > 0 (a step against the gradient)")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ConfigError(f"grad_clip {self.grad_clip} must be a finite number > 0 (the largest gradient norm)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay {self.weight_decay} must be a finite number >= 0")
         self.sparse_config()  # validates the sparse options
         self.report_rules = _rule_names(self.report_rules)
 

@@ -1,8 +1,8 @@
 """Teachers for distillation methods (DeTT, KD): a debiased model loaded from a run directory or trained on the spot.
 
-Loading reads ``model.pt`` with ``weights_only=True`` and checks the input shape and the number of classes;
-training runs any registered method through the same trainer, so its stages are checkpointed and resumable
-like the student's.
+Loading reads ``model.pt`` with ``weights_only=True``, verifies its checksum and checks the input shape and the
+number of classes; training runs any registered method through the same trainer, so its stages are checkpointed
+and resumable like the student's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.checkpoint import load_model_file
 from debiaslab.engine.trainer import Trainer
-from debiaslab.errors import ConfigError
+from debiaslab.errors import ConfigError, DataError
 from debiaslab.models.base import Backbone
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ def load_finished_model(path: str | Path, option: str, example: str) -> tuple[nn
             f"{option} {str(path)!r}: no {MODEL_FILE} found; expected a finished run directory "
             f"(debiaslab train --method {example} --out DIR) or the path of its {MODEL_FILE}"
         )
-    return load_model_file(file)
+    try:
+        return load_model_file(file)  # checksum verified; a model beside another run's config.yaml is refused
+    except DataError as exc:
+        raise DataError(f"{option} {str(path)!r}: {exc}") from exc
 
 
 def load_teacher(path: str | Path, train: GroupDataset, owner: str) -> tuple[Backbone, dict[str, Any]]:

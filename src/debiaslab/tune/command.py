@@ -11,7 +11,7 @@ from debiaslab.cli_options import from_args, run_places
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import parse_key_values
-from debiaslab.tune.final import Chosen, chosen_hparams, final_suite, train_chosen
+from debiaslab.tune.final import Chosen, TuneLines, chosen_hparams, final_suite, train_chosen, unfinished
 from debiaslab.tune.search import SearchResult, run_search
 from debiaslab.tune.space import load_space_file, resolve_space
 from debiaslab.tune.study import SearchSpec
@@ -30,8 +30,9 @@ def default_rule(dataset: str, options: dict[str, Any], data_root: str | None, c
     return "val_worst_group" if bundle.val.has_attrs else "val_worst_class"
 
 
-def tune_from_args(args: argparse.Namespace) -> list[str]:
-    """Run what the command line asks; returns the lines to print (tables and where the reports are)."""
+def tune_from_args(args: argparse.Namespace) -> TuneLines:
+    """Run what the command line asks; returns the lines to print (tables and where the reports are) and how many
+    final runs did not finish. Everything the final runs need is checked before the search starts."""
     _check_ints(args)
     from debiaslab.bench.suite import import_plugins
 
@@ -53,6 +54,8 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
     space, fixed = resolve_space(
         method_cls, overrides, parse_key_values(args.hp, "--hp"), source=f"space file {args.space}"
     )
+    if args.final_ratios and not args.no_final:
+        check_final_ratios(args.dataset, options, args.final_ratios)
     rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
     named = {"dataset_options": options, "fixed": fixed, "seed": args.search_seed, "study_name": args.study}
     passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
@@ -60,12 +63,13 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
     spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
     spec.out = args.out or str(Path("runs") / "tune" / spec.name)
     result = run_search(spec, workers=args.workers)
-    lines = search_lines(result)
+    lines = TuneLines(search_lines(result))
     if args.no_final:
         return lines
     best = result.best.get(rule)
     if best is None:
-        return [*lines, f"no complete trial under {rule}: no final runs"]
+        lines.append(f"no complete trial under {rule}: no final runs")
+        return lines
     ratios = args.final_ratios or ([options["ratio"]] if "ratio" in options else None)
     chosen = [Chosen(spec.method, spec.method, chosen_hparams(fixed, best, spec.epochs, rule))]
     suite = final_suite(
@@ -86,7 +90,21 @@ def tune_from_args(args: argparse.Namespace) -> list[str]:
         workers=args.workers,
         **run_places(args),
     )
-    return [*lines, bench.tables.get("results", ""), f"final runs: {bench.out / 'report.md'}"]
+    lines += [bench.tables.get("results", ""), f"final runs: {bench.out / 'report.md'}"]
+    lines.failed = unfinished(bench)
+    if lines.failed:
+        lines.append(f"{lines.failed} final run(s) did not finish; see {bench.out / 'report.md'}")
+    return lines
+
+
+def check_final_ratios(dataset: str, options: dict[str, Any], ratios: list[float]) -> None:
+    """Every ``--final-ratios`` value is a ratio in (0, 1) that the dataset takes (before any trial trains)."""
+    from debiaslab.data.registry import check_options
+
+    for ratio in ratios:
+        if not 0 < ratio < 1:
+            raise ConfigError(f"--final-ratios {ratio:g} is outside (0, 1); expected bias-conflicting fractions")
+        check_options(dataset, {**options, "ratio": ratio})
 
 
 def search_lines(result: SearchResult) -> list[str]:
@@ -114,3 +132,6 @@ def _check_ints(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be >= 1")
+    seeds = getattr(args, "seeds", None) or []
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: expected distinct seeds >= 0")

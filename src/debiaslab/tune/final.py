@@ -13,6 +13,17 @@ from debiaslab.bench.runner import BenchResult, run_suite
 from debiaslab.bench.suite import DatasetEntry, MethodEntry, Suite
 
 
+class TuneLines(list):
+    """The lines ``debiaslab tune`` prints, and how many final runs did not finish (the command then exits 1)."""
+
+    failed: int = 0
+
+
+def unfinished(bench: BenchResult) -> int:
+    """Final runs of ``bench`` that failed, were blocked, or hold another run."""
+    return sum(bench.count(status) for status in ("failed", "blocked", "mismatch"))
+
+
 @dataclass(frozen=True)
 class Chosen:
     """One method's configuration chosen under one rule: its label (row), method, and the run's hyperparameters

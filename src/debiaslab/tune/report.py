@@ -45,7 +45,8 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
         f"- budget: {spec.trials} trials, epoch cap {spec.epochs}, sampler {spec.sampler}, pruner {spec.pruner}",
         f"- objective: {spec.rule} (validation); every rule's validation score is recorded on every trial",
         f"- trials: {counts['done']} done — {counts['complete']} complete, {counts['pruned']} pruned, "
-        f"{counts['failed']} failed; {counts['running']} running or abandoned",
+        f"{counts['failed']} failed; {counts['running']} running or abandoned"
+        + (f"; {counts['killed']} killed with their worker (replaced)" if counts.get("killed") else ""),
     ]
     extra = counts["done"] - spec.trials
     if extra > 0:

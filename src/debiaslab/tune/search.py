@@ -3,6 +3,9 @@ then each rule's best trial, ``best.json``, the report and the search-history pl
 
 The budget is counted in finished trials (complete, pruned, or failed by an error of their own such as a
 non-finite loss); a trial whose process was killed does not count, and a resumed search runs the trials left.
+Each worker process runs in a pool of its own and ends with this process: when one dies (killed, out of
+memory), its trial is marked failed at once (user attribute ``killed``; it does not count, so another trial
+takes its place), a fresh worker starts while the budget has trials left, and the other workers go on.
 Every trial records the validation score of every applicable rule (user attribute ``scores``), so each rule
 picks its own best among the same complete trials (DomainBed style); only the first ``trials`` finished trials
 are considered, whatever extra trials parallel workers started.
@@ -10,13 +13,16 @@ are considered, whatever extra trials parallel workers started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
+import shutil
 import socket
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +31,11 @@ from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import RunConfig
 from debiaslab.tune.space import as_hparams, suggest
-from debiaslab.tune.storage import GRACE_S
+from debiaslab.tune.storage import GRACE_S, open_storage
 from debiaslab.tune.study import SearchResult, SearchSpec, check_search_dir, open_study
 from debiaslab.tune.trial import PruningHook, search_bundle, train_trial, trial_dir
-from debiaslab.utils.io import atomic_write_json
+from debiaslab.utils.io import atomic_write_json, pid_alive, remove_stale_temp_files
+from debiaslab.utils.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,11 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
         raise ConfigError(f"--workers {workers} must be >= 1")
     check_inputs(spec)
     check_search_dir(spec)
+    remove_stale_temp_files(spec.out)
     study = open_study(spec, heartbeat_s=heartbeat_s)
+    killed = fail_dead_trials(spec)  # an earlier search of this machine was killed while they ran
+    if killed:
+        log.warning("%s: trial(s) %s were running when their search was killed; marked failed", spec.name, killed)
     left = spec.trials - len(counted_trials(study))
     started = time.perf_counter()
     if left > 0:
@@ -49,11 +60,7 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
         if workers == 1:
             optimize(spec, 0, heartbeat_s)
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = [pool.submit(optimize, spec, i, heartbeat_s, True) for i in range(workers)]
-                for future in futures:
-                    future.result()
+            run_workers(spec, workers, heartbeat_s)
     result = summarise(spec, open_study(spec, heartbeat_s=None))
     if result.counts["done"] < spec.trials:
         log.warning(
@@ -83,6 +90,72 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
 
     write_search_report(result)
     return result
+
+
+def run_workers(spec: SearchSpec, workers: int, heartbeat_s: int | None) -> None:
+    """Run :func:`optimize` in ``workers`` spawned processes, each in a one-process pool of its own, so that one
+    dying breaks only its own pool: its trial is then marked failed and, while the budget has trials left, a
+    fresh worker takes its place (at most ``spec.trials`` replacements, so a search whose every trial kills its
+    process still ends). Every worker ends with this process."""
+    context = multiprocessing.get_context("spawn")
+    running: dict[Future[None], tuple[ProcessPoolExecutor, int]] = {}
+
+    def start(slot: int) -> None:
+        pool = ProcessPoolExecutor(
+            max_workers=1, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        running[pool.submit(optimize, spec, slot, heartbeat_s, True)] = (pool, slot)
+
+    for slot in range(workers):
+        start(slot)
+    deaths = 0
+    try:
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                pool, slot = running.pop(future)
+                pool.shutdown(wait=True)
+                try:
+                    future.result()
+                except BrokenProcessPool:
+                    deaths += 1
+                    killed = fail_dead_trials(spec)
+                    study = open_study(spec, heartbeat_s=None)
+                    in_flight = sum(not _died_here(t) for t in running_trials(study))
+                    left = spec.trials - len(counted_trials(study)) - in_flight
+                    again = left > 0 and deaths <= spec.trials
+                    log.warning(
+                        "%s: worker %d died (killed or out of memory); trial(s) %s marked failed%s",
+                        spec.name,
+                        slot,
+                        killed or "none",
+                        "; a new worker takes its place" if again else "",
+                    )
+                    if again:
+                        start(slot)
+    finally:
+        for pool, _ in running.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def fail_dead_trials(spec: SearchSpec) -> list[int]:
+    """Mark failed the running trials whose worker was a process of this machine that no longer exists (user
+    attribute ``killed``; they do not count against the budget) and remove their checkpoints; returns their
+    numbers."""
+    from optuna.trial import TrialState
+
+    storage = open_storage(spec.storage, spec.out, heartbeat_s=None)
+    study_id = storage.get_study_id_from_name(spec.name)
+    failed = []
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _died_here(t):
+            continue
+        with contextlib.suppress(Exception):  # another process failed it first (its heartbeat, a worker)
+            storage.set_trial_user_attr(t._trial_id, "killed", f"its worker {t.user_attrs.get('worker')} died")
+            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            failed.append(t.number)
+            shutil.rmtree(trial_dir(spec.out, t.number) / "checkpoints", ignore_errors=True)
+    return failed
 
 
 def check_inputs(spec: SearchSpec) -> None:
@@ -194,13 +267,7 @@ def _died_here(trial: Any) -> bool:
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, under another user
-        pass
-    return False
+    return not pid_alive(int(pid))
 
 
 def running_trials(study: Any) -> list[Any]:
@@ -239,12 +306,14 @@ def trial_counts(study: Any) -> dict[str, int]:
     from optuna.trial import TrialState
 
     counted = counted_trials(study)
+    killed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     return {
         "done": len(counted),
         "complete": sum(t.state == TrialState.COMPLETE for t in counted),
         "pruned": sum(t.state == TrialState.PRUNED for t in counted),
         "failed": sum(t.state == TrialState.FAIL for t in counted),
         "running": len(running_trials(study)),
+        "killed": sum("error" not in t.user_attrs for t in killed),  # not counted: other trials took their place
     }
 
 
@@ -286,7 +355,7 @@ def summarise(spec: SearchSpec, study: Any) -> SearchResult:
                 "last_value": t.intermediate_values.get(t.last_step) if t.last_step is not None else None,
                 "params": dict(t.params),
                 "scores": t.user_attrs.get("scores") or {},
-                "error": t.user_attrs.get("error"),
+                "error": t.user_attrs.get("error") or t.user_attrs.get("killed"),
                 "duration_s": t.duration.total_seconds() if t.duration is not None else None,
             }
         )

@@ -8,18 +8,17 @@ worker joins the same study, and a search directory or storage holding another s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from debiaslab.errors import ConfigError
+from debiaslab.errors import ConfigError, DataError
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import describe_space
-from debiaslab.tune.storage import open_storage, shown
-from debiaslab.utils.io import atomic_write_yaml
+from debiaslab.tune.storage import DEFAULT_DB, open_storage, shown
+from debiaslab.utils.io import atomic_write_yaml, first_line, read_yaml_mapping
 from debiaslab.utils.paths import options_slug
 
 SAMPLERS = ("tpe", "random")
@@ -31,6 +30,9 @@ SEARCH_FILE = "search.yaml"
 #: any epoch (Optuna prunes from step == n_warmup_steps on)
 MEDIAN_STARTUP_TRIALS = 5
 MEDIAN_WARMUP_STEPS = 1
+#: a study name names the default search folder: one path component, no ``..``, no absolute path
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+TRIAL_FOLDER = re.compile(r"^trial\d{4,}$")
 
 
 @dataclass
@@ -72,6 +74,11 @@ class SearchSpec:
         for key in ("epochs", "selection"):
             if key in self.fixed:
                 raise ConfigError(f"hyperparameter {key!r} is set by the search (--epochs-cap, --rule); drop it")
+        if self.study_name is not None and not SAFE_NAME.match(self.study_name):
+            raise ConfigError(
+                f"study name {self.study_name!r}: expected letters, digits and _ . + = - (it names the search "
+                "folder; no '/', no '..', no absolute path)"
+            )
 
     @property
     def name(self) -> str:
@@ -133,9 +140,9 @@ def check_search_dir(spec: SearchSpec) -> None:
     path = out / SEARCH_FILE
     if path.is_file():
         try:
-            previous = (yaml.safe_load(path.read_text()) or {}).get("identity")
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML ({exc}); expected the record of a search") from exc
+            previous = read_yaml_mapping(path, "the record of a search (its identity)").get("identity")
+        except DataError as exc:
+            raise ConfigError(f"{exc}; restore it or choose another --out") from exc
         if previous != spec.identity():
             raise ConfigError(
                 f"search directory {out} holds another search ({_diff(previous, spec.identity())}); "
@@ -159,15 +166,29 @@ def open_study(spec: SearchSpec, *, sampler_seed: int | None = None, heartbeat_s
 
     storage = open_storage(spec.storage, spec.out, heartbeat_s=heartbeat_s)
     seed = spec.seed if sampler_seed is None else sampler_seed
-    study = optuna.create_study(
-        storage=storage,
-        study_name=spec.name,
-        direction=spec.direction,
-        sampler=make_sampler(spec, seed),
-        pruner=make_pruner(spec),
-        load_if_exists=True,
-    )
-    found = study.user_attrs.get("identity")
+    where = shown(spec.storage) if spec.storage else str(Path(spec.out) / DEFAULT_DB)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.name,
+            direction=spec.direction,
+            sampler=make_sampler(spec, seed),
+            pruner=make_pruner(spec),
+            load_if_exists=True,
+        )
+        found = study.user_attrs.get("identity")
+        known = bool(study.get_trials(deepcopy=False))
+    except Exception as exc:  # a damaged database: Optuna's StorageInternalError, SQLAlchemy's DatabaseError
+        raise ConfigError(
+            f"study storage {where} is damaged ({first_line(exc)}); restore it from a copy or choose another --out"
+        ) from exc
+    trials = sorted(p.name for p in (Path(spec.out) / "trials").glob("trial*") if TRIAL_FOLDER.match(p.name))
+    if not known and trials:
+        raise ConfigError(
+            f"study storage {where} holds no trials of study {spec.name!r}, but {Path(spec.out) / 'trials'} holds "
+            f"{len(trials)} trial folder(s) ({trials[0]}...): the search's record is lost (an empty or replaced "
+            "database); restore it, or choose another --out, instead of starting over on top of those trials"
+        )
     if found is None:
         study.set_user_attr("identity", spec.identity())
     elif found != spec.identity():

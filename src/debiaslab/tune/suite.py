@@ -16,7 +16,7 @@ from debiaslab.bench.suite import _Where, import_plugins
 from debiaslab.errors import ConfigError
 from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import resolve_space
-from debiaslab.tune.study import OBJECTIVE_RULES, PRUNERS, SAMPLERS
+from debiaslab.tune.study import OBJECTIVE_RULES, PRUNERS, SAFE_NAME, SAMPLERS
 from debiaslab.utils import paths
 
 KEYS = (
@@ -118,7 +118,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
     unknown = sorted(set(doc) - set(KEYS))
     if unknown:
         raise where.error(unknown[0], doc[unknown[0]], "one of the keys " + ", ".join(KEYS), unknown_key=True)
-    s = TuneSuite(name=where.string("name", doc.get("name", default_name)), source=source)
+    s = TuneSuite(name=_folder(where, "name", doc.get("name", default_name)), source=source)
     s.description = str(doc.get("description") or "")
     s.imports = tuple(where.str_list("imports", doc.get("imports", [])))
     import_plugins(s.imports, where)
@@ -150,7 +150,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
             raise where.error(f"dataset.options.{opt}", s.options[opt], f"an option of {s.dataset} other than ratio")
     if "ratio" in d:
         s.ratio = where.ratio("dataset.ratio", d["ratio"])
-    s.dataset_dir = where.string("dataset.dir", d.get("dir", s.dataset))
+    s.dataset_dir = _folder(where, "dataset.dir", d.get("dir", s.dataset))
 
     final = doc.get("final") or {}
     if not isinstance(final, dict):
@@ -175,7 +175,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
         name = where.string(f"{key}.method", m.get("method"))
         if name not in known:
             raise where.error(f"{key}.method", name, "a registered method: " + ", ".join(known))
-        label = where.string(f"{key}.label", m.get("label", name))
+        label = _folder(where, f"{key}.label", m.get("label", name))
         hparams, space = m.get("hparams") or {}, m.get("space") or {}
         for k, v in (("hparams", hparams), ("space", space)):
             if not isinstance(v, dict):
@@ -193,3 +193,10 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
             raise where.error(f"{key}.label", label, "a label not used by another entry")
         s.methods.append(TuneEntry(name, label, fixed, resolved))
     return s
+
+
+def _folder(where: _Where, key: str, value: Any) -> str:
+    """A value that names a folder under the output folder: one path component (no '/', '..' or absolute path)."""
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise where.error(key, value, "a name of letters, digits and _ . + = - (it names a folder under --out)")
+    return value

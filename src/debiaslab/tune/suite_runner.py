@@ -19,7 +19,7 @@ from typing import Any
 from debiaslab.bench.aggregate import RunRecord, find_runs, per_rule, summarise
 from debiaslab.bench.runner import BenchResult
 from debiaslab.errors import ConfigError
-from debiaslab.tune.final import Chosen, chosen_hparams, final_suite, train_chosen
+from debiaslab.tune.final import Chosen, TuneLines, chosen_hparams, final_suite, train_chosen, unfinished
 from debiaslab.tune.search import SearchResult, run_search
 from debiaslab.tune.space import describe_space
 from debiaslab.tune.study import SearchSpec
@@ -63,7 +63,7 @@ def run_tune_suite(
     data_root: str | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
-) -> list[str]:
+) -> TuneLines:
     out = Path(out) if out is not None else Path("runs") / "tune" / suite.name
     entries = suite.methods
     if only:
@@ -103,11 +103,14 @@ def run_tune_suite(
             )
     text = suite_report(suite, out, searches, finals)
     atomic_write_text(out / "report.md", text)
-    lines = []
+    lines = TuneLines()
+    lines.failed = sum(unfinished(bench) for bench in finals.values())
     for rule in suite.rules if finals else ():
         tables = rule_tables(out, rule, [e.label for e in suite.methods])
         if tables:
             lines += [f"## tuned by {rule}", tables["results"], ""]
+    if lines.failed:
+        lines.append(f"{lines.failed} final run(s) did not finish; see the final-<rule>/report.md files")
     lines.append(f"report: {out / 'report.md'}")
     return lines
 

@@ -28,7 +28,7 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.registry import get_method
-from debiaslab.run_dir import claimed_run_dir, plan_run_dir
+from debiaslab.run_dir import claimed_run_dir, plan_run_dir, recover_run_dir, run_dir_lock
 from debiaslab.runs import FINAL, RunConfig, _plain, check_resumable, run_record, with_dataset_model
 from debiaslab.utils.io import atomic_write_json, atomic_write_yaml, finite_or_none
 
@@ -91,6 +91,21 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
     train, val = bundle.train, bundle.val
     method.check_labels(train, val)
     run_dir = cfg.run_dir()
+    with run_dir_lock(run_dir):  # one writer per trial folder
+        recover_run_dir(run_dir)
+        return _train_trial_in(run_dir, cfg, method, bundle, epoch_hook, extra, started)
+
+
+def _train_trial_in(
+    run_dir: Path,
+    cfg: RunConfig,
+    method: Any,
+    bundle: DatasetBundle,
+    epoch_hook: Any,
+    extra: dict[str, Any] | None,
+    started: float,
+) -> dict[str, Any]:
+    train, val = bundle.train, bundle.val
     action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     if action == "resume":
         check_resumable(run_dir, cfg)
@@ -116,6 +131,7 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
             progress=False,
             num_threads=cfg.num_threads,
             epoch_hook=epoch_hook,
+            config_hash=cfg.checkpoint_hash(),
         )
         try:
             method.fit(train, val, trainer=trainer)
