@@ -65,3 +65,17 @@ if "bench_flaky" not in METHODS:
                 marker.write_text("failed once")
                 raise RuntimeError("deliberate failure on the first attempt")
             return super()._fit(train, val, trainer)
+
+
+if "bench_slow" not in METHODS:
+    import time
+
+    from debiaslab.methods.erm import ERM
+
+    @register_method("bench_slow")
+    class SlowMethod(ERM):
+        """ERM that first waits ``$BENCH_SLOW_S`` seconds (default 2): a run or trial long enough to be killed."""
+
+        def _fit(self, train: GroupDataset, val: GroupDataset | None, trainer: Trainer) -> FitResult:
+            time.sleep(float(os.environ.get("BENCH_SLOW_S", "2")))
+            return super()._fit(train, val, trainer)
