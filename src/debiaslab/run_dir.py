@@ -36,8 +36,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from debiaslab.errors import DataError, RunDirError, RunInUseError
-from debiaslab.utils.io import current_umask, read_yaml_mapping, remove_stale_temp_files
+from debiaslab.errors import DataError, DebiasLabError, RunDirError, RunInUseError
+from debiaslab.utils.io import current_umask, disk_full_error, read_yaml_mapping, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+        raise _unwritable(run_dir, exc) from exc
     key = os.path.realpath(run_dir)
     if key in _HELD:
         _HELD[key][1] += 1
@@ -185,7 +185,7 @@ def _acquire(run_dir: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
         except OSError as exc:
-            raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+            raise _unwritable(run_dir, exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -210,7 +210,9 @@ def _acquire(run_dir: Path) -> int:
 
 
 def _holder_text() -> str:
-    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    prog = "debiaslab" if prog == "__main__.py" else prog  # python -m debiaslab
+    command = " ".join([prog, *sys.argv[1:]])
     when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     text = f"pid {os.getpid()} on {socket.gethostname()} since {when}"
     return text + (f": {command[:200]}" if command and not command.startswith("-c") else "")
@@ -374,4 +376,11 @@ def _check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise RunDirError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from exc
+        raise _unwritable(run_dir, exc) from exc
+
+
+def _unwritable(run_dir: Path, exc: OSError) -> DebiasLabError:
+    """The error for an output directory that cannot be written: a full disk says so, anything else names why."""
+    return disk_full_error(run_dir, exc) or RunDirError(
+        f"cannot write to output directory {run_dir}: {exc.strerror or exc}"
+    )

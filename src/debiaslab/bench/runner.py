@@ -36,7 +36,7 @@ from debiaslab.bench.worker import ERROR, RUNNING, RunTask, write_error
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
 from debiaslab.runs import CONFIG, FINAL, comparable_identity, is_finished
-from debiaslab.utils.io import atomic_write_json, remove_stale_temp_files
+from debiaslab.utils.io import atomic_write_json, remove_stale_temp_files, yaml_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def inspect_run(run: PlannedRun) -> tuple[str, str]:
     try:
         document = yaml.safe_load(config.read_text()) or {}
     except yaml.YAMLError as exc:
-        return "mismatch", f"{config} is not valid YAML ({exc})"
+        return "mismatch", f"{config} is not valid YAML ({yaml_problem(exc)})"
     previous = comparable_identity(document.get("run"))
     expected = run.config.comparable_identity()
     if previous != expected:

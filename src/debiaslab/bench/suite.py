@@ -22,6 +22,7 @@ from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.runs import RunConfig
 from debiaslab.utils import paths
 from debiaslab.utils.paths import options_slug
+from debiaslab.utils.io import yaml_problem
 
 SUITE_KEYS = {
     "name": "suite name (default: the file name); the default output is runs/bench/<name>",
@@ -234,7 +235,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{source}: not valid YAML ({yaml_problem(exc)})") from exc
     default_name = Path(source).name.rsplit(".", 1)[0]
     return parse_suite(doc, source, default_name)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
     passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
     named["imports"] = tuple(args.imports or ())
     spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
-    spec.out = args.out or str(Path("runs") / "tune" / spec.name)
+    spec.out = args.out or str(Path("runs") / "tune" / folder_name(spec.name))
     result = run_search(spec, workers=args.workers)
     lines = TuneLines(search_lines(result))
     if args.no_final:
@@ -105,6 +106,13 @@ def check_final_ratios(dataset: str, options: dict[str, Any], ratios: list[float
         if not 0 < ratio < 1:
             raise ConfigError(f"--final-ratios {ratio:g} is outside (0, 1); expected bias-conflicting fractions")
         check_options(dataset, {**options, "ratio": ratio})
+
+
+def folder_name(name: str) -> str:
+    """``name`` as one folder name: characters other than letters, digits and ``_ . + = -`` become ``_`` (a dataset
+    option such as a file path must not put the default search folder elsewhere)."""
+    safe = re.sub(r"[^A-Za-z0-9_.+=-]", "_", name)
+    return safe if safe[:1].isalnum() else f"s{safe}"
 
 
 def search_lines(result: SearchResult) -> list[str]:

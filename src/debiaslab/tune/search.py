@@ -212,7 +212,8 @@ def optimize(spec: SearchSpec, worker: int, heartbeat_s: int | None = 30, own_lo
     probe = open_study(spec, heartbeat_s=heartbeat_s)
     seed = spec.seed * 1000 + worker * 100003 + len(probe.trials)  # a resumed search draws new configurations
     study = open_study(spec, sampler_seed=seed, heartbeat_s=heartbeat_s)
-    left = spec.trials - len(counted_trials(study))
+    in_flight = [t for t in running_trials(study) if not _died_here(t)]  # other workers' trials fill the budget too
+    left = spec.trials - len(counted_trials(study)) - len(in_flight)
     if left <= 0:
         return
     study.optimize(

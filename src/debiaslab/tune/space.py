@@ -18,6 +18,7 @@ import yaml
 from debiaslab.errors import ConfigError
 from debiaslab.methods.hparams import hparam_names
 from debiaslab.methods.search_space import Distribution, SearchSpace, parse_distribution
+from debiaslab.utils.io import yaml_problem
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"space file {path}: cannot read it ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"space file {path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"space file {path}: not valid YAML ({yaml_problem(exc)})") from exc
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"space file {path}: expected a mapping of hyperparameter names to distributions")
     return doc

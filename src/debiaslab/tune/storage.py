@@ -10,6 +10,7 @@ A storage that cannot be opened is one ``ConfigError`` naming it (password hidde
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,25 @@ def shown(url: str) -> str:
         return url
 
 
+def check_sqlite(path: Path) -> None:
+    """A one-line ``ConfigError`` when the SQLite file ``path`` is damaged (SQLite's ``quick_check`` of every page:
+    a search must not go on over a database that lost part of its record); an absent or empty file passes (the
+    search directory's check tells a new study from a lost one)."""
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=120)) as con:
+            found = [row[0] for row in con.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.Error as exc:
+        found = [str(exc)]
+    if found != ["ok"]:
+        raise ConfigError(
+            f"study storage {path} is damaged ({found[0]}); restore it from a copy or choose another --out"
+        )
+
+
 def open_storage(url: str | None, out: str | Path, *, heartbeat_s: int | None = HEARTBEAT_S) -> Any:
     """An Optuna storage for ``url`` (None: the SQLite file in ``out``); ``ConfigError`` when it cannot be opened."""
     import optuna
@@ -64,6 +84,7 @@ def open_storage(url: str | None, out: str | Path, *, heartbeat_s: int | None = 
             db = url.split("///", 1)[-1]
             if db and not Path(db).parent.is_dir():
                 raise ConfigError(f"storage {url}: folder {Path(db).parent} does not exist")
+            check_sqlite(Path(db))
         heartbeat = {"heartbeat_interval": heartbeat_s, "grace_period": GRACE_S} if heartbeat_s else {}
         with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what marks killed trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

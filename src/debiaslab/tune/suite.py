@@ -18,6 +18,7 @@ from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import resolve_space
 from debiaslab.tune.study import OBJECTIVE_RULES, PRUNERS, SAFE_NAME, SAMPLERS
 from debiaslab.utils import paths
+from debiaslab.utils.io import yaml_problem
 
 KEYS = (
     "name",
@@ -104,7 +105,7 @@ def load_tune_suite(name_or_path: str) -> TuneSuite:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{source}: not valid YAML ({yaml_problem(exc)})") from exc
     return parse_tune_suite(doc, source, default_name)
 
 

@@ -131,7 +131,8 @@ def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (signal 0 asks without sending anything)."""
+    """Whether a process ``pid`` runs on this machine (signal 0 asks without sending anything); a zombie, a
+    killed process no one has reaped yet (as in a container without an init), does not run."""
     if pid <= 0:
         return False
     try:
@@ -139,8 +140,12 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 said it exists
+    return state not in ("Z", "X")
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
@@ -156,10 +161,17 @@ def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, 
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DataError(f"{path} is not valid YAML ({first_line(exc)}); expected {expected}") from exc
+        raise DataError(f"{path} is not valid YAML ({yaml_problem(exc)}); expected {expected}") from exc
     if not isinstance(doc, dict):
         raise DataError(f"{path} holds a {type(doc).__name__}, not a mapping; expected {expected}")
     return doc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (``expected ',' or ']' at line 3, column 9``)."""
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def first_line(exc: BaseException) -> str:
