@@ -65,6 +65,7 @@ class Probe:
         self.n = 0
 
     def record(self, group: str, name: str, outcome: str, seen: str = "", **extra: Any) -> None:
+        seen = seen.replace(str(self.work), "<work>")  # the scratch folder, named the same on every machine
         self.groups.setdefault(group, []).append({"case": name, "outcome": outcome, "seen": seen[:400], **extra})
         print(f"[{group}] {name}: {outcome}  {seen[:160]}", file=sys.__stderr__, flush=True)
 

@@ -238,6 +238,16 @@ def test_an_empty_or_garbled_config_yaml_is_one_line_naming_it(finished: Path, t
     assert str(finished / "config.yaml") in one_line_error(capsys)
 
 
+def test_a_truncated_config_yaml_that_still_parses_is_refused(finished: Path, capsys) -> None:
+    config = finished / "config.yaml"
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(lines[: 2 * len(lines) // 3]))  # the run section intact, the rest cut off
+    capsys.readouterr()
+    assert main(["evaluate", str(finished)]) == 2
+    err = one_line_error(capsys)
+    assert str(config) in err and "changed after the run wrote it" in err
+
+
 # ---------------------------------------------------------------------------------------------- one writer
 def test_two_trains_on_one_out_one_is_refused(arrays_file: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "shared"

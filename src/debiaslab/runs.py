@@ -332,7 +332,10 @@ def _evaluate_and_write(
     assert result is not None and method.model_ is not None
     if not main:  # rank 0 evaluates and writes the run directory; the others are done
         return {}
-    save_model_file(run_dir / MODEL, method.model_, result.model_spec, config_hash(config_doc["run"]))
+    written = yaml.safe_load(yaml.safe_dump(config_doc))  # config.yaml as a reader finds it
+    save_model_file(
+        run_dir / MODEL, method.model_, result.model_spec, config_hash(written["run"]), config_hash(written)
+    )
     reports = evaluate_splits(method.model_, bundle, trainer)
     reports["test"].to_csv(run_dir / "test_groups.csv")
     checks = run_health(method, bundle, trainer)

@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], config: str | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], state: dict[str, Any], config: str | None = None, document: str | None = None
+) -> Path:
     """Write ``state`` with its checksum and the hash ``config`` of the run that wrote it (None: not known) to
-    ``path`` via a temp file + rename (an interrupted save leaves the old file intact)."""
-    record = sealed(state, config)
+    ``path`` via a temp file + rename (an interrupted save leaves the old file intact); ``document``: the hash of
+    the whole configuration file written beside it (deployed models)."""
+    record = sealed(state, config, document)
     return atomic_write(path, lambda fh: torch.save(record, fh))
 
 
@@ -37,9 +40,11 @@ def load_checkpoint(
     map_location: str | torch.device = "cpu",
     config: str | None = None,
     redo: str = "train it again with --overwrite",
+    document: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint safely and verify it: a missing, unreadable, garbled or foreign file (one whose recorded
-    run is not ``config``, when given) is a one-line :class:`DataError` naming it; ``redo`` says what to do."""
+    run is not ``config``, when given) is a one-line :class:`DataError` naming it; ``redo`` says what to do. With
+    ``document``, the configuration file beside it must be the one recorded (not changed since)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist")
@@ -62,29 +67,40 @@ def load_checkpoint(
             f"checkpoint {path} was written by another run (configuration {record.get('config')}, this run's is "
             f"{config}); it was not used; {redo}"
         )
+    elif document is not None and record.get("document") not in (None, document):
+        raise DataError(
+            f"{path.parent / CONFIG_FILE} changed after the run wrote it with {path.name} (it is damaged or was "
+            f"edited); {path.name} was not used; restore {CONFIG_FILE} or {redo}"
+        )
     return contents
 
 
 def save_model_file(
-    path: str | os.PathLike[str], model: torch.nn.Module, spec: dict[str, Any], config: str | None = None
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    spec: dict[str, Any],
+    config: str | None = None,
+    document: str | None = None,
 ) -> Path:
     """Write a deployed model as ``{"spec", "state_dict"}``: the registry name and arguments that rebuild it, with
-    its checksum and the hash ``config`` of the ``run`` section of the ``config.yaml`` written beside it."""
+    its checksum, the hash ``config`` of the ``run`` section of the ``config.yaml`` written beside it and the hash
+    ``document`` of that whole file."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_checkpoint(path, {"spec": spec, "state_dict": state}, config)
+    return save_checkpoint(path, {"spec": spec, "state_dict": state}, config, document)
 
 
-def run_config_hash(run_dir: str | os.PathLike[str]) -> str | None:
-    """The hash of the ``run`` section of ``run_dir``'s ``config.yaml``; None when there is no such file or it is
-    not a run's configuration (the commands that read the configuration itself say what is wrong with it)."""
+def run_config_hash(run_dir: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """The hashes of the ``run`` section and of the whole of ``run_dir``'s ``config.yaml``; ``(None, None)`` when
+    there is no such file or it is not a run's configuration (the commands that read the configuration say what
+    is wrong with it)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        return None
+        return None, None
     try:
         doc = read_yaml_mapping(path, "the configuration of a debiaslab run")
     except DataError:
-        return None
-    return config_hash(doc["run"]) if isinstance(doc.get("run"), dict) else None
+        return None, None
+    return (config_hash(doc["run"]) if isinstance(doc.get("run"), dict) else None), config_hash(doc)
 
 
 def load_model_file(path: str | os.PathLike[str], check_config: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -96,9 +112,9 @@ def load_model_file(path: str | os.PathLike[str], check_config: bool = True) -> 
     from debiaslab.models.pretrained import without_pretrained
 
     path = Path(path)
-    config = run_config_hash(path.parent) if check_config else None
+    config, document = run_config_hash(path.parent) if check_config else (None, None)
     redo = "train the run again (--overwrite)"
-    state = load_checkpoint(path, config=config, redo=redo)
+    state = load_checkpoint(path, config=config, redo=redo, document=document)
     spec = state.get("spec")
     if not isinstance(spec, dict) or "state_dict" not in state:
         raise DataError(f"{path} is not a debiaslab model file (expected keys 'spec' and 'state_dict')")

@@ -66,9 +66,12 @@ def config_hash(run: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def sealed(state: dict[str, Any], config: str | None = None) -> dict[str, Any]:
-    """``state`` with its integrity record: the digest of its contents and the hash of the producing config."""
+def sealed(state: dict[str, Any], config: str | None = None, document: str | None = None) -> dict[str, Any]:
+    """``state`` with its integrity record: the digest of its contents, the hash of the producing run's identity
+    (``config``) and, for a deployed model, of the whole ``config.yaml`` written beside it (``document``)."""
     record = {"format": FORMAT, "sha256": content_digest(state), "config": config}
+    if document is not None:
+        record["document"] = document
     return {**state, INTEGRITY: record}
 
 
