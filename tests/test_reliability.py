@@ -322,7 +322,7 @@ def test_a_killed_tune_worker_leaves_the_search_to_finish_its_budget(tmp_path: P
 
     out = tmp_path / "search"
     proc = cli_process(
-        "-q", "tune", "--method", "bench_slow", "--dataset", "toy_bench", "--trials", "3", "--workers", "2",
+        "-q", "tune", "--method", "bench_slow", "--dataset", "toy_bench", "--trials", "2", "--workers", "2",
         "--epochs-cap", "1", "--sampler", "random", "--pruner", "none", "--no-final", "--no-progress",
         "--hp", "batch_size=64", "--hp", "model_kwargs={width: 8, depth: 1}", "--out", str(out),
         "--imports", "bench_plugin",
@@ -356,11 +356,11 @@ def test_a_killed_tune_worker_leaves_the_search_to_finish_its_budget(tmp_path: P
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr and "/3 trials done" in stdout
+    assert "Traceback" not in stderr and "/2 trials done" in stdout
     study = optuna.load_study(study_name="bench_slow-toy_bench", storage=f"sqlite:///{db}")
     states = {t.number: t.state for t in study.trials}
     assert states[number] == TrialState.FAIL and "killed" in study.trials[number].user_attrs
-    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) >= 3  # the budget is spent
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) >= 2  # the budget is spent
     assert TrialState.RUNNING not in states.values()
 
 
