@@ -191,7 +191,7 @@ def test_an_exploding_loss_stops_the_run_with_one_line(arrays_file: Path, tmp_pa
 
     trainer = Trainer(progress=False)
     trainer._check_exploded(torch.tensor(2.3), "s", _Ctx())  # the first step sets the reference
-    trainer._check_exploded(torch.tensor(2.3e3), "s", _Ctx())  # large but not 1e4 x: training goes on
+    trainer._check_exploded(torch.tensor(2.3e5), "s", _Ctx())  # large (an annealed penalty) but not 1e6 x: goes on
     with pytest.raises(TrainingError, match="exploded"):
         trainer._check_exploded(torch.tensor(2.5e34), "s", _Ctx())
 

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 #: a step's loss this many times the stage's reference loss (its first epoch's mean, at least 1) means training
-#: diverged: the run stops instead of deploying what it has become (a finite blow-up that NaN checks miss)
-EXPLODED = 1e4
+#: diverged: the run stops instead of deploying what it has become (a finite blow-up that NaN checks miss). Ours:
+#: far above what a loss with an annealed penalty reaches (IRM's λ goes up to 1e5 in its search space)
+EXPLODED = 1e6
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
