@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab.data.core import GroupDataset
+from debiaslab.engine.checkpoint import load_checkpoint, save_checkpoint
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods import get_method
@@ -110,11 +111,11 @@ def test_resume_without_the_averages_would_differ(toy, tmp_path) -> None:
     full = lff().fit(train, val, trainer=Trainer(progress=False, seed=9))
     interrupt(lff(), train, val, tmp_path, epoch=2, seed=9)
     path = tmp_path / "checkpoints" / "lff.last.pt"
-    state = torch.load(path, weights_only=True)
+    state = load_checkpoint(path)
     for key in ("ema_biased", "ema_debiased"):
         state["modules"][f"{key}.ema"].zero_()
         state["modules"][f"{key}.seen"].zero_()
-    torch.save(state, path)
+    save_checkpoint(path, state)  # rewritten with a valid checksum: changed on purpose, not damaged
     resumed = resume(lff(), train, val, tmp_path, seed=9)
     assert resumed.fit_result_.history[-1]["train_loss"] != full.fit_result_.history[-1]["train_loss"]
 
