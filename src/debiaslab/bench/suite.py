@@ -21,8 +21,8 @@ import yaml
 from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.runs import RunConfig
 from debiaslab.utils import paths
-from debiaslab.utils.paths import options_slug
 from debiaslab.utils.io import yaml_problem
+from debiaslab.utils.paths import options_slug
 
 SUITE_KEYS = {
     "name": "suite name (default: the file name); the default output is runs/bench/<name>",
