@@ -14,7 +14,7 @@ subprocess where a process is killed) on a tiny ``arrays`` dataset with one torc
   (one line saying no space is left) and ``nothing_lost`` (what was there before is intact);
 - bad inputs (each passes argparse): ``one_line`` or not.
 
-The JSON holds the counts and every case with its outcome and the line the user saw. Takes 3-6 minutes.
+The JSON holds the counts and every case with its outcome and the line the user saw. Takes 1-5 minutes.
 """
 
 from __future__ import annotations

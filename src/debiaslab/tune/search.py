@@ -227,11 +227,11 @@ def optimize(spec: SearchSpec, worker: int, heartbeat_s: int | None = 30, own_lo
 
 def objective(spec: SearchSpec, trial: Any) -> float:
     """Train one configuration; the value is the objective rule's validation score of its selected epoch."""
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: a killed worker's trial is known
     method_cls = get_method(spec.method)
     params = {name: suggest(trial, name, dist) for name, dist in spec.space.items()}
     run_dir = trial_dir(spec.out, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     cfg = _run_config(spec, as_hparams(method_cls, params), run_dir)
     try:
         final = train_trial(cfg, PruningHook(trial, spec.rule), {"study": spec.name, "number": trial.number})
