@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 DATA ?= $(if $(DEBIASLAB_DATA),$(DEBIASLAB_DATA),$(abspath ../shared/data))
 export DEBIASLAB_DATA := $(DATA)
 
-.PHONY: venv test lint demo docs bench-speed bench-cost bench-ddp bench-tune clean
+.PHONY: venv test lint demo docs bench-speed bench-cost bench-ddp bench-tune bench-faults clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,11 @@ bench-ddp: venv
 # median and Hyperband pruners, and the share of trials pruned
 bench-tune: venv
 	$(PY) benchmarks/tune_pruning.py --trials 20 --epochs 8 --threads 1 --out benchmarks/results-tune-pruning.json
+
+# kills, corrupted files, a full disk (a tmpfs when run as root) and bad inputs, each counted by what it did
+# (writes benchmarks/results-fault-probe.json; the figures are in docs/reliability.md)
+bench-faults: venv
+	$(PY) benchmarks/fault_probe.py --work runs/fault-probe --json benchmarks/results-fault-probe.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
