@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
@@ -44,18 +45,29 @@ def majority_share(dataset: GroupDataset) -> float:
     return float(dataset.class_counts.max()) / max(len(dataset), 1)
 
 
+def accuracy_and_loss(model: nn.Module, dataset: GroupDataset, trainer: Trainer) -> tuple[float, float]:
+    """Plain accuracy and mean cross-entropy of ``model`` (no per-group report: the run's evaluation already
+    warned about its groups)."""
+    with eval_mode(model):
+        logits = trainer.predict(model, dataset)
+    if not len(dataset):
+        return float("nan"), float("nan")
+    accuracy = float((logits.argmax(dim=1) == dataset.y).float().mean())
+    return accuracy, float(F.cross_entropy(logits, dataset.y))
+
+
 def common_checks(
     stages: Sequence[StageResult], model: nn.Module, train: GroupDataset, val: GroupDataset | None, trainer: Trainer
 ) -> list[Check]:
     """Every method's checks: the deployed ``model`` left chance on the training set (the training loss per epoch
     of the last of ``stages`` beside), the training/validation accuracy gap, and the epochs the selecting stages
     kept."""
-    fit = trainer.evaluate(model, train, model).metrics
+    train_acc, train_loss = accuracy_and_loss(model, train, trainer)
     last = stages[-1] if stages else None
     losses = [float(h["train_loss"]) for h in last.history if "train_loss" in h] if last is not None else []
-    checks = [chance_check(fit["accuracy"], fit["loss"], train.n_classes, majority_share(train), losses)]
+    checks = [chance_check(train_acc, train_loss, train.n_classes, majority_share(train), losses)]
     if val is not None:
-        checks.append(gap_check(fit["accuracy"], trainer.evaluate(model, val, model).metrics["accuracy"]))
+        checks.append(gap_check(train_acc, accuracy_and_loss(model, val, trainer)[0]))
     kept = [
         {
             "name": s.name,
