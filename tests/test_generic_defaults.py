@@ -15,7 +15,7 @@ import pytest
 
 from debiaslab.data.mnist import load_mnist
 from debiaslab.methods.registry import METHODS, list_methods
-from debiaslab.runs import RunConfig, train_run
+from debiaslab.run.train import RunConfig, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
