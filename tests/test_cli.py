@@ -164,6 +164,16 @@ def test_suite_help_names_every_shipped_suite() -> None:
     assert f"({', '.join(shipped_tune_suites())})" in tune
 
 
+def test_help_lists_every_command(capsys) -> None:
+    from debiaslab.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = parser.format_help()  # argparse %-formats every help string here
+    assert all(name in text for name in commands)
+    assert "95 % intervals" in text
+
+
 def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
     assert run_cli("report", str(finished_run.parent)) == 0
     out = capsys.readouterr().out

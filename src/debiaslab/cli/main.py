@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read, and a "
+        help="summarise finished run directories: 95 %% intervals over seeds and test examples, labels read, and a "
         "mark for the runs' premise checks (runs that recorded none are re-scored from their final.json)",
     )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
