@@ -42,10 +42,10 @@ import numpy as np
 import torch
 import yaml
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.progress import ProgressReporter
 from debiaslab.engine.trainer import Trainer
-from debiaslab.run_dir import LOCK, PENDING, PREVIOUS, RESTORING
+from debiaslab.run.directory import LOCK, PENDING, PREVIOUS, RESTORING
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
 TINY = ["--hp", "model_kwargs={width: 8, depth: 1}", "--batch-size", "16", "--no-progress", "--threads", "1"]

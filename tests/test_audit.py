@@ -13,10 +13,10 @@ from PIL import Image
 
 from debiaslab.audit import figures, page, panels
 from debiaslab.audit.reference import biased_reference, logits_of
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.methods.jtt import JTT
-from debiaslab.runs import RunConfig, train_run
+from debiaslab.run.train import RunConfig, train_run
 from toys import make_split, tiny_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")

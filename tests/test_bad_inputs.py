@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

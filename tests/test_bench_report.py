@@ -25,7 +25,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.evaluation.selection import select_best
 from debiaslab.methods import get_method
-from debiaslab.runs import train_run
+from debiaslab.run.train import train_run
 from toys import Interrupt, InterruptingTrainer, assert_same_weights, tiny_mlp, toy_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,11 +15,11 @@ import yaml
 import bench_plugin  # noqa: F401  (registers toy_bench, bench_raise, bench_crash in this process too)
 from debiaslab.bench.runner import RunState, dependency_waves, inspect_run, run_suite
 from debiaslab.bench.suite import load_suite, shipped_suites
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import comparable_identity, train_run
+from debiaslab.run.train import comparable_identity, train_run
 from toys import comparable
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 
 FAST = ["--hp", "model_kwargs={width: 32, depth: 1}", "--no-progress", "--batch-size", "512"]
 
@@ -54,7 +54,7 @@ def test_train_writes_the_run_directory(finished_run: Path) -> None:
 
 
 def test_evaluate_reproduces_the_test_metrics(finished_run: Path, cache_dir, capsys) -> None:
-    from debiaslab.runs import evaluate_run
+    from debiaslab.run.train import evaluate_run
 
     final = json.loads((finished_run / "final.json").read_text())
     reports = evaluate_run(finished_run, cache_dir=str(cache_dir))
@@ -150,17 +150,28 @@ def test_listing_commands(capsys) -> None:
 
 def test_suite_help_names_every_shipped_suite() -> None:
     from debiaslab.bench.suite import shipped_suites
-    from debiaslab.cli import build_parser
+    from debiaslab.cli.main import build_parser
     from debiaslab.tune.suite import shipped_tune_suites
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
     def flat(text: str) -> str:  # argparse wraps lines, also after the hyphen of a name like labelfree-bmnist
         return re.sub(r"-\s+", "-", " ".join(text.split()))
 
     bench, tune = flat(commands["bench"].format_help()), flat(commands["tune"].format_help())
     assert f"({', '.join(shipped_suites())})" in bench
     assert f"({', '.join(shipped_tune_suites())})" in tune
+
+
+def test_help_lists_every_command(capsys) -> None:
+    from debiaslab.cli.main import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = parser.format_help()  # argparse %-formats every help string here
+    assert all(name in text for name in commands)
+    assert "95 % intervals" in text
 
 
 def test_report_aggregates_finished_runs(finished_run: Path, capsys) -> None:
@@ -177,7 +188,7 @@ def test_plain_log_lines_follow_the_current_stderr(monkeypatch) -> None:
     import io
     import logging
 
-    from debiaslab.cli import setup_logging
+    from debiaslab.cli.main import setup_logging
 
     first, second = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset
 from debiaslab.data.civilcomments import IDENTITIES
 from debiaslab.data.multinli import has_negation

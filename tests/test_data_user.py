@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset
 from debiaslab.errors import ConfigError, DataError, MissingLabelsError
 from debiaslab.methods.registry import get_method

@@ -46,7 +46,7 @@ def toy() -> tuple[GroupDataset, GroupDataset, GroupDataset]:
 
 @pytest.fixture(scope="module")
 def erm_run(toy, tmp_path_factory) -> tuple[ERM, Path]:
-    """A finished ERM run directory (model.pt written as debiaslab.runs does), and the fitted ERM."""
+    """A finished ERM run directory (model.pt written as debiaslab.run.train does), and the fitted ERM."""
     train, val, _ = toy
     erm = ERM(selection="last", **TINY).fit(train, val, trainer=Trainer(progress=False, seed=0))
     run_dir = tmp_path_factory.mktemp("erm-run")
@@ -187,7 +187,7 @@ def test_dfr_improves_worst_group_over_its_base_erm(toy, erm_run, dfr_trained) -
 
 
 def test_base_run_is_loaded_checked_and_reproducible(toy, erm_run, dfr_trained) -> None:
-    from debiaslab.runs import MODEL, load_run_model
+    from debiaslab.run.train import MODEL, load_run_model
 
     train, val, test = toy
     _, run_dir = erm_run

@@ -14,7 +14,7 @@ import bench_plugin  # noqa: F401  (registers toy_bench and the failing methods 
 from debiaslab.bench.executors import SlurmOptions
 from debiaslab.bench.runner import run_suite
 from debiaslab.bench.suite import load_suite
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "docs" / "examples"

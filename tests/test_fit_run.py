@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset
 from debiaslab.data.core import GroupDataset
 from debiaslab.errors import RunDirError
-from debiaslab.fit_run import fit_and_save
 from debiaslab.methods.registry import get_method
+from debiaslab.run.fit import fit_and_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ import pytest
 
 from debiaslab.data.mnist import load_mnist
 from debiaslab.methods.registry import METHODS, list_methods
-from debiaslab.runs import RunConfig, train_run
+from debiaslab.run.train import RunConfig, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,9 +66,10 @@ def digits(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
 
 
 def every_method() -> list[str]:
-    """Every built-in method (not the test plugins another test module may have registered by then)."""
+    """The package's methods (not the toy ones other test modules register in this process, e.g. one that kills
+    its own process)."""
     list_methods()
-    return [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("debiaslab.methods.")]
+    return [name for name in METHODS.names() if METHODS.get(name).__module__.startswith("debiaslab.")]
 
 
 @pytest.mark.parametrize("method", every_method())

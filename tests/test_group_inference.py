@@ -219,7 +219,7 @@ def test_inferred_groups_replace_train_and_val_groups_only(groups_file: tuple[Pa
 def test_infer_groups_then_train_a_group_method_on_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The whole path on Colored MNIST: infer, score, write; GroupDRO trains and selects on the file; the run
     records which labels it used; a method that reads no groups and a file of another ratio are one line each."""
-    from debiaslab.cli import main
+    from debiaslab.cli.main import main
 
     groups = tmp_path / "groups.npz"
     args = ["infer-groups", "--method", "error_set", "--dataset", "colored_mnist", "--ratio", "0.01"]
@@ -259,7 +259,7 @@ def test_infer_groups_then_train_a_group_method_on_them(tmp_path: Path, capsys: 
 
 
 def test_labelled_runs_record_their_labels(tmp_path: Path) -> None:
-    from debiaslab.cli import main
+    from debiaslab.cli.main import main
 
     run = tmp_path / "erm"
     args = ["train", "--method", "erm", "--dataset", "colored_mnist", "--ratio", "0.01", "--epochs", "1"]

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from debiaslab.evaluation.health import failing
-from debiaslab.fit_run import fit_and_save
 from debiaslab.methods.registry import get_method
+from debiaslab.run.fit import fit_and_save
 from toys import make_split, tiny_mlp, toy_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +45,7 @@ def test_erm_that_learned_passes_and_one_that_did_not_fails() -> None:
 def test_a_run_records_its_checks_and_logs_the_failing_ones(toy, tmp_path, caplog) -> None:
     train, val = toy
     method = get_method("erm")(**{**TINY, "optimizer": "sgd", "lr": 1e-9})
-    with caplog.at_level(logging.WARNING, logger="debiaslab.runs"):
+    with caplog.at_level(logging.WARNING, logger="debiaslab.run.train"):
         final = fit_and_save(method, train, val, val, run_dir=tmp_path / "run")
     names = [c["name"] for c in final["health"]]
     assert names[:3] == ["left_chance", "train_val_gap", "selected_epoch_at_edge"]

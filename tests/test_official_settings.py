@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.optim import OptimConfig, build_scheduler
 from debiaslab.engine.trainer import Trainer

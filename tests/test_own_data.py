@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset
 from debiaslab.errors import ConfigError, DataError
 from fixture_trees import make_class_folders, write_csv

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset
 from debiaslab.engine.trainer import Trainer
-from debiaslab.runs import load_run_model
+from debiaslab.run.train import load_run_model
 from fixture_trees import make_class_folders, write_csv
 from text_fixtures import NLI_PAIRS, synthetic_civil_rows, write_civilcomments, write_multinli
 
@@ -213,7 +213,7 @@ def test_export_is_checked_against_pytorch(image_run, tmp_path: Path, fmt: str, 
 
 def test_export_finds_a_wrong_export(image_run, tmp_path: Path, monkeypatch, capsys) -> None:
     """The check runs the export: an exporter whose file computes something else is an error, and no file stays."""
-    import debiaslab.export as export
+    import debiaslab.deploy.export as export
 
     real = export._export_torchscript
     monkeypatch.setattr(export, "_export_torchscript", lambda m, x, p: lambda t: real(m, x, p)(t) + 0.01)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.methods.registry import list_methods, methods_that_work
 
 REPO = Path(__file__).resolve().parents[1]

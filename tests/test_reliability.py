@@ -24,13 +24,13 @@ import pytest
 import torch
 import yaml
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.checkpoint import save_checkpoint
 from debiaslab.engine.integrity import INTEGRITY, content_digest
 from debiaslab.engine.progress import ProgressReporter
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, DiskFullError, RunInUseError, TrainingError
-from debiaslab.run_dir import LOCK, PENDING, PREVIOUS, RESTORING, recover_run_dir, run_dir_lock
+from debiaslab.run.directory import LOCK, PENDING, PREVIOUS, RESTORING, recover_run_dir, run_dir_lock
 from debiaslab.utils.io import _host, atomic_write, atomic_write_text, is_disk_full
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +119,7 @@ def alive(pid: int) -> bool:
 
 
 def cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-c", "import bench_plugin; from debiaslab.cli import run; run()", *args]
+    command = [sys.executable, "-c", "import bench_plugin; from debiaslab.cli.main import run; run()", *args]
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     return subprocess.Popen(
         command,
@@ -276,13 +276,13 @@ def test_the_lock_is_free_within_one_process_and_refused_across(tmp_path: Path) 
     with run_dir_lock(folder), run_dir_lock(folder):  # nested (a bench worker, then its run): one holder
         assert (folder / LOCK).is_file()
         code = "\n".join(
-            ["from pathlib import Path", "from debiaslab.run_dir import run_dir_lock",
+            ["from pathlib import Path", "from debiaslab.run.directory import run_dir_lock",
              f"with run_dir_lock(Path({str(folder)!r})):", "    pass"]
         )  # fmt: skip
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert done.returncode != 0 and "RunInUseError" in done.stderr and f"pid {os.getpid()}" in done.stderr
     assert not (folder / LOCK).exists()
-    from debiaslab.run_dir import _acquire
+    from debiaslab.run.directory import _acquire
 
     with run_dir_lock(folder), pytest.raises(RunInUseError):  # another open file of the lock: another holder
         _acquire(folder)

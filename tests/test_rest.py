@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.sampling import WeightedSampler
 from debiaslab.errors import ConfigError, MissingLabelsError

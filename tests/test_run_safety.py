@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.progress import ProgressReporter, epoch_line
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.erm import ERM
-from debiaslab.run_dir import PREVIOUS, run_dir_state
+from debiaslab.run.directory import PREVIOUS, run_dir_state
 from debiaslab.utils.io import atomic_write_text
 from fixture_trees import make_waterbirds
 
@@ -330,7 +330,7 @@ def test_version(capsys) -> None:
 
 def test_runs_compare_by_converted_values(tmp_path: Path) -> None:
     """A suite saying ``lr: 1e-3`` (text to YAML) matches the run directory that recorded ``lr: 0.001``."""
-    from debiaslab.runs import comparable_identity
+    from debiaslab.run.train import comparable_identity
 
     base = {"method": "erm", "dataset": "colored_mnist", "seed": 0, "precision": "fp32"}
     written = {**base, "dataset_options": {"ratio": "1e-2"}, "hparams": {"lr": "1e-3", "report_rules": "val_unbiased"}}

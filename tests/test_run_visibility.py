@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.methods import get_method
-from debiaslab.run_dir import PREVIOUS
-from debiaslab.runs import RunConfig
+from debiaslab.run.directory import PREVIOUS
+from debiaslab.run.train import RunConfig
 from debiaslab.utils.paths import options_slug
 from toys import toy_splits
 

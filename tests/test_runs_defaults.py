@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from debiaslab.methods import get_method
-from debiaslab.runs import RunConfig, with_dataset_model
+from debiaslab.run.train import RunConfig, with_dataset_model
 
 
 def test_dataset_preset_sits_under_the_method_rows() -> None:

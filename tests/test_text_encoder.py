@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.data import build_dataset, text_tokens
 from debiaslab.data.text_embed import EmbeddingLookup
 from debiaslab.data.text_encoders import MiniLMEncoder, _load_sentence_transformer
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.models import build_model
-from debiaslab.runs import evaluate_run, load_run_model
+from debiaslab.run.train import evaluate_run, load_run_model
 from text_fixtures import HashEncoder, synthetic_civil_rows, write_civilcomments, write_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.tracking import MLFLOW_RUN_FILE, TENSORBOARD_DIR, final_metrics, flat_metrics, metric_key
 from fixture_trees import make_class_folders
 
@@ -82,7 +82,7 @@ def test_a_missing_tracker_package_is_one_line_before_the_run_starts(
 
 def test_the_trainer_imports_no_tracker_unless_asked() -> None:
     code = (
-        "import sys, debiaslab.cli, debiaslab.runs, debiaslab.engine.trainer, debiaslab.fit_run;"
+        "import sys, debiaslab.cli.main, debiaslab.run.train, debiaslab.engine.trainer, debiaslab.run.fit;"
         "bad = [m for m in ('mlflow', 'tensorboard', 'onnx', 'onnxruntime') if m in sys.modules];"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 import bench_plugin  # noqa: F401  (registers the toy_bench dataset here and in spawned workers)
-from debiaslab.cli import main
+from debiaslab.cli.main import main
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method, list_methods
@@ -299,7 +299,7 @@ def test_a_search_report_says_trials_past_the_budget_are_not_chosen_from(tmp_pat
 def test_a_killed_search_resumes_and_continues_the_trial_count(tmp_path: Path, capsys) -> None:
     out = tmp_path / "search"
     command = [
-        sys.executable, "-c", "import bench_plugin; from debiaslab.cli import run; run()",
+        sys.executable, "-c", "import bench_plugin; from debiaslab.cli.main import run; run()",
         "-q", "tune", "--method", "erm", "--dataset", "toy_bench", "--data-opt", "n=1500", "--trials", "4",
         "--epochs-cap", "8", "--sampler", "random", "--pruner", "none", "--no-final", "--no-progress",
         "--hp", "batch_size=32", "--out", str(out),

@@ -1,5 +1,5 @@
 """``python -m debiaslab`` (also what ``torchrun -m debiaslab`` runs)."""
 
-from debiaslab.cli import run
+from debiaslab.cli.main import run
 
 run()

@@ -45,7 +45,7 @@ def audit_config(args: argparse.Namespace) -> Any:
     """The :class:`~debiaslab.audit.core.AuditConfig` of the parsed command line."""
     from debiaslab.audit.core import AuditConfig
     from debiaslab.errors import ConfigError
-    from debiaslab.runs import parse_key_values
+    from debiaslab.run.train import parse_key_values
 
     options = parse_key_values(args.data_opt, "--data-opt", parse=False)
     if args.ratio is not None:

@@ -39,8 +39,8 @@ from debiaslab.evaluation.group_inference import inference_quality
 from debiaslab.evaluation.metrics import evaluate_predictions
 from debiaslab.inference.apply import check_groups_for
 from debiaslab.inference.groups_file import GroupsFile, read_groups
-from debiaslab.run_dir import FINAL
-from debiaslab.runs import load_finished_run, load_run_config
+from debiaslab.run.directory import FINAL
+from debiaslab.run.train import load_finished_run, load_run_config
 from debiaslab.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from debiaslab.errors import ConfigError
 from debiaslab.inference.base import InferredGroups
 from debiaslab.inference.groups_file import GroupsFile
 from debiaslab.inference.registry import get_inferrer
-from debiaslab.runs import load_finished_run
+from debiaslab.run.train import load_finished_run
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from debiaslab.bench.suite import PlannedRun, Suite
 from debiaslab.bench.worker import ERROR, RUNNING, RunTask, write_error
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import CONFIG, FINAL, comparable_identity, is_finished
+from debiaslab.run.train import CONFIG, FINAL, comparable_identity, is_finished
 from debiaslab.utils.io import atomic_write_json, remove_stale_temp_files, yaml_problem
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from debiaslab.errors import ConfigError, DebiasLabError
-from debiaslab.runs import RunConfig
+from debiaslab.run.train import RunConfig
 from debiaslab.utils import paths
 from debiaslab.utils.io import yaml_problem
 from debiaslab.utils.paths import options_slug
@@ -85,7 +85,7 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a suite: where it lives and the :class:`~debiaslab.runs.RunConfig` that trains it."""
+    """One run of a suite: where it lives and the :class:`~debiaslab.run.train.RunConfig` that trains it."""
 
     label: str
     dataset_dir: str

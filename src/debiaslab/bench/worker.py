@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from debiaslab.runs import RunConfig
+from debiaslab.run.train import RunConfig
 
 RUNNING = ".bench-running"
 ERROR = "error.txt"
@@ -39,7 +39,7 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     """Train ``task.config`` (resuming whatever is in its directory) and return ``{"status", ...}``. The run
     directory's lock is taken first: a run another process trains now fails here with its files left alone."""
     from debiaslab.errors import RunInUseError
-    from debiaslab.run_dir import run_dir_lock
+    from debiaslab.run.directory import run_dir_lock
 
     started = time.perf_counter()
     try:
@@ -61,7 +61,7 @@ def _execute_locked(task: RunTask, started: float) -> dict[str, Any]:
     handler = _log_to(run_dir / LOG)
     try:
         from debiaslab.bench.suite import import_plugins
-        from debiaslab.runs import train_run
+        from debiaslab.run.train import train_run
 
         import_plugins(task.imports)
         final = train_run(task.config)

@@ -21,7 +21,7 @@ from debiaslab.utils.io import atomic_write, first_line, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
-#: the run configuration written beside a deployed model (the same name as ``debiaslab.run_dir.CONFIG``)
+#: the run configuration written beside a deployed model (the same name as ``debiaslab.run.directory.CONFIG``)
 CONFIG_FILE = "config.yaml"
 
 

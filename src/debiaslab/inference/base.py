@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.data.core import GroupDataset
+from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
 from debiaslab.methods.hparams import HparamTable, convert_hparams, hparam_names, resolve_hparams
@@ -130,6 +132,20 @@ class Inferrer:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def train_one_stage(
+        self, name: str, train: GroupDataset, trainer: Trainer, stage_of: Callable[[nn.Module], Stage]
+    ) -> nn.Module:
+        """A fresh model of the reference method (built first, so its initialisation does not depend on the rest)
+        trained by the one stage ``stage_of(model)``, named ``name``, without validation; returns the model."""
+        built: dict[str, nn.Module] = {}
+
+        def build() -> Stage:
+            model = built["model"] = self.method.build_model(train)
+            return stage_of(model)
+
+        trainer.run_stage(name, build, train, None)
+        return built["model"]
+
     @staticmethod
     def logits(reference: nn.Module, dataset: GroupDataset, trainer: Trainer) -> Tensor:
         """The reference model's logits for every example, from a clean pass in eval mode."""

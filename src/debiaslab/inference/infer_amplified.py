@@ -27,11 +27,11 @@ class Amplified(Inferrer):
 
     def train_reference(self, train: GroupDataset, trainer: Trainer) -> nn.Module:
         hp = self.method.hparams
-        built: dict[str, nn.Module] = {}
-
-        def build():
-            model = built["model"] = self.method.build_model(train)
-            return amplify_stage(
+        return self.train_one_stage(
+            "amplify",
+            train,
+            trainer,
+            lambda model: amplify_stage(
                 model,
                 AuxiliaryLogits(len(train), train.n_classes),
                 aux_lambda=hp.aux_lambda,
@@ -39,10 +39,8 @@ class Amplified(Inferrer):
                 epochs=hp.amplify_epochs,
                 batch_size=hp.batch_size,
                 optim=hp.optim_config(),
-            )
-
-        trainer.run_stage("amplify", build, train, None)
-        return built["model"]
+            ),
+        )
 
     def assign(self, reference: nn.Module, splits: dict[str, GroupDataset], trainer: Trainer) -> InferredGroups:
         return self.error_groups(reference, splits, trainer)

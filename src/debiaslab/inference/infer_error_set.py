@@ -27,17 +27,15 @@ class ErrorSet(Inferrer):
 
     def train_reference(self, train: GroupDataset, trainer: Trainer) -> nn.Module:
         hp = self.method.hparams
-        built: dict[str, nn.Module] = {}
-
-        def build():
-            model = built["model"] = self.method.build_model(train)
-            optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
-            return method_ce_stage(
+        optim = optim_with(hp, hp.identify_lr, hp.identify_weight_decay)
+        return self.train_one_stage(
+            "identify",
+            train,
+            trainer,
+            lambda model: method_ce_stage(
                 self.method, "identify", model, train, "last", epochs=hp.identify_epochs, optim=optim
-            )
-
-        trainer.run_stage("identify", build, train, None)
-        return built["model"]
+            ),
+        )
 
     def assign(self, reference: nn.Module, splits: dict[str, GroupDataset], trainer: Trainer) -> InferredGroups:
         return self.error_groups(reference, splits, trainer)

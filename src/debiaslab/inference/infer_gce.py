@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
+from debiaslab.engine.stage import Stage, StepContext
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.inference.base import InferredGroups, Inferrer, SplitGroups
@@ -79,12 +79,9 @@ class GCE(Inferrer):
         return int(get_method("jtt")(dataset=self.dataset).hparams.identify_epochs)
 
     def train_reference(self, train: GroupDataset, trainer: Trainer) -> nn.Module:
-        built: dict[str, nn.Module] = {}
         q = float(self.hparams.q)
 
-        def build():
-            model = built["model"] = self.method.build_model(train)
-
+        def stage(model: nn.Module) -> Stage:
             def loss(batch: Batch, ctx: StepContext) -> Tensor:
                 return generalized_cross_entropy(model(batch.x), batch.y, q).mean()
 
@@ -92,8 +89,7 @@ class GCE(Inferrer):
                 self.method, "gce", train, "last", modules=model, loss_fn=loss, predict_fn=model, epochs=self.epochs()
             )
 
-        trainer.run_stage("gce", build, train, None)
-        return built["model"]
+        return self.train_one_stage("gce", train, trainer, stage)
 
     def assign(self, reference: nn.Module, splits: dict[str, GroupDataset], trainer: Trainer) -> InferredGroups:
         quantile = self.hparams.loss_quantile

@@ -10,13 +10,18 @@ and SubpopBench do (DomainBed also restarts Adam at that step, SubpopBench does 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from debiaslab.data.core import Batch
+from debiaslab.data.core import Batch, GroupDataset
+from debiaslab.engine.stage import StepContext
 from debiaslab.errors import ConfigError
+from debiaslab.methods.base import Requirements
 from debiaslab.methods.hparams import TrainHparams
+from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
 
 ENVIRONMENTS = ("attr", "group")
 
@@ -56,3 +61,32 @@ class AnnealedPenaltyHparams(EnvironmentHparams):
     def weight_at(self, step: int) -> float:
         """The penalty weight at 0-based optimiser step ``step`` of the stage."""
         return self.penalty_weight if step >= self.anneal_steps else 1.0
+
+
+class AnnealedPenalty(OneStage):
+    """Mean environment risk plus a penalty weighted by :meth:`AnnealedPenaltyHparams.weight_at` (IRM, VREx)."""
+
+    family = "invariance"
+    requires = Requirements(train_attrs=True)
+    #: searched by `debiaslab tune`: DomainBed's ranges (SubpopBench's too, for IRM), λ 10^U(−1, 5), anneal
+    #: 10^U(0, 4) steps
+    search_space: ClassVar[SearchSpace] = {
+        **COMMON_SPACE,
+        "penalty_weight": loguniform(0.1, 1e5),
+        "anneal_steps": intrange(1, 10_000, log=True),
+    }
+
+    @staticmethod
+    def risk_and_penalty(logits: Tensor, y: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The mean environment risk and the penalty of a batch's ``logits``, one boolean mask per environment."""
+        raise NotImplementedError
+
+    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+        hp: AnnealedPenaltyHparams = self.hparams  # type: ignore[assignment]
+        terms = self.risk_and_penalty
+
+        def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+            nll, penalty = terms(model(batch.x), batch.y, environment_masks(batch, hp.environments))
+            return {"loss": nll + hp.weight_at(ctx.step) * penalty, "nll": nll.detach(), "penalty": penalty.detach()}
+
+        return loss

@@ -44,7 +44,7 @@ class TrainHparams:
     ``selection="auto"`` becomes ``val_worst_group`` when validation has attribute labels and
     ``val_worst_class`` otherwise; the resolved rule is recorded with the result.
     ``report_rules``: further selection rules reported beside ``selection`` from the same training (a run keeps,
-    for the method's final stage, the best epoch's weights under each and evaluates them; see ``debiaslab.runs``).
+    for the method's final stage, the best epoch's weights under each and evaluates them; see ``debiaslab.run.train``).
     """
 
     model: str = "mlp"

@@ -16,17 +16,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
-from debiaslab.methods.base import Requirements
-from debiaslab.methods.environments import AnnealedPenaltyHparams, environment_masks
+from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams
 from debiaslab.methods.hparams import Default, HparamTable
-from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS, SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
-from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
 
 
 def irm_penalty(logits: Tensor, y: Tensor) -> Tensor:
@@ -49,20 +44,12 @@ class IRMHparams(AnnealedPenaltyHparams):
 
 
 @register_method("irm")
-class IRM(OneStage):
+class IRM(AnnealedPenalty):
     """Cross-entropy averaged over environments plus the annealed IRMv1 gradient penalty."""
 
     summary = "mean environment risk + λ · IRMv1 gradient penalty, environments = attribute values (Arjovsky 2019)"
-    family = "invariance"
     Hparams = IRMHparams
-    requires = Requirements(train_attrs=True)
     grad_sync: ClassVar[str] = "allreduce"  # the penalty differentiates a gradient: DistributedDataParallel cannot
-    #: searched by `debiaslab tune`: SubpopBench's and DomainBed's ranges, λ 10^U(−1, 5), anneal 10^U(0, 4) steps
-    search_space: ClassVar[SearchSpace] = {
-        **COMMON_SPACE,
-        "penalty_weight": loguniform(0.1, 1e5),
-        "anneal_steps": intrange(1, 10_000, log=True),
-    }
     hparam_table: ClassVar[HparamTable] = {
         "*": {
             "penalty_weight": Default(100.0, f"{SUBPOP_REGISTRY}: IRM irm_lambda 1e2; same in {DOMAINBED_REGISTRY}"),
@@ -71,15 +58,8 @@ class IRM(OneStage):
         },
     }
 
-    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
-        hp: IRMHparams = self.hparams  # type: ignore[assignment]
-
-        def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-            logits = model(batch.x)
-            masks = environment_masks(batch, hp.environments)
-            nll = torch.stack([F.cross_entropy(logits[m], batch.y[m]) for m in masks]).mean()
-            terms = [irm_penalty(logits[m], batch.y[m]) for m in masks if int(m.sum()) > 1]
-            penalty = torch.stack(terms).mean() if terms else logits.new_zeros(())
-            return {"loss": nll + hp.weight_at(ctx.step) * penalty, "nll": nll.detach(), "penalty": penalty.detach()}
-
-        return loss
+    @staticmethod
+    def risk_and_penalty(logits: Tensor, y: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+        nll = torch.stack([F.cross_entropy(logits[m], y[m]) for m in masks]).mean()
+        terms = [irm_penalty(logits[m], y[m]) for m in masks if int(m.sum()) > 1]
+        return nll, torch.stack(terms).mean() if terms else logits.new_zeros(())

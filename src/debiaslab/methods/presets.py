@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from debiaslab.methods.hparams import Default
+
+
+def from_source(source: str, **values: Any) -> dict[str, Default]:
+    """``{name: Default(value, source)}``: several settings read from one source, in the order given."""
+    return {name: Default(value, source) for name, value in values.items()}
+
 
 LFF_PAPER = "LfF paper (Nam et al. 2020), Colored MNIST setting"
 OURS_CMNIST_SELECTION = "ours: Colored MNIST reports unbiased accuracy, and our validation split is unbiased"
 
 #: The LfF Colored MNIST recipe (MLP 3x100, Adam 1e-3, batch 256, 100 epochs), used by ERM and the baselines.
 CMNIST_MLP: dict[str, Default] = {
-    "model": Default("mlp", LFF_PAPER),
-    "epochs": Default(100, LFF_PAPER),
-    "batch_size": Default(256, LFF_PAPER),
-    "optimizer": Default("adam", LFF_PAPER),
-    "lr": Default(1e-3, LFF_PAPER),
-    "weight_decay": Default(0.0, LFF_PAPER),
+    **from_source(LFF_PAPER, model="mlp", epochs=100, batch_size=256, optimizer="adam", lr=1e-3, weight_decay=0.0),
     "selection": Default("val_unbiased", OURS_CMNIST_SELECTION),
 }
 
@@ -29,12 +32,9 @@ PRETRAINED_NOTE = (
 #: Waterbirds / CelebA with a ResNet-50 (224 x 224 crops, ImageNet normalisation by the dataset).
 WATERBIRDS_RESNET50: dict[str, Default] = {
     "model": Default("resnet50", GROUPDRO_PAPER + PRETRAINED_NOTE),
-    "epochs": Default(300, GROUPDRO_PAPER),
-    "batch_size": Default(128, GROUPDRO_PAPER),
-    "optimizer": Default("sgd", GROUPDRO_PAPER),
-    "momentum": Default(0.9, GROUPDRO_PAPER),
-    "lr": Default(1e-3, GROUPDRO_PAPER),
-    "weight_decay": Default(1e-4, GROUPDRO_PAPER),
+    **from_source(
+        GROUPDRO_PAPER, epochs=300, batch_size=128, optimizer="sgd", momentum=0.9, lr=1e-3, weight_decay=1e-4
+    ),
 }
 CELEBA_RESNET50: dict[str, Default] = {
     **WATERBIRDS_RESNET50,
@@ -43,21 +43,13 @@ CELEBA_RESNET50: dict[str, Default] = {
 }
 #: Corrupted CIFAR-10 (LfF protocol) with a ResNet-20.
 CCIFAR10_RESNET20: dict[str, Default] = {
-    "model": Default("resnet20", LFF_CONFIG_CIFAR),
-    "epochs": Default(200, LFF_CONFIG_CIFAR),
-    "batch_size": Default(256, LFF_CONFIG_CIFAR),
-    "optimizer": Default("adam", LFF_CONFIG_CIFAR),
-    "lr": Default(1e-3, LFF_CONFIG_CIFAR),
-    "weight_decay": Default(0.0, LFF_CONFIG_CIFAR),
+    **from_source(
+        LFF_CONFIG_CIFAR, model="resnet20", epochs=200, batch_size=256, optimizer="adam", lr=1e-3, weight_decay=0.0
+    ),
 }
 #: BFFHQ (DFA release) with a ResNet-18 trained from scratch.
 BFFHQ_RESNET18: dict[str, Default] = {
-    "model": Default("resnet18", DFA_PAPER),
-    "epochs": Default(160, DFA_PAPER),
-    "batch_size": Default(64, DFA_PAPER),
-    "optimizer": Default("adam", DFA_PAPER),
-    "lr": Default(1e-4, DFA_PAPER),
-    "weight_decay": Default(0.0, DFA_PAPER),
+    **from_source(DFA_PAPER, model="resnet18", epochs=160, batch_size=64, optimizer="adam", lr=1e-4, weight_decay=0.0),
 }
 
 OURS_BMNIST_SELECTION = "ours: Biased MNIST reports unbiased accuracy, and our validation split is unbiased"
@@ -67,15 +59,18 @@ REBIAS_RELEASE = (
 )
 #: Biased MNIST (ReBias protocol) with ReBias's SimpleConvNet (about 0.4 G multiply-adds per image: a GPU preset).
 BMNIST_REBIAS: dict[str, Default] = {
-    "model": Default("cnn_rebias", REBIAS_RELEASE),
-    "epochs": Default(80, REBIAS_RELEASE),
-    "batch_size": Default(256, REBIAS_RELEASE),
-    "optimizer": Default("adam", REBIAS_RELEASE),
-    "lr": Default(1e-3, REBIAS_RELEASE),
-    "weight_decay": Default(1e-4, REBIAS_RELEASE),
-    "scheduler": Default("step", REBIAS_RELEASE),
-    "lr_step_size": Default(20, REBIAS_RELEASE),
-    "lr_gamma": Default(0.1, REBIAS_RELEASE),
+    **from_source(
+        REBIAS_RELEASE,
+        model="cnn_rebias",
+        epochs=80,
+        batch_size=256,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=1e-4,
+        scheduler="step",
+        lr_step_size=20,
+        lr_gamma=0.1,
+    ),
     "selection": Default("val_unbiased", OURS_BMNIST_SELECTION),
 }
 

@@ -22,7 +22,7 @@ from debiaslab.models.base import Backbone
 
 log = logging.getLogger(__name__)
 
-#: The deployed-model file of a run directory; the same name as ``debiaslab.runs.MODEL`` (not imported:
+#: The deployed-model file of a run directory; the same name as ``debiaslab.run.train.MODEL`` (not imported:
 #: ``runs`` sits above ``methods`` in the layering).
 MODEL_FILE = "model.pt"
 

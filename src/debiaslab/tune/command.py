@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from debiaslab.cli_options import from_args, run_places
+from debiaslab.cli.options import from_args, run_places
 from debiaslab.errors import ConfigError
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import parse_key_values
+from debiaslab.run.train import parse_key_values
 from debiaslab.tune.final import Chosen, TuneLines, chosen_hparams, final_suite, train_chosen, unfinished
 from debiaslab.tune.search import SearchResult, run_search
 from debiaslab.tune.space import load_space_file, resolve_space

@@ -29,7 +29,7 @@ from typing import Any
 from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.methods.registry import get_method
-from debiaslab.runs import RunConfig
+from debiaslab.run.train import RunConfig
 from debiaslab.tune.space import as_hparams, suggest
 from debiaslab.tune.storage import GRACE_S, open_storage
 from debiaslab.tune.study import SearchResult, SearchSpec, check_search_dir, open_study

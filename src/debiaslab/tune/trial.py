@@ -28,8 +28,8 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.registry import get_method
-from debiaslab.run_dir import claimed_run_dir, plan_run_dir, recover_run_dir, run_dir_lock
-from debiaslab.runs import FINAL, RunConfig, _plain, check_resumable, run_record, with_dataset_model
+from debiaslab.run.directory import claimed_run_dir, plan_run_dir, recover_run_dir, run_dir_lock
+from debiaslab.run.train import FINAL, RunConfig, _plain, check_resumable, run_record, with_dataset_model
 from debiaslab.utils.io import atomic_write_json, atomic_write_yaml, finite_or_none
 
 log = logging.getLogger(__name__)

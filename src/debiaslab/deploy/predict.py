@@ -26,8 +26,8 @@ from debiaslab.data.arrays import check_finite, load_npz
 from debiaslab.data.images import IMAGE_EXTENSIONS, DecodeSpec, ImageFiles
 from debiaslab.data.input_spec import ARRAY, IMAGE, TEXT, build_transform, describe_inputs
 from debiaslab.errors import ConfigError, DataError
-from debiaslab.run_dir import check_output_path
-from debiaslab.runs import load_finished_run, load_run_config
+from debiaslab.run.directory import check_output_path
+from debiaslab.run.train import load_finished_run, load_run_config
 from debiaslab.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ A run made in a notebook can then be evaluated (``debiaslab evaluate``), summari
 used for predictions (``debiaslab predict``, ``debiaslab export``) from the command line::
 
     from debiaslab.data.registry import build_dataset
-    from debiaslab.fit_run import fit_and_save
+    from debiaslab.run.fit import fit_and_save
     from debiaslab.methods.registry import get_method
 
     bundle = build_dataset("colored_mnist", ratio=0.01)
@@ -24,7 +24,7 @@ from typing import Any
 
 from debiaslab.data.core import DatasetBundle, GroupDataset
 from debiaslab.methods.base import Method
-from debiaslab.runs import RunConfig, run_method
+from debiaslab.run.train import RunConfig, run_method
 
 
 def fit_and_save(

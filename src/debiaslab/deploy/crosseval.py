@@ -20,7 +20,7 @@ from debiaslab.data.registry import build_dataset, list_datasets
 from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, DataError
 from debiaslab.evaluation.metrics import EvalReport
-from debiaslab.runs import evaluate_splits, load_finished_run, load_run_config
+from debiaslab.run.train import evaluate_splits, load_finished_run, load_run_config
 
 log = logging.getLogger(__name__)
 

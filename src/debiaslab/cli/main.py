@@ -17,9 +17,10 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from debiaslab import cli_deploy, cli_groups
 from debiaslab.audit import command as audit_command
-from debiaslab.cli_options import (
+from debiaslab.cli import deploy as cli_deploy
+from debiaslab.cli import groups as cli_groups
+from debiaslab.cli.options import (
     OneLineParser,
     add_imports,
     from_args,
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="summarise finished run directories: 95 % intervals over seeds and test examples, labels read, and a "
+        help="summarise finished run directories: 95 %% intervals over seeds and test examples, labels read, and a "
         "mark for the runs' premise checks (runs that recorded none are re-scored from their final.json)",
     )
     report.add_argument("roots", nargs="+", help="folders searched for run directories (final.json)")
@@ -197,11 +198,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> Any:
-    """The :class:`~debiaslab.runs.RunConfig` of ``debiaslab train``: the run file of ``--config`` (if any), with
+    """The :class:`~debiaslab.run.train.RunConfig` of ``debiaslab train``: the run file of ``--config`` (if any), with
     the command line's options on top."""
     from debiaslab.errors import ConfigError
-    from debiaslab.run_file import read_run_file
-    from debiaslab.runs import RunConfig, parse_key_values
+    from debiaslab.run.config_file import read_run_file
+    from debiaslab.run.train import RunConfig, parse_key_values
 
     base = read_run_file(args.config) if args.config else None
     run = base.run if base is not None else None
@@ -245,7 +246,7 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from debiaslab.runs import checked_config, train_run
+    from debiaslab.run.train import checked_config, train_run
 
     import_plugins(args.imports)
     cfg = checked_config(train_config(args))

@@ -40,8 +40,7 @@ from debiaslab.inference.apply import with_inferred_groups
 from debiaslab.inference.groups_file import GroupsFile
 from debiaslab.inference.in_runs import check_reads_groups, groups_for_run, label_ledger
 from debiaslab.methods.registry import get_method
-from debiaslab.reporting import run_report_markdown
-from debiaslab.run_dir import (
+from debiaslab.run.directory import (
     CONFIG,
     FINAL,
     MODEL,
@@ -52,6 +51,7 @@ from debiaslab.run_dir import (
     recover_run_dir,
     run_dir_lock,
 )
+from debiaslab.run.report import run_report_markdown
 from debiaslab.utils import dist
 from debiaslab.utils.io import (
     atomic_write_json,
@@ -183,7 +183,7 @@ def check_resumable(run_dir: Path, cfg: RunConfig) -> None:
 
 def train_run(cfg: RunConfig) -> dict[str, Any]:
     """Check everything (method, hyperparameters, dataset and its options, labels, model, device, the run
-    directory), and only then take the run directory over (:mod:`debiaslab.run_dir`), train (or resume), evaluate
+    directory), and only then take the run directory over (:mod:`debiaslab.run.directory`), train (or resume), evaluate
     and write it. A configuration that fails a check leaves the directory as it was."""
     started = time.perf_counter()
     cfg = checked_config(cfg)
@@ -216,7 +216,7 @@ def run_method(
     groups: GroupsFile | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``bundle`` and write the run directory ``cfg.run_dir()`` (shared by the command line and
-    :func:`debiaslab.fit_run.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking).
+    :func:`debiaslab.run.fit.fit_and_save`); ``callbacks`` get every epoch's record (experiment tracking).
     With ``groups`` the method trains and selects on the file's pseudo-groups; the run is evaluated on the
     dataset's own splits."""
     started = time.perf_counter() if started is None else started

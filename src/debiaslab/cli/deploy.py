@@ -1,5 +1,5 @@
 """Command-line parts for using finished runs: ``predict``, ``export``, ``evaluate`` on another dataset or
-split, and the experiment-tracking options of ``train``. :mod:`debiaslab.cli` adds them to its parser."""
+split, and the experiment-tracking options of ``train``. :mod:`debiaslab.cli.main` adds them to its parser."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from debiaslab.cli_options import from_args
+from debiaslab.cli.options import from_args
 
 console = Console()
 
@@ -51,7 +51,7 @@ def add_parsers(sub: Any, data_args: Any) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from debiaslab.predict import predict_run
+    from debiaslab.deploy.predict import predict_run
 
     path, n = predict_run(
         args.run_dir, args.input, args.out, device=args.device, data_root=args.data_root, cache_dir=args.cache_dir
@@ -61,7 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from debiaslab.export import export_run
+    from debiaslab.deploy.export import export_run
 
     result = export_run(args.run_dir, args.format, args.out)
     console.print(
@@ -73,8 +73,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``debiaslab evaluate RUN_DIR [--dataset NAME] [--split S] [--ratio R] [--data-opt K=V]``."""
-    from debiaslab.crosseval import evaluate_on
-    from debiaslab.runs import parse_key_values
+    from debiaslab.deploy.crosseval import evaluate_on
+    from debiaslab.run.train import parse_key_values
 
     options = parse_key_values(args.data_opt, "--data-opt")
     if args.ratio is not None:

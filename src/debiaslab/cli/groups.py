@@ -39,7 +39,7 @@ def cmd_infer_groups(args: argparse.Namespace) -> int:
     from debiaslab.errors import ConfigError
     from debiaslab.inference.pipeline import default_groups_path, infer_groups
     from debiaslab.inference.registry import list_inferrers
-    from debiaslab.runs import parse_key_values
+    from debiaslab.run.train import parse_key_values
 
     if args.list:
         table = Table(title="group inferrers")

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from debiaslab.errors import ConfigError, DebiasLabError, DiskFullError, output_error
-from debiaslab.run_dir import check_output_path
-from debiaslab.runs import load_finished_run, load_run_config
+from debiaslab.run.directory import check_output_path
+from debiaslab.run.train import load_finished_run, load_run_config
 from debiaslab.utils.io import disk_full_error
 
 log = logging.getLogger(__name__)
