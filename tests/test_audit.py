@@ -108,7 +108,10 @@ def test_audit_of_a_run_writes_the_page_and_its_figures(audited: Path, run_dir: 
         "saliency_examples": "saliency_examples.png",
         "group_accuracy": "group_accuracy.png",
     }
-    assert "The run records no health checks" in text
+    # the run's premise checks, from its final.json
+    checks = json.loads((run_dir / "final.json").read_text())["health"]
+    assert checks and "## Health checks" in text
+    assert all(f"| {c['name']} | {c['status']} |" in text for c in checks)
     assert "saliency_features" not in facts["figures"]
 
 
