@@ -44,12 +44,27 @@ def row_key(final: dict) -> str:
     return f"{final['method']} (true groups)"
 
 
+def setting_of(options: dict) -> str:
+    """A run's column: its ratio (Colored MNIST), else its ``rho`` (Biased MNIST) as ``ρ 0.99``, else ``all``."""
+    if "ratio" in options:
+        return str(options["ratio"])
+    return f"ρ {options['rho']:g}" if "rho" in options else "all"
+
+
+def setting_name(setting: str) -> str:
+    """A column's heading: ``1 %`` for a ratio, the setting itself otherwise."""
+    try:
+        return f"{100 * float(setting):g} %"
+    except ValueError:
+        return setting
+
+
 def load_runs(root: Path) -> dict[str, dict[str, list[dict]]]:
-    """``{row: {setting: [final, ...]}}``; the setting is the ratio (Colored MNIST) or ``all``."""
+    """``{row: {setting: [final, ...]}}``; the setting is what :func:`setting_of` names."""
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(root.rglob("final.json")):
         final = {**json.loads(path.read_text()), "_dir": str(path.parent)}
-        setting = str(final.get("dataset_options", {}).get("ratio", "all"))
+        setting = setting_of(final.get("dataset_options", {}))
         out.setdefault(row_key(final), {}).setdefault(setting, []).append(final)
     return out
 
@@ -59,7 +74,7 @@ def load_metas(root: Path) -> dict[str, dict[str, list[dict]]]:
     out: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(root.glob("groups/*/**/seed*.json")):
         meta = json.loads(path.read_text())
-        setting = str(meta.get("dataset_options", {}).get("ratio", "all"))
+        setting = setting_of(meta.get("dataset_options", {}))
         out.setdefault(meta["inferrer"], {}).setdefault(setting, []).append(meta)
     return out
 
@@ -70,7 +85,7 @@ def settings_of(root: Path) -> list[str]:
 
 
 def _head(settings: Sequence[str], first: str, extra: Sequence[str] = ()) -> str:
-    names = [f"{100 * float(s):g} %" if s != "all" else "test" for s in settings]
+    names = [setting_name(s) for s in settings]
     cols = [first, *extra, *names]
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
 
@@ -158,9 +173,8 @@ def gap_sentence(root: Path, setting: str = "0.01", metric: str = "unbiased") ->
         [ct.scores_of(pipeline[s], get) for s in seeds], [ct.scores_of(labelled[s], get) for s in seeds], metric
     )
     ref = statistics.fmean(labelled[s]["metrics"]["test"][metric] for s in seeds)
-    where = f"{100 * float(setting):g} %" if setting != "all" else "this dataset"
     return (
-        f"At {where}, the pipeline without group labels with the highest validation {metric} accuracy "
+        f"At {setting_name(setting)}, the pipeline without group labels with the highest validation {metric} accuracy "
         f"({100 * val:.1f}) is **{method} on {name} groups**: test {metric} "
         f"{100 * mean:.1f} against {100 * ref:.1f} for {method} on the true groups; paired by seed "
         f"({', '.join(map(str, seeds))}), the difference is {difference_cell(diff)} points (95 % interval; ○: not "

@@ -745,7 +745,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
                 ("quality", lf.quality_table),
                 ("unbiased", lambda r: lf.accuracy_table(r, "unbiased")),
                 ("worst_group", lambda r: lf.accuracy_table(r, "worst_group")),
-                ("gap", lambda r, key=key: lf.gap_sentence(r, "0.01" if key == "cmnist" else "all")),
+                ("gap", lambda r, key=key: lf.gap_sentence(r, "0.01" if key == "cmnist" else lf.settings_of(r)[0])),
             )
         },
         "labelfree_count": lambda: labelfree_count(rec),
