@@ -621,6 +621,15 @@ def labelfree_count(rec: Records) -> str | None:
     return "Runs recorded: " + "; ".join(parts) + "." if parts else None
 
 
+def labelfree_seed_methods(rec: Records) -> str | None:
+    """The headline's methods whose training reads no group labels (and ERM), Colored MNIST test unbiased accuracy at
+    their own presets: what a user without group labels can run without inferring groups first."""
+    rows = [r for r in _headline_rows(rec) if r["labels"].startswith("train: none") and r["method_name"] != "dfr"]
+    if len(rows) < 2:
+        return None
+    return ratio_pivot_markdown(rows, "colored_mnist", "unbiased", compare_paper=False) + "\n\n" + legend("ERM")
+
+
 def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:
     root = labelfree_root(rec, key)
     return make(root) if root is not None else None
@@ -749,6 +758,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
             )
         },
         "labelfree_count": lambda: labelfree_count(rec),
+        "labelfree_seed_methods": lambda: labelfree_seed_methods(rec),
         "labelfree_index": lambda: (
             "| [Without group labels](labelfree.md) | group inference scored against the truth; group methods on "
             "inferred groups beside the same methods on true groups |"
