@@ -201,6 +201,45 @@ def test_chosen_configuration_is_trained_on_seeds_and_only_those_runs_see_test(t
     assert "erm" in capsys.readouterr().out
 
 
+def test_a_search_on_inferred_groups_trains_and_selects_every_trial_and_final_run_on_them(tmp_path: Path) -> None:
+    """``tune --groups INFERRER``: inferred once for the search, every trial's labels are the inferred groups, and
+    the final runs infer their own groups and are tested on the true ones."""
+    from debiaslab.inference.groups_file import read_groups
+
+    out = tmp_path / "t"
+    args = ["tune", "--method", "groupdro", "--dataset", "toy_bench", "--trials", "2", "--epochs-cap", "2"]
+    more = ["--sampler", "random", "--out", str(out), "--seeds", "0", "--hp", "batch_size=64", "--no-progress"]
+    groups = ["--groups", "error_set", "--groups-hp", "identify_epochs=2", "--imports", "bench_plugin"]
+    assert main([*args, *more, *groups]) == 0
+    meta = read_groups(out / "groups" / "error_set" / "seed0.npz").meta
+    trials = sorted((out / "trials").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        final = json.loads((trial / "final.json").read_text())
+        assert final["labels"]["train"] == "inferred" and final["labels"]["select"] == "inferred"
+        assert final["groups"]["sha256"] == meta["sha256"] and set(final["metrics"]) == {"val"}
+    (final_path,) = (out / "final" / "val_worst_group").rglob("final.json")
+    final = json.loads(final_path.read_text())
+    assert final["labels"]["train"] == "inferred" and "test" in final["metrics"]
+    assert final["groups"]["inferrer"] == "error_set"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--groups", "nope"], "--groups 'nope': expected a registered inferrer"),
+        (["--groups-hp", "identify_epochs=2"], "--groups-hp sets an inferrer's settings"),
+        (["--groups", "error_set", "--groups-hp", "nope=1"], "nope"),
+    ],
+)
+def test_tune_groups_errors_are_one_line_before_any_trial(tmp_path: Path, capsys, extra: list, expected: str) -> None:
+    args = ["tune", "--method", "groupdro", "--dataset", "toy_bench", "--trials", "1", "--out", str(tmp_path / "t")]
+    assert main([*args, "--imports", "bench_plugin", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+
+
 def test_journal_file_storage_holds_the_study(tmp_path: Path) -> None:
     journal = tmp_path / "shared" / "study.journal"
     journal.parent.mkdir()
@@ -444,6 +483,7 @@ def test_a_trial_chosen_by_two_rules_is_trained_once_when_training_never_reads_t
         ({"methods": [{"method": "erm", "space": {"lr": "loguniform(1, 0.1)"}}]}, "methods\\[0\\].space: lr: .*empty"),
         ({"methods": [{"method": "erm", "hparams": {"epochs": 3}}]}, "methods\\[0\\].hparams.epochs"),
         ({"dataset": {"name": "nope"}}, "dataset.name"),
+        ({"methods": [{"method": "groupdro", "groups": "nope"}]}, "methods\\[0\\].groups.inferrer' = 'nope'"),
     ],
 )
 def test_tuning_suite_errors_name_the_key(change: dict, expected: str) -> None:

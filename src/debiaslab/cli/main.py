@@ -164,6 +164,13 @@ def _tune_parser(sub: Any) -> None:
     tune.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="other dataset option")
     tune.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a fixed (not searched) hyperparameter")
     tune.add_argument("--space", help="YAML file overriding the method's search space (name: distribution)")
+    tune.add_argument(
+        "--groups",
+        metavar="INFERRER",
+        help="train and select every trial and final run on groups inferred by INFERRER (see `debiaslab "
+        "infer-groups`): once for the search's seed, once per ratio and seed for the final runs",
+    )
+    tune.add_argument("--groups-hp", action="append", metavar="KEY=VALUE", help="a setting of the --groups inferrer")
     tune.add_argument("--trials", type=int, default=20, help="finished trials in the budget (default 20)")
     tune.add_argument("--epochs-cap", type=int, default=10, help="epochs of every trial (default 10)")
     tune.add_argument(

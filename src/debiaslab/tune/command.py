@@ -39,6 +39,8 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
 
     import_plugins(args.imports or ())
     if args.suite:
+        if args.groups or args.groups_hp:
+            raise ConfigError("--groups is for one method; a tuning suite names each entry's groups in its file")
         from debiaslab.tune.suite import load_tune_suite
         from debiaslab.tune.suite_runner import run_tune_suite
 
@@ -61,6 +63,7 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
     named = {"dataset_options": options, "fixed": fixed, "seed": args.search_seed, "study_name": args.study}
     passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
     named["imports"] = tuple(args.imports or ())
+    named["groups"] = groups_option(args.groups, args.groups_hp)
     spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
     spec.out = args.out or str(Path("runs") / "tune" / folder_name(spec.name))
     result = run_search(spec, workers=args.workers)
@@ -72,7 +75,7 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
         lines.append(f"no complete trial under {rule}: no final runs")
         return lines
     ratios = args.final_ratios or ([options["ratio"]] if "ratio" in options else None)
-    chosen = [Chosen(spec.method, spec.method, chosen_hparams(fixed, best, spec.epochs, rule))]
+    chosen = [Chosen(spec.method, spec.method, chosen_hparams(fixed, best, spec.epochs, rule), spec.groups)]
     suite = final_suite(
         spec.name,
         rule,
@@ -96,6 +99,22 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
     if lines.failed:
         lines.append(f"{lines.failed} final run(s) did not finish; see {bench.out / 'report.md'}")
     return lines
+
+
+def groups_option(name: str | None, settings: list[str] | None) -> dict[str, Any] | None:
+    """``--groups INFERRER [--groups-hp K=V ...]`` as a bench suite's groups entry, checked before any trial."""
+    from debiaslab.inference.registry import get_inferrer, list_inferrers
+
+    if name is None:
+        if settings:
+            raise ConfigError("--groups-hp sets an inferrer's settings; give the inferrer with --groups INFERRER")
+        return None
+    known = sorted(cls.name for cls in list_inferrers())
+    if name not in known:
+        raise ConfigError(f"--groups {name!r}: expected a registered inferrer ({', '.join(known)})")
+    hparams = parse_key_values(settings, "--groups-hp")
+    get_inferrer(name).check_hparams(hparams)
+    return {"inferrer": name, "hparams": hparams, "label": name}
 
 
 def check_final_ratios(dataset: str, options: dict[str, Any], ratios: list[float]) -> None:

@@ -32,6 +32,8 @@ class Chosen:
     label: str
     method: str
     hparams: dict[str, Any]
+    #: the inferred-groups entry the search trained on (its final runs infer their own, per ratio and seed)
+    groups: dict[str, Any] | None = None
 
 
 def chosen_hparams(fixed: dict[str, Any], best: dict[str, Any], epochs: int, rule: str) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def final_suite(
         device=device,
         precision=precision,
         datasets=[DatasetEntry(dataset, opts, tuple(ratios) if ratios else None, dataset_dir or dataset)],
-        methods=[MethodEntry(c.method, c.label, dict(c.hparams)) for c in chosen],
+        methods=[MethodEntry(c.method, c.label, dict(c.hparams), c.groups) for c in chosen],
     )
 
 

@@ -61,6 +61,12 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
         lines.append(f"- trial time: {sum(durations):.0f} s in all")
     if spec.fixed:
         lines.append("- fixed: " + ", ".join(f"{k}={v}" for k, v in spec.fixed.items()))
+    if spec.groups:
+        settings = ", ".join(f"{k}={v}" for k, v in (spec.groups.get("hparams") or {}).items())
+        lines.append(
+            f"- groups: inferred by {spec.groups['inferrer']}{f' ({settings})' if settings else ''}, no group "
+            "label read: every trial trains and is scored on them"
+        )
     lines += [f"- report written {now}", "", "## Search space", "", "| hyperparameter | distribution |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in describe_space(spec.space).items()]
     lines += ["", "## Chosen configuration per rule (best complete trial under each rule)", ""]

@@ -172,6 +172,10 @@ def check_inputs(spec: SearchSpec) -> None:
 
 
 def _run_config(spec: SearchSpec, hparams: dict[str, Any], out: Path) -> RunConfig:
+    groups, recipe = None, None
+    if spec.groups:
+        groups = str(groups_path(spec))
+        recipe = {"inferrer": spec.groups["inferrer"], "hparams": dict(spec.groups.get("hparams") or {})}
     return RunConfig(
         method=spec.method,
         dataset=spec.dataset,
@@ -186,7 +190,15 @@ def _run_config(spec: SearchSpec, hparams: dict[str, Any], out: Path) -> RunConf
         overwrite=True,
         progress=False,
         num_threads=spec.threads,
+        groups=groups,
+        groups_recipe=recipe,
     )
+
+
+def groups_path(spec: SearchSpec) -> Path:
+    """The groups file every trial of ``spec`` trains on (inferred by the first trial that needs it)."""
+    assert spec.groups is not None
+    return Path(spec.out) / "groups" / spec.groups["label"] / f"seed{spec.seed}.npz"
 
 
 def counted_trials(study: Any) -> list[Any]:

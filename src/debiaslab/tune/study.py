@@ -60,6 +60,9 @@ class SearchSpec:
     cache_dir: str | None = None
     #: plugin modules (registering datasets or methods) imported by every worker process before its trials
     imports: tuple[str, ...] = ()
+    #: train and select every trial on inferred groups: ``{"inferrer", "hparams", "label"}`` (a bench suite's
+    #: ``groups`` entry); inferred once, for the search's seed, under ``<out>/groups/<label>/``
+    groups: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in OBJECTIVE_RULES:
@@ -86,7 +89,8 @@ class SearchSpec:
         if self.study_name:
             return self.study_name
         opts = options_slug(self.dataset_options)
-        return f"{self.method}-{self.dataset}{'-' + opts if opts else ''}"
+        groups = f"+{self.groups['label']}" if self.groups else ""
+        return f"{self.method}{groups}-{self.dataset}{'-' + opts if opts else ''}"
 
     @property
     def direction(self) -> str:
@@ -106,6 +110,7 @@ class SearchSpec:
                     "rule": self.rule,
                     "epochs": self.epochs,
                     "seed": self.seed,
+                    **({"groups": self.groups} if self.groups else {}),
                 },
                 sort_keys=True,
                 default=str,

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from debiaslab.bench.suite import _Where, import_plugins
+from debiaslab.bench.suite import _groups_entry, _Where, import_plugins
 from debiaslab.errors import ConfigError
 from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import resolve_space
@@ -37,7 +37,7 @@ KEYS = (
     "final",
     "methods",
 )
-METHOD_KEYS = ("method", "label", "hparams", "space")
+METHOD_KEYS = ("method", "label", "hparams", "space", "groups")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class TuneEntry:
     label: str
     fixed: dict[str, Any]
     space: SearchSpace
+    #: train and select on inferred groups (a bench suite's ``groups`` entry: inferrer, hparams, label)
+    groups: dict[str, Any] | None = None
 
 
 @dataclass
@@ -192,7 +194,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
             raise ConfigError(f"{source}: {key} ({label}): {exc}") from exc
         if label in [e.label for e in s.methods]:
             raise where.error(f"{key}.label", label, "a label not used by another entry")
-        s.methods.append(TuneEntry(name, label, fixed, resolved))
+        s.methods.append(TuneEntry(name, label, fixed, resolved, _groups_entry(where, key, m.get("groups"))))
     return s
 
 

@@ -48,6 +48,7 @@ def search_spec(suite: TuneSuite, entry: Any, out: Path, storage: str | None, **
         threads=suite.threads,
         device=suite.device,
         imports=suite.imports,
+        groups=entry.groups,
         **paths,
     )
 
@@ -142,7 +143,7 @@ def plan_finals(suite: TuneSuite, entries: Sequence[Any], searches: dict[str, Se
                 deployed = first.hparams["selection"]
                 log.info("%s: %s chose the same trial as %s; one set of runs reports both", e.label, rule, deployed)
                 continue
-            chosen = Chosen(e.label, e.method, hparams)
+            chosen = Chosen(e.label, e.method, hparams, e.groups)
             shared.setdefault(best["trial"], chosen)
             plan[rule].append(chosen)
     return {rule: chosen for rule, chosen in plan.items() if chosen}

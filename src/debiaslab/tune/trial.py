@@ -27,9 +27,20 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
+from debiaslab.inference.apply import with_inferred_groups
+from debiaslab.inference.groups_file import GroupsFile
+from debiaslab.inference.in_runs import check_reads_groups, groups_for_run, label_ledger
 from debiaslab.methods.registry import get_method
 from debiaslab.run.directory import claimed_run_dir, plan_run_dir, recover_run_dir, run_dir_lock
-from debiaslab.run.train import FINAL, RunConfig, _plain, check_resumable, run_record, with_dataset_model
+from debiaslab.run.train import (
+    FINAL,
+    RunConfig,
+    _plain,
+    check_resumable,
+    groups_record,
+    run_record,
+    with_dataset_model,
+)
 from debiaslab.utils.io import atomic_write_json, atomic_write_yaml, finite_or_none
 
 log = logging.getLogger(__name__)
@@ -83,17 +94,33 @@ class PruningHook:
 def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``cfg`` in its run directory on train, selecting on validation, and write ``final.json`` with the
     validation metrics and ``scores`` (every applicable rule's validation score); the test split is never built
-    into the trial. Checkpoints are removed when the trial ends (finished or pruned): trials are not resumed."""
+    into the trial. Checkpoints are removed when the trial ends (finished or pruned): trials are not resumed.
+    With ``cfg.groups`` the trial trains and is scored on that file's inferred train and val groups."""
     started = time.perf_counter()
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)
     bundle = search_bundle(cfg)
     method = with_dataset_model(method, cfg, bundle)
+    groups = None
+    if cfg.groups is not None:
+        groups = groups_for_run(
+            cfg.groups,
+            cfg.groups_recipe,
+            cfg.dataset,
+            cfg.dataset_options,
+            cfg.seed,
+            bundle,
+            data_root=cfg.data_root,
+            cache_dir=cfg.cache_dir,
+            num_threads=cfg.num_threads,
+        )
+        bundle = with_inferred_groups(bundle, groups)
+        check_reads_groups(method, bundle.val, groups)
     train, val = bundle.train, bundle.val
     method.check_labels(train, val)
     run_dir = cfg.run_dir()
     with run_dir_lock(run_dir):  # one writer per trial folder
         recover_run_dir(run_dir)
-        return _train_trial_in(run_dir, cfg, method, bundle, epoch_hook, extra, started)
+        return _train_trial_in(run_dir, cfg, method, bundle, epoch_hook, extra, started, groups)
 
 
 def _train_trial_in(
@@ -104,8 +131,11 @@ def _train_trial_in(
     epoch_hook: Any,
     extra: dict[str, Any] | None,
     started: float,
+    groups: GroupsFile | None = None,
 ) -> dict[str, Any]:
     train, val = bundle.train, bundle.val
+    labels = label_ledger(method, train, val)
+    inferred = {"groups": groups_record(groups)} if groups is not None else {}
     action = plan_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     if action == "resume":
         check_resumable(run_dir, cfg)
@@ -119,6 +149,8 @@ def _train_trial_in(
                 "dataset_recipe": _plain(bundle.recipe),
                 "resolved_hparams": _plain(dataclasses.asdict(method.hparams)),
                 "hparam_sources": method.hparam_sources,
+                "labels": labels,
+                **inferred,
                 "debiaslab_version": __version__,
                 "torch_version": str(torch.__version__),
             },
@@ -147,6 +179,8 @@ def _train_trial_in(
             "selected": _plain(result.selected),
             "metrics": {"val": val_report.metrics},
             "scores": rule_scores(result, val_report, val.has_attrs),
+            "labels": labels,
+            **inferred,
             "train_time_s": round(sum(s.wall_time_s for s in result.stages), 2),
             "total_time_s": round(time.perf_counter() - started, 2),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
