@@ -224,6 +224,12 @@ def test_a_search_on_inferred_groups_trains_and_selects_every_trial_and_final_ru
     assert final["groups"]["inferrer"] == "error_set"
 
 
+def test_a_search_on_inferred_groups_selects_on_them_by_default() -> None:
+    from debiaslab.tune.command import default_rule
+
+    assert default_rule("no_such_dataset", {}, None, None, inferred=True) == "val_worst_group"  # nothing is built
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [

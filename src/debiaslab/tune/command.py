@@ -23,9 +23,15 @@ log = logging.getLogger(__name__)
 ENGINE = ("threads", "device", "precision")
 
 
-def default_rule(dataset: str, options: dict[str, Any], data_root: str | None, cache_dir: str | None) -> str:
-    """``val_worst_group`` when the dataset's validation split has group labels, else ``val_worst_class``."""
+def default_rule(
+    dataset: str, options: dict[str, Any], data_root: str | None, cache_dir: str | None, inferred: bool = False
+) -> str:
+    """``val_worst_group`` when the validation split has groups (its own, or ``inferred`` ones), else
+    ``val_worst_class``."""
     from debiaslab.data.registry import build_dataset
+
+    if inferred:
+        return "val_worst_group"
 
     bundle = build_dataset(dataset, data_root, cache_dir, **options)
     return "val_worst_group" if bundle.val.has_attrs else "val_worst_class"
@@ -59,11 +65,12 @@ def tune_from_args(args: argparse.Namespace) -> TuneLines:
     )
     if args.final_ratios and not args.no_final:
         check_final_ratios(args.dataset, options, args.final_ratios)
-    rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir)
+    groups = groups_option(args.groups, args.groups_hp)
+    rule = args.rule or default_rule(args.dataset, options, args.data_root, args.cache_dir, groups is not None)
     named = {"dataset_options": options, "fixed": fixed, "seed": args.search_seed, "study_name": args.study}
     passed = from_args(args, "sampler", "pruner", "storage", "data_root", "cache_dir", *ENGINE)
     named["imports"] = tuple(args.imports or ())
-    named["groups"] = groups_option(args.groups, args.groups_hp)
+    named["groups"] = groups
     spec = SearchSpec(method_cls.name, args.dataset, space, rule, args.trials, args.epochs_cap, **named, **passed)
     spec.out = args.out or str(Path("runs") / "tune" / folder_name(spec.name))
     result = run_search(spec, workers=args.workers)
