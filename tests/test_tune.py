@@ -400,6 +400,16 @@ def test_biased_mnist_tuning_suite_has_the_colored_mnist_budget_and_methods() ->
     assert bmnist.search_options == {"rho": 0.99} and bmnist.final_ratios is None
 
 
+def test_label_free_tuning_suite_has_the_colored_mnist_budget_and_searches_on_inferred_groups() -> None:
+    cmnist, labelfree = load_tune_suite("cmnist-tune"), load_tune_suite("labelfree-tune")
+    same = ("trials", "epochs", "sampler", "pruner", "objective", "rules", "final_seeds", "final_ratios")
+    assert {k: getattr(labelfree, k) for k in same} == {k: getattr(cmnist, k) for k in same}
+    assert labelfree.search_options == cmnist.search_options
+    inferrers = {e.groups["inferrer"] for e in labelfree.methods}
+    assert inferrers == {"error_set", "gce", "amplified", "cluster", "eiil"}
+    assert {e.method for e in labelfree.methods} == {"reweight_group", "groupdro"} <= {e.label for e in cmnist.methods}
+
+
 def test_biased_mnist_tuning_trains_the_recipe_of_the_preset_rows_it_is_compared_with() -> None:
     """Each tuned row sits beside its `bmnist` bench row: the same model and optimiser, and that row's values of
     every setting the search does not cover (not the dataset preset's SimpleConvNet)."""
