@@ -153,7 +153,7 @@ class LfF(Method):
         hp: LfFHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
         # diagnostics only (never used for training): which examples are bias-conflicting
-        conflicting = ~train.is_aligned if train.has_attrs and train.aligned_groups else None
+        conflicting = conflicting_mask(train)
 
         def build() -> Stage:
             f_b, f_d = self.build_model(train), self.build_model(train)

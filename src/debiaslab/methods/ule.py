@@ -490,7 +490,7 @@ class ULE(Method):
         hp: ULEHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
         # diagnostics only (never used for training): which examples are bias-conflicting
-        conflicting = ~train.is_aligned if train.has_attrs and train.aligned_groups else None
+        conflicting = conflicting_mask(train)
 
         def build() -> Stage:
             teacher, student = self.build_model(train), self.build_model(train)
