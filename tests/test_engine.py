@@ -167,3 +167,19 @@ def test_scheduler_options_reach_the_optimiser(toy) -> None:
     method.fit(train, val, trainer=Trainer(progress=False))
     lrs = [h["lr"] for h in method.fit_result_.history]
     assert lrs == pytest.approx([1e-2, 5e-3, 2.5e-3])
+
+
+def test_replaced_dataset_keeps_what_is_not_changed() -> None:
+    train, _ = toy_splits(32, 8, 0.1, n_features=4)
+    attr = torch.zeros(len(train), dtype=torch.long)
+    relabelled = train.replaced(attr=attr)
+    assert relabelled.x is train.x and torch.equal(relabelled.y, train.y) and torch.equal(relabelled.attr, attr)
+    assert (relabelled.n_attrs, relabelled.aligned_groups, relabelled.split) == (
+        train.n_attrs,
+        train.aligned_groups,
+        train.split,
+    )
+    embedded = train.replaced(x=torch.ones(len(train), 3), transform=None, split="val")
+    assert embedded.loader is None and embedded.input_shape == (3,) and embedded.split == "val"
+    hidden = train.without_attributes()
+    assert not hidden.has_attrs and hidden.n_attrs == 1 and hidden.aligned_groups == frozenset()

@@ -17,7 +17,8 @@ from debiaslab.methods.bsoftmax import log_prior
 from debiaslab.methods.chi2_dro import chi2_divergence, chi2_weights
 from debiaslab.methods.class_balanced import effective_number_weights
 from debiaslab.methods.cvar_dro import cvar_loss, cvar_weights
-from debiaslab.methods.focal import focal_loss
+from debiaslab.methods.focal import focal_from_ce, focal_loss
+from debiaslab.methods.hparams import NON_NEGATIVE, POSITIVE, Bounds
 from debiaslab.methods.ldam import LDAMHparams, ldam_logits, ldam_margins
 from toys import tiny_mlp, toy_splits
 
@@ -44,6 +45,7 @@ def test_focal_loss_is_ce_scaled_by_one_minus_p_to_gamma() -> None:
     p = torch.softmax(logits, 1)[:, 0]
     assert torch.allclose(focal_loss(logits, y, 2.0), (1 - p) ** 2 * ce)
     assert torch.allclose(focal_loss(logits, y, 0.0), ce)
+    assert torch.equal(focal_from_ce(ce, 2.0), focal_loss(logits, y, 2.0))
 
 
 def test_effective_number_weights_follow_cui_and_sum_to_the_present_units() -> None:
@@ -114,6 +116,19 @@ def test_presets_are_subpopbench_and_ldam_drw_defaults_with_their_sources() -> N
     assert (space.kind, space.low, space.high) == ("loguniform", 0.01, 1.0)
     assert set(get_method("cb_loss").search_space["beta"].choices) == {0.99, 0.999, 0.9999, 0.99999}
     assert "power" not in get_method("sqrt_reweight_class").search_space
+
+
+def test_field_bounds_and_choices_name_the_field_and_the_range() -> None:
+    assert (NON_NEGATIVE.describe(), POSITIVE.describe()) == (">= 0", "> 0")
+    assert Bounds(0.0, 1.0, low_open=True).describe() == "in (0, 1]"
+    assert not Bounds(0.0, 1.0, high_open=True).admits(float("nan"))
+    with pytest.raises(ConfigError, match=r"^gamma -1.0 must be >= 0 \(0 is plain cross-entropy\)$"):
+        get_method("focal")(gamma=-1.0)
+    with pytest.raises(ConfigError, match=r"^mix_on 'pixels' unknown; expected one of input, features$"):
+        get_method("mixup")(mix_on="pixels")
+    # a subclass that changes a default keeps the bounds it declares again
+    with pytest.raises(ConfigError, match="anneal_steps -1 must be >= 0"):
+        get_method("irm")(anneal_steps=-1)
 
 
 def test_invalid_settings_are_one_line_errors() -> None:

@@ -353,15 +353,8 @@ def _dataset(where: _Where, i: int, d: Any) -> DatasetEntry:
     from debiaslab.data.registry import list_datasets
 
     key = f"datasets[{i}]"
-    if isinstance(d, str):
-        d = {"name": d}
-    if not isinstance(d, dict):
-        raise where.error(key, d, "a dataset name or a mapping with keys " + ", ".join(DATASET_KEYS))
-    where.only_keys(key, d, DATASET_KEYS)
-    name = where.string(f"{key}.name", d.get("name"))
     specs = {s.name: s for s in list_datasets()}
-    if name not in specs:
-        raise where.error(f"{key}.name", name, "a registered dataset: " + ", ".join(sorted(specs)))
+    d, name = where.named_entry(key, d, "name", DATASET_KEYS, sorted(specs), "dataset")
     accepted = specs[name].options()
     options = d.get("options") or {}
     if not isinstance(options, dict):
@@ -394,15 +387,7 @@ def _method(where: _Where, i: int, m: Any) -> MethodEntry:
     from debiaslab.methods.registry import list_methods
 
     key = f"methods[{i}]"
-    if isinstance(m, str):
-        m = {"method": m}
-    if not isinstance(m, dict):
-        raise where.error(key, m, "a method name or a mapping with keys " + ", ".join(METHOD_KEYS))
-    where.only_keys(key, m, METHOD_KEYS)
-    name = where.string(f"{key}.method", m.get("method"))
-    known = sorted(cls.name for cls in list_methods())
-    if name not in known:
-        raise where.error(f"{key}.method", name, "a registered method: " + ", ".join(known))
+    m, name = where.named_entry(key, m, "method", METHOD_KEYS, sorted(cls.name for cls in list_methods()), "method")
     label = m.get("label", name)
     if not isinstance(label, str) or not _SAFE_NAME.match(label):
         raise where.error(f"{key}.label", label, "a label of letters, digits and _ . + = - (it names a folder)")
@@ -469,6 +454,24 @@ class _Where:
         unknown = sorted(set(d) - set(allowed))
         if unknown:
             raise self.error(f"{key}.{unknown[0]}", None, "one of " + ", ".join(allowed), unknown_key=True)
+
+    def registered(self, key: str, name: str, known: Sequence[str], what: str) -> None:
+        """Refuse a ``name`` that is not among the ``known`` (registered) ones."""
+        if name not in known:
+            raise self.error(key, name, f"a registered {what}: " + ", ".join(known))
+
+    def named_entry(
+        self, key: str, entry: Any, name_key: str, keys: Sequence[str], known: Sequence[str], what: str
+    ) -> tuple[dict[str, Any], str]:
+        """A list entry written as a registered name or as a mapping with ``keys``: the mapping and the name."""
+        if isinstance(entry, str):
+            entry = {name_key: entry}
+        if not isinstance(entry, dict):
+            raise self.error(key, entry, f"a {what} name or a mapping with keys " + ", ".join(keys))
+        self.only_keys(key, entry, keys)
+        name = self.string(f"{key}.{name_key}", entry.get(name_key))
+        self.registered(f"{key}.{name_key}", name, known, what)
+        return entry, name
 
     def string(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value:

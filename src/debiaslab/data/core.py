@@ -165,6 +165,23 @@ class GroupDataset:
         out.group_source = self.group_source if out.has_attrs else "none"
         return out
 
+    def replaced(self, **changes: Any) -> GroupDataset:
+        """A new dataset over the same examples, with ``changes`` (constructor arguments) in place of this one's
+        values; new inputs ``x`` replace the ``loader`` and a new ``loader`` replaces ``x``."""
+        values: dict[str, Any] = {
+            "y": self.y,
+            "attr": self.attr,
+            "n_classes": self.n_classes,
+            "n_attrs": self.n_attrs,
+            "x": None if "loader" in changes else self.x,
+            "loader": None if "x" in changes else self.loader,
+            "transform": self.transform,
+            "aligned_groups": self.aligned_groups,
+            "name": self.name,
+            "split": self.split,
+        }
+        return GroupDataset(**(values | changes))
+
     def with_groups(self, pseudo: Tensor, n_per_class: int, source: str) -> GroupDataset:
         """A view whose groups are ``(class, pseudo)`` pairs instead of the dataset's attributes.
 
@@ -178,36 +195,15 @@ class GroupDataset:
                 f"{self.name}/{self.split}: {pseudo.numel()} inferred groups for {len(self)} examples; "
                 "expected one per example"
             )
-        view = GroupDataset(
-            y=self.y,
-            attr=pseudo,
-            n_classes=self.n_classes,
-            n_attrs=int(n_per_class),
-            x=self.x,
-            loader=self.loader if self.x is None else None,
-            transform=self.transform,
-            aligned_groups=[c * int(n_per_class) for c in range(self.n_classes)],
-            name=self.name,
-            split=self.split,
+        view = self.replaced(
+            attr=pseudo, n_attrs=int(n_per_class), aligned_groups=[c * int(n_per_class) for c in range(self.n_classes)]
         )
         view.group_source = source
         return view
 
     def without_attributes(self) -> GroupDataset:
         """A view with every attribute unknown (``-1``): what group inference is given, so it cannot read them."""
-        view = GroupDataset(
-            y=self.y,
-            attr=None,
-            n_classes=self.n_classes,
-            n_attrs=1,
-            x=self.x,
-            loader=self.loader if self.x is None else None,
-            transform=self.transform,
-            aligned_groups=[],
-            name=self.name,
-            split=self.split,
-        )
-        return view
+        return self.replaced(attr=None, n_attrs=1, aligned_groups=[])
 
     def describe(self) -> dict[str, Any]:
         return {

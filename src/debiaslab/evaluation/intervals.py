@@ -33,7 +33,7 @@ The rank test across benchmark settings is Friedman's, with the Nemenyi critical
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,21 +110,23 @@ class Interval:
 
     def bracket(self, scale: float = 100.0, digits: int = 1, show_n: bool = True) -> str:
         """``84.1 [82.3, 85.9]``; ``84.1 (n=1)`` without an interval (``show_n=False``: ``84.1``)."""
-        if math.isnan(self.estimate):
-            return "n/a"
-        text = f"{scale * self.estimate:.{digits}f}"
-        if not self.defined:
-            return f"{text} (n={self.n})" if show_n else text
-        return f"{text} [{scale * self.low:.{digits}f}, {scale * self.high:.{digits}f}]"
+        return self._text(scale, digits, show_n, lambda number: f"[{number(self.low)}, {number(self.high)}]")
 
     def plus_minus(self, scale: float = 100.0, digits: int = 1, show_n: bool = True) -> str:
         """``84.1 ± 1.8`` (the interval's half-width); ``84.1 (n=1)`` without an interval."""
+        return self._text(scale, digits, show_n, lambda number: f"± {number(self.half_width)}")
+
+    def _text(self, scale: float, digits: int, show_n: bool, interval: Callable[[Callable[[float], str]], str]) -> str:
+        """The estimate, then ``interval`` (given how one number is written) where there is one."""
+
+        def number(value: float) -> str:
+            return f"{scale * value:.{digits}f}"
+
         if math.isnan(self.estimate):
             return "n/a"
-        text = f"{scale * self.estimate:.{digits}f}"
         if not self.defined:
-            return f"{text} (n={self.n})" if show_n else text
-        return f"{text} ± {scale * self.half_width:.{digits}f}"
+            return f"{number(self.estimate)} (n={self.n})" if show_n else number(self.estimate)
+        return f"{number(self.estimate)} {interval(number)}"
 
 
 @dataclass(frozen=True)

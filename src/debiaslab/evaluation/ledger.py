@@ -65,29 +65,25 @@ def ledger_text(labels: Mapping[str, Any]) -> str:
 
 
 def _train_text(labels: dict[str, Any]) -> str:
-    kind, source = labels["train"], labels["train_source"]
-    if kind == "none":
-        return "none"
-    if kind == "inferred":
-        return "inferred groups" + _via(source)
-    if source in (None, "train"):
-        return "train groups"
-    if source in ("val", "test"):
-        return f"{source} groups"
-    return f"train groups ({source})"
+    return _groups_text(labels["train"], labels["train_source"], "train", ("val", "test"))
 
 
 def _select_text(labels: dict[str, Any]) -> str:
-    kind, source = labels["select"], labels["select_source"]
+    return _groups_text(labels["select"], labels["select_source"], "val", ("test",))
+
+
+def _groups_text(kind: str, source: Any, home: str, other_splits: tuple[str, ...]) -> str:
+    """What one use reads: ``none``, inferred groups, or the groups of its ``home`` split, of another split, or of
+    a named source."""
     if kind == "none":
         return "none"
     if kind == "inferred":
         return "inferred groups" + _via(source)
-    if source in (None, "val"):
-        return "val groups"
-    if source == "test":
-        return "test groups"
-    return f"val groups ({source})"
+    if source in (None, home):
+        return f"{home} groups"
+    if source in other_splits:
+        return f"{source} groups"
+    return f"{home} groups ({source})"
 
 
 def _via(source: str | None) -> str:

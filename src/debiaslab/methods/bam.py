@@ -34,7 +34,7 @@ from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check
 from debiaslab.evaluation.selection import get_rule, select_best
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams, one_of
 from debiaslab.methods.premises import error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -100,8 +100,8 @@ class BAMHparams(TrainHparams):
     aux_lambda: float = 50.0
     amplify_epochs: int = 21
     mu: int = 140
-    amplify_loss: str = "mse"
-    stage2_init: str = "continue"
+    amplify_loss: str = one_of("mse", AMPLIFY_LOSSES)
+    stage2_init: str = one_of("continue", STAGE2_INITS)
     upweight_lr: float | None = None
     upweight_weight_decay: float | None = None
     keep_alternative: bool = False
@@ -116,12 +116,6 @@ class BAMHparams(TrainHparams):
                 raise ConfigError(f"{name} {value!r} must be an integer >= {low}")
             setattr(self, name, int(value))
         self.aux_lambda = float(self.aux_lambda)
-        if self.amplify_loss not in AMPLIFY_LOSSES:
-            raise ConfigError(
-                f"amplify_loss {self.amplify_loss!r} unknown; expected one of {', '.join(AMPLIFY_LOSSES)}"
-            )
-        if self.stage2_init not in STAGE2_INITS:
-            raise ConfigError(f"stage2_init {self.stage2_init!r} unknown; expected one of {', '.join(STAGE2_INITS)}")
         if self.upweight_lr is not None and not (math.isfinite(self.upweight_lr) and self.upweight_lr > 0):
             raise ConfigError(f"upweight_lr {self.upweight_lr!r} must be a positive number (or None)")
         if self.upweight_weight_decay is not None and not self.upweight_weight_decay >= 0:

@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, TrainHparams, bounded
 from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.presets import SUBPOP_ALGORITHMS
 from debiaslab.methods.registry import register_method
@@ -36,12 +35,7 @@ def log_prior(class_counts: Tensor) -> Tensor:
 class BSoftmaxHparams(TrainHparams):
     """Balanced softmax / logit adjustment: ``tau`` scales the log prior added to the training logits."""
 
-    tau: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.tau >= 0:
-            raise ConfigError(f"tau {self.tau!r} must be >= 0 (0 is plain cross-entropy, 1 the balanced softmax)")
+    tau: float = bounded(1.0, NON_NEGATIVE, "0 is plain cross-entropy, 1 the balanced softmax")
 
 
 @register_method("bsoftmax")

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.data.core import GroupDataset
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, TrainHparams, bounded
+from debiaslab.methods.one_stage import PerExampleLoss, Reduction
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
 
@@ -74,16 +71,11 @@ def chi2_loss(losses: Tensor, rho: float) -> Tensor:
 class Chi2Hparams(TrainHparams):
     """χ²-DRO: ``rho`` is the radius of the χ² ball around the uniform weights (0 is ERM)."""
 
-    rho: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.rho >= 0:
-            raise ConfigError(f"rho {self.rho!r} must be >= 0 (0 is ERM)")
+    rho: float = bounded(1.0, NON_NEGATIVE, "0 is ERM")
 
 
 @register_method("chi2_dro")
-class Chi2DRO(OneStage):
+class Chi2DRO(PerExampleLoss):
     """Minimise the worst χ²-ball reweighting of each batch's per-example losses."""
 
     summary = "minimise the worst reweighting of the batch losses in a χ² ball of radius ρ (Levy et al. 2020)"
@@ -93,11 +85,6 @@ class Chi2DRO(OneStage):
     search_space: ClassVar[SearchSpace] = {**COMMON_SPACE, "rho": loguniform(0.1, 10.0)}
     hparam_table: ClassVar[HparamTable] = {"*": {"rho": Default(1.0, FAST_DRO)}}
 
-    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+    def reduction(self, train: GroupDataset, device: torch.device) -> Reduction:
         rho = float(self.hparams.rho)
-
-        def loss(batch: Batch, ctx: StepContext) -> Tensor:
-            per_example = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-            return per_example.mean() if rho == 0 else chi2_loss(per_example, rho)
-
-        return loss
+        return lambda ce, batch: ce.mean() if rho == 0 else chi2_loss(ce, rho)

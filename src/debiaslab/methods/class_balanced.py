@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
+from debiaslab.data.core import GroupDataset
 from debiaslab.errors import ConfigError
 from debiaslab.methods.base import Requirements
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.methods.hparams import Bounds, Default, HparamTable, TrainHparams, bounded
+from debiaslab.methods.one_stage import PerExampleLoss, Reduction
 from debiaslab.methods.presets import SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, categorical
@@ -45,15 +43,10 @@ def effective_number_weights(counts: Tensor, beta: float) -> Tensor:
 class CBHparams(TrainHparams):
     """Class-balanced loss: ``beta`` in [0, 1) sets the effective number ``(1 − β^n) / (1 − β)``."""
 
-    beta: float = 0.9999
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.beta < 1.0:
-            raise ConfigError(f"beta {self.beta!r} must be in [0, 1) (0: plain cross-entropy, near 1: 1/n weights)")
+    beta: float = bounded(0.9999, Bounds(0.0, 1.0, high_open=True), "0: plain cross-entropy, near 1: 1/n weights")
 
 
-class ClassBalancedLoss(OneStage):
+class ClassBalancedLoss(PerExampleLoss):
     """Cross-entropy weighted by effective numbers of the classes (``by = "class"``) or groups (``"group"``)."""
 
     family = "class-imbalance losses"
@@ -71,17 +64,10 @@ class ClassBalancedLoss(OneStage):
         units = train.y if self.by == "class" else train.group
         return effective_number_weights(counts, float(self.hparams.beta)), units
 
-    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
-        weights, _ = self.unit_weights(train)
-        weights = weights.to(device)
+    def reduction(self, train: GroupDataset, device: torch.device) -> Reduction:
+        weights = self.unit_weights(train)[0].to(device)
         by_class = self.by == "class"
-
-        def loss(batch: Batch, ctx: StepContext) -> Tensor:
-            unit = batch.y if by_class else batch.group
-            per_example = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-            return (weights[unit] * per_example).mean()
-
-        return loss
+        return lambda ce, batch: (weights[batch.y if by_class else batch.group] * ce).mean()
 
     def extras(self, train: GroupDataset) -> dict[str, Any]:
         return {"unit_weights": self.unit_weights(train)[0].tolist(), "by": self.by}

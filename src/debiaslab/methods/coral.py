@@ -20,10 +20,9 @@ from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
 from debiaslab.methods.base import Requirements
 from debiaslab.methods.environments import EnvironmentHparams, environment_masks
-from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, bounded
 from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS, SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
@@ -42,12 +41,7 @@ def coral_distance(a: Tensor, b: Tensor) -> Tensor:
 class MatchingHparams(EnvironmentHparams):
     """Feature matching: ``penalty_weight`` γ on the mean pairwise distance between environments."""
 
-    penalty_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.penalty_weight >= 0:
-            raise ConfigError(f"penalty_weight {self.penalty_weight!r} must be >= 0")
+    penalty_weight: float = bounded(1.0, NON_NEGATIVE)
 
 
 _MATCHING_ROW: dict[str, Default] = {

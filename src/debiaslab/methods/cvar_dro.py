@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.data.core import GroupDataset
+from debiaslab.methods.hparams import Bounds, Default, HparamTable, TrainHparams, bounded
+from debiaslab.methods.one_stage import PerExampleLoss, Reduction
 from debiaslab.methods.presets import SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
@@ -51,16 +48,11 @@ def cvar_loss(losses: Tensor, alpha: float) -> Tensor:
 class CVaRHparams(TrainHparams):
     """CVaR-DRO: ``alpha`` in (0, 1] is the fraction of the batch's largest losses that is minimised."""
 
-    alpha: float = 0.1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.alpha <= 1.0:
-            raise ConfigError(f"alpha {self.alpha!r} must be in (0, 1] (1 is ERM)")
+    alpha: float = bounded(0.1, Bounds(0.0, 1.0, low_open=True), "1 is ERM")
 
 
 @register_method("cvar_dro")
-class CVaRDRO(OneStage):
+class CVaRDRO(PerExampleLoss):
     """Minimise the conditional value at risk of the per-example losses (batch estimate)."""
 
     summary = "minimise the mean of the worst α fraction of per-example losses (CVaR-DRO, Levy et al. 2020)"
@@ -72,10 +64,6 @@ class CVaRDRO(OneStage):
         "*": {"alpha": Default(0.1, f"{SUBPOP_REGISTRY}: CVaRDRO joint_dro_alpha 0.1 (random search 10^U(−2, 0))")},
     }
 
-    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+    def reduction(self, train: GroupDataset, device: torch.device) -> Reduction:
         alpha = float(self.hparams.alpha)
-
-        def loss(batch: Batch, ctx: StepContext) -> Tensor:
-            return cvar_loss(F.cross_entropy(model(batch.x), batch.y, reduction="none"), alpha)
-
-        return loss
+        return lambda ce, batch: cvar_loss(ce, alpha)

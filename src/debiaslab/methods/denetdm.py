@@ -122,6 +122,16 @@ class DeNetDMHparams(TrainHparams):
                 raise ConfigError(f"{name} {getattr(self, name)!r} must be a mapping of model options")
 
 
+def check_same_width(first: tuple[str, Backbone], second: tuple[str, Backbone], settings: str) -> None:
+    """Refuse two named branches whose features differ in width (``settings``: the options that set them)."""
+    (first_name, a), (second_name, b) = first, second
+    if a.feature_dim != b.feature_dim:
+        raise ConfigError(
+            f"denetdm: the {first_name} branch has feature width {a.feature_dim} but the {second_name} branch "
+            f"{b.feature_dim}; they must match (set {settings})"
+        )
+
+
 class ProductOfExperts(nn.Module):
     """Two backbones whose features are summed before one shared head: ``h(φ_b(x) + φ_d(x))``.
 
@@ -131,11 +141,7 @@ class ProductOfExperts(nn.Module):
 
     def __init__(self, deep: Backbone, shallow: Backbone, n_classes: int) -> None:
         super().__init__()
-        if deep.feature_dim != shallow.feature_dim:
-            raise ConfigError(
-                f"denetdm: the deep branch has feature width {deep.feature_dim} but the shallow branch "
-                f"{shallow.feature_dim}; they must match (set deep_kwargs / shallow_kwargs)"
-            )
+        check_same_width(("deep", deep), ("shallow", shallow), "deep_kwargs / shallow_kwargs")
         self.head = nn.Linear(deep.feature_dim, n_classes)
         self.deep, self.shallow = deep, shallow
         deep.head = self.head
@@ -150,11 +156,7 @@ class DistillationSetup(nn.Module):
 
     def __init__(self, target: Backbone, deep: Backbone, teacher: Backbone) -> None:
         super().__init__()
-        if target.feature_dim != deep.feature_dim:
-            raise ConfigError(
-                f"denetdm: the target branch has feature width {target.feature_dim} but the deep branch "
-                f"{deep.feature_dim}; they must match (set model_kwargs)"
-            )
+        check_same_width(("target", target), ("deep", deep), "model_kwargs")
         self.target, self.deep, self.teacher = target, deep, teacher
         for frozen in (deep, teacher):
             frozen.requires_grad_(False)

@@ -46,7 +46,7 @@ from debiaslab.engine.weighting import lookup, normalise_mean_one, weighted_mean
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, PlannedStage
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams, one_of
 from debiaslab.methods.premises import conflicting_mask, error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -118,8 +118,8 @@ class DeTTHparams(TeacherHparams):
     lambda_up: float = 50.0
     feature_weight: float = 1.0
     ce_weight: float = 0.0
-    projector: str = "auto"
-    map_projector: str = "simkd"
+    projector: str = one_of("auto", PROJECTORS)
+    map_projector: str = one_of("simkd", MAP_STYLES)
     projector_hidden: int | None = None
 
     def __post_init__(self) -> None:
@@ -137,10 +137,6 @@ class DeTTHparams(TeacherHparams):
             raise ConfigError(f"lambda_up {self.lambda_up} must be >= 1 (detected examples weigh more, not less)")
         if self.feature_weight == 0 and self.ce_weight == 0:
             raise ConfigError("feature_weight and ce_weight are both 0: the student would have no loss")
-        if self.projector not in PROJECTORS:
-            raise ConfigError(f"projector {self.projector!r} unknown; expected one of {', '.join(PROJECTORS)}")
-        if self.map_projector not in MAP_STYLES:
-            raise ConfigError(f"map_projector {self.map_projector!r} unknown; expected one of {', '.join(MAP_STYLES)}")
         if self.projector_hidden is not None and int(self.projector_hidden) < 1:
             raise ConfigError(f"projector_hidden {self.projector_hidden!r} must be >= 1 (or None)")
 

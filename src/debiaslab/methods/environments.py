@@ -17,9 +17,8 @@ from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
 from debiaslab.methods.base import Requirements
-from debiaslab.methods.hparams import TrainHparams
+from debiaslab.methods.hparams import NON_NEGATIVE, TrainHparams, bounded, one_of
 from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, intrange, loguniform
 
@@ -36,27 +35,15 @@ def environment_masks(batch: Batch, by: str) -> list[Tensor]:
 class EnvironmentHparams(TrainHparams):
     """``environments``: ``attr`` (each attribute value; SubpopBench) or ``group`` (each class × attribute)."""
 
-    environments: str = "attr"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.environments not in ENVIRONMENTS:
-            raise ConfigError(f"environments {self.environments!r} unknown; expected one of {', '.join(ENVIRONMENTS)}")
+    environments: str = one_of("attr", ENVIRONMENTS)
 
 
 @dataclass
 class AnnealedPenaltyHparams(EnvironmentHparams):
     """A penalty weighted 1 for the first ``anneal_steps`` optimiser steps, then ``penalty_weight`` (λ)."""
 
-    penalty_weight: float = 1.0
-    anneal_steps: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.penalty_weight >= 0:
-            raise ConfigError(f"penalty_weight {self.penalty_weight!r} must be >= 0")
-        if self.anneal_steps < 0:
-            raise ConfigError(f"anneal_steps {self.anneal_steps!r} must be >= 0")
+    penalty_weight: float = bounded(1.0, NON_NEGATIVE)
+    anneal_steps: int = bounded(0, NON_NEGATIVE)
 
     def weight_at(self, step: int) -> float:
         """The penalty weight at 0-based optimiser step ``step`` of the stage."""

@@ -13,38 +13,35 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from debiaslab.data.core import Batch, GroupDataset
-from debiaslab.engine.stage import StepContext
-from debiaslab.errors import ConfigError
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
-from debiaslab.methods.one_stage import LossFn, OneStage
+from debiaslab.data.core import GroupDataset
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, TrainHparams, bounded
+from debiaslab.methods.one_stage import PerExampleLoss, Reduction
 from debiaslab.methods.presets import SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
 
 
+def focal_from_ce(ce: Tensor, gamma: float) -> Tensor:
+    """Per-example focal loss ``(1 − p_y)^γ · CE`` from the per-example cross-entropies (γ = 0: cross-entropy)."""
+    return (1.0 - torch.exp(-ce)).clamp(min=0.0) ** gamma * ce
+
+
 def focal_loss(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
     """Per-example focal loss ``(1 − p_y)^γ · CE`` (γ = 0: cross-entropy)."""
-    ce = F.cross_entropy(logits, y, reduction="none")
-    return (1.0 - torch.exp(-ce)).clamp(min=0.0) ** gamma * ce
+    return focal_from_ce(F.cross_entropy(logits, y, reduction="none"), gamma)
 
 
 @dataclass
 class FocalHparams(TrainHparams):
     """Focal loss: ``gamma`` is the focusing exponent γ (0 gives cross-entropy)."""
 
-    gamma: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.gamma >= 0:
-            raise ConfigError(f"gamma {self.gamma!r} must be >= 0 (0 is plain cross-entropy)")
+    gamma: float = bounded(1.0, NON_NEGATIVE, "0 is plain cross-entropy")
 
 
 @register_method("focal")
-class Focal(OneStage):
+class Focal(PerExampleLoss):
     """Focal loss on the class labels (no class weights)."""
 
     summary = "focal loss (1 − p_y)^γ · CE: down-weights examples already fitted (Lin et al. 2017)"
@@ -56,10 +53,6 @@ class Focal(OneStage):
         "*": {"gamma": Default(1.0, f"{SUBPOP_REGISTRY}: Focal gamma 1 (random search 0.5 · 10^U(0, 1))")},
     }
 
-    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+    def reduction(self, train: GroupDataset, device: torch.device) -> Reduction:
         gamma = float(self.hparams.gamma)
-
-        def loss(batch: Batch, ctx: StepContext) -> Tensor:
-            return focal_loss(model(batch.x), batch.y, gamma).mean()
-
-        return loss
+        return lambda ce, batch: focal_from_ce(ce, gamma).mean()

@@ -35,7 +35,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, group_weight_check
 from debiaslab.methods.base import FitResult, Method, Requirements
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, TrainHparams, bounded
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
@@ -126,16 +126,9 @@ class GroupDROWeights(nn.Module):
 class GroupDROHparams(TrainHparams):
     """GroupDRO: ``eta`` (q step size), ``adjustment`` (C), ``group_balanced`` (group-balanced minibatches)."""
 
-    eta: float = 0.01
-    adjustment: float = 0.0
+    eta: float = bounded(0.01, NON_NEGATIVE, "0 keeps q uniform")
+    adjustment: float = bounded(0.0, NON_NEGATIVE, "the paper uses C in 0..5")
     group_balanced: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.eta >= 0:
-            raise ConfigError(f"eta {self.eta!r} must be >= 0 (0 keeps q uniform)")
-        if not self.adjustment >= 0:
-            raise ConfigError(f"adjustment {self.adjustment!r} must be >= 0 (the paper uses C in 0..5)")
 
 
 @register_method("groupdro")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -27,6 +28,61 @@ class Default(NamedTuple):
 
 
 HparamTable = dict[str, dict[str, Default]]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numbers a hyperparameter may take: ``low`` to ``high`` (None: unbounded), each end included unless open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` lies in the range (NaN never does)."""
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return bool(above and below)
+
+    def describe(self) -> str:
+        """The range in words: ``>= 0``, ``> 0`` or ``in (0, 1]``."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {opening}{self.low:g}, {self.high:g}{closing}"
+
+
+NON_NEGATIVE = Bounds(low=0.0)
+POSITIVE = Bounds(low=0.0, low_open=True)
+
+
+def bounded(default: float, bounds: Bounds, why: str = "") -> Any:
+    """A number field that :class:`TrainHparams` refuses outside ``bounds``; ``why`` follows the error in brackets.
+
+    The bounds belong to the field: a subclass that only changes the default declares it with ``bounded`` again.
+    """
+    return field(default=default, metadata={"bounds": bounds, "why": why})
+
+
+def one_of(default: str, choices: tuple[str, ...]) -> Any:
+    """A text field that :class:`TrainHparams` refuses unless it is one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def check_field(name: str, value: Any, metadata: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` when ``value`` falls outside the field's declared bounds or choices."""
+    bounds: Bounds | None = metadata.get("bounds")
+    if bounds is not None and not bounds.admits(value):
+        why = metadata.get("why", "")
+        raise ConfigError(f"{name} {value!r} must be {bounds.describe()}" + (f" ({why})" if why else ""))
+    choices: tuple[str, ...] | None = metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} {value!r} unknown; expected one of {', '.join(choices)}")
+
+
 #: the most epochs a run may ask for (ours: no recipe we know of comes near it; a larger number is a typo that
 #: would train until killed)
 MAX_EPOCHS = 10_000
@@ -85,6 +141,8 @@ class TrainHparams:
             raise ConfigError(f"weight_decay {self.weight_decay} must be a finite number >= 0")
         self.sparse_config()  # validates the sparse options
         self.report_rules = _rule_names(self.report_rules)
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name), f.metadata)
 
     def sparse_config(self) -> SparseConfig | None:
         """The stages' sparse-training settings; None when ``density == 1`` (dense training)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams
-from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, bounded
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS, SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
 
@@ -39,8 +39,8 @@ def irm_penalty(logits: Tensor, y: Tensor) -> Tensor:
 class IRMHparams(AnnealedPenaltyHparams):
     """IRM: ``penalty_weight`` λ after ``anneal_steps`` optimiser steps (1 before), environments by ``environments``."""
 
-    penalty_weight: float = 100.0
-    anneal_steps: int = 500
+    penalty_weight: float = bounded(100.0, NON_NEGATIVE)
+    anneal_steps: int = bounded(500, NON_NEGATIVE)
 
 
 @register_method("irm")

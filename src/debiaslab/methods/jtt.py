@@ -24,7 +24,7 @@ from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams, one_of
 from debiaslab.methods.premises import error_set_health
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -77,8 +77,8 @@ class JTTHparams(TrainHparams):
 
     identify_epochs: int = 1
     lambda_up: int = 50
-    error_set_source: str = "clean"
-    upweight_mode: str = "upsample"
+    error_set_source: str = one_of("clean", ERROR_SET_SOURCES)
+    upweight_mode: str = one_of("upsample", UPWEIGHT_MODES)
     identify_lr: float | None = None
     identify_weight_decay: float | None = None
 
@@ -89,14 +89,6 @@ class JTTHparams(TrainHparams):
         if int(self.lambda_up) != self.lambda_up or self.lambda_up < 0:
             raise ConfigError(f"lambda_up {self.lambda_up!r} must be an integer >= 0")
         self.identify_epochs, self.lambda_up = int(self.identify_epochs), int(self.lambda_up)
-        if self.error_set_source not in ERROR_SET_SOURCES:
-            raise ConfigError(
-                f"error_set_source {self.error_set_source!r} unknown; expected one of {', '.join(ERROR_SET_SOURCES)}"
-            )
-        if self.upweight_mode not in UPWEIGHT_MODES:
-            raise ConfigError(
-                f"upweight_mode {self.upweight_mode!r} unknown; expected one of {', '.join(UPWEIGHT_MODES)}"
-            )
 
 
 class PredictionLog(nn.Module):

@@ -33,16 +33,7 @@ def embed(trainer: Trainer, model: Backbone, data: GroupDataset, split: str | No
     """``data`` with the frozen model's penultimate features as inputs (eval mode; labels, attributes kept)."""
     with eval_mode(model):
         features = trainer.predict(model.features, data)
-    return GroupDataset(
-        x=features,
-        y=data.y,
-        attr=data.attr,
-        n_classes=data.n_classes,
-        n_attrs=data.n_attrs,
-        aligned_groups=data.aligned_groups,
-        name=data.name,
-        split=split or data.split,
-    )
+    return data.replaced(x=features, transform=None, split=split or data.split)
 
 
 @dataclass

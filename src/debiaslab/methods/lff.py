@@ -23,7 +23,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Bounds, Default, HparamTable, TrainHparams, bounded
 from debiaslab.methods.premises import conflicting_mask
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -110,16 +110,9 @@ class LfFHparams(TrainHparams):
         eval_biased: also evaluate (and log) the biased model on validation every epoch.
     """
 
-    q: float = 0.7
-    ema_alpha: float = 0.7
+    q: float = bounded(0.7, Bounds(0.0, 1.0, low_open=True))
+    ema_alpha: float = bounded(0.7, Bounds(0.0, 1.0, high_open=True))
     eval_biased: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.q <= 1:
-            raise ConfigError(f"q {self.q!r} must be in (0, 1]")
-        if not 0 <= self.ema_alpha < 1:
-            raise ConfigError(f"ema_alpha {self.ema_alpha!r} must be in [0, 1)")
 
 
 @register_method("lff")
@@ -160,7 +153,7 @@ class LfF(Method):
         hp: LfFHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
         # diagnostics only (never used for training): which examples are bias-conflicting
-        conflicting = ~train.is_aligned if train.has_attrs and train.aligned_groups else None
+        conflicting = conflicting_mask(train)
 
         def build() -> Stage:
             f_b, f_d = self.build_model(train), self.build_model(train)

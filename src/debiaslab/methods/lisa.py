@@ -26,7 +26,7 @@ from debiaslab.engine.sampling import Sampler, UniformSampler, group_balanced_sa
 from debiaslab.engine.stage import StepContext
 from debiaslab.errors import ConfigError
 from debiaslab.methods.base import Requirements
-from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.hparams import POSITIVE, Default, HparamTable, bounded, one_of
 from debiaslab.methods.mixup import MixHparams, beta_sample, mixable
 from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.presets import SUBPOP_REGISTRY
@@ -110,17 +110,15 @@ class LISAHparams(MixHparams):
     """LISA: ``p_sel`` (probability of intra-label mixing), ``alpha`` (Beta(α, α)), ``mix_method`` (``mixup`` or
     ``cutmix`` for images), ``mix_on`` (inputs or features), ``group_balanced`` (group-balanced sampling)."""
 
-    alpha: float = 2.0
+    alpha: float = bounded(2.0, POSITIVE, "the Beta(α, α) concentration")
     p_sel: float = 0.5
-    mix_method: str = "mixup"
+    mix_method: str = one_of("mixup", MIX_METHODS)
     group_balanced: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.p_sel <= 1.0:
             raise ConfigError(f"p_sel {self.p_sel!r} must be a probability in [0, 1]")
-        if self.mix_method not in MIX_METHODS:
-            raise ConfigError(f"mix_method {self.mix_method!r} unknown; expected one of {', '.join(MIX_METHODS)}")
         if self.mix_method == "cutmix" and self.mix_on == "features":
             raise ConfigError("mix_method cutmix cuts image boxes; it cannot mix features (use mix_method=mixup)")
 

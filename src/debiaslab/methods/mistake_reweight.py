@@ -23,7 +23,7 @@ import torch
 from debiaslab.data.core import GroupDataset
 from debiaslab.engine.trainer import Trainer
 from debiaslab.evaluation.health import Check
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Default, HparamTable, TrainHparams, one_of
 from debiaslab.methods.premises import error_set_health, predictions
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
@@ -48,7 +48,7 @@ class MistakeReweightHparams(ULEHparams):
 
     omega: str = "reweight"
     omega_weight: float = 5.0
-    weighting: str = "student_wrong"
+    weighting: str = one_of("student_wrong", WEIGHTINGS)
 
 
 @register_method("mistake_reweight")

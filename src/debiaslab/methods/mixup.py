@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.stage import StepContext
 from debiaslab.errors import ConfigError
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import POSITIVE, Default, HparamTable, TrainHparams, bounded, one_of
 from debiaslab.methods.one_stage import LossFn, OneStage
 from debiaslab.methods.presets import SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
@@ -50,15 +50,8 @@ def mixable(model: nn.Module, x: Tensor, mix_on: str) -> tuple[Tensor, nn.Module
 class MixHparams(TrainHparams):
     """Mixing: ``alpha`` of the Beta(α, α) weights; ``mix_on`` the inputs (``input``) or the features."""
 
-    alpha: float = 0.2
-    mix_on: str = "input"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.alpha > 0:
-            raise ConfigError(f"alpha {self.alpha!r} must be > 0 (the Beta(α, α) concentration)")
-        if self.mix_on not in MIX_ON:
-            raise ConfigError(f"mix_on {self.mix_on!r} unknown; expected one of {', '.join(MIX_ON)}")
+    alpha: float = bounded(0.2, POSITIVE, "the Beta(α, α) concentration")
+    mix_on: str = one_of("input", MIX_ON)
 
 
 @register_method("mixup")

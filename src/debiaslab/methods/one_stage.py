@@ -1,6 +1,7 @@
 """Methods that are ERM with another loss (and perhaps another sampler): one stage, whose selected model is deployed.
 
-A subclass says only what differs: :meth:`OneStage.loss_fn` (and :meth:`OneStage.sampler`, :meth:`OneStage.extras`).
+A subclass says only what differs: :meth:`OneStage.loss_fn` (and :meth:`OneStage.sampler`, :meth:`OneStage.extras`);
+a :class:`PerExampleLoss` only how the batch's per-example cross-entropies combine into its loss.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
 from debiaslab.engine.sampling import Sampler, UniformSampler
@@ -19,6 +21,8 @@ from debiaslab.methods.base import FitResult, Method
 from debiaslab.methods.stages import method_stage
 
 LossFn = Callable[[Batch, StepContext], LossOutput]
+#: a batch's loss from its per-example cross-entropies (and the batch, for labels or groups)
+Reduction = Callable[[Tensor, Batch], Tensor]
 
 
 class OneStage(Method):
@@ -60,3 +64,19 @@ class OneStage(Method):
 
         stage, result = trainer.run_stage(self.name, build, train, val)
         return self.fit_result(train, stage.modules, [result], rule, self.extras(train))
+
+
+class PerExampleLoss(OneStage):
+    """One stage whose loss is the batch's per-example cross-entropies combined by :meth:`reduction`."""
+
+    def reduction(self, train: GroupDataset, device: torch.device) -> Reduction:
+        """How the per-example cross-entropies of a batch become its loss; tensors it keeps live on ``device``."""
+        raise NotImplementedError
+
+    def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
+        reduce = self.reduction(train, device)
+
+        def loss(batch: Batch, ctx: StepContext) -> Tensor:
+            return reduce(F.cross_entropy(model(batch.x), batch.y, reduction="none"), batch)
+
+        return loss

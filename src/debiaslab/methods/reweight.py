@@ -33,10 +33,9 @@ from debiaslab.engine.sampling import (
 )
 from debiaslab.engine.stage import Stage
 from debiaslab.engine.trainer import Trainer
-from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, weight_checks
 from debiaslab.methods.base import FitResult, Method, Requirements
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, TrainHparams, bounded
 from debiaslab.methods.presets import CMNIST_MLP
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, uniform
@@ -54,12 +53,7 @@ POWER_SOURCE = "spec (methods.md): w ∝ 1/n^power, power 1 = inverse frequency,
 class ReweightHparams(TrainHparams):
     """Loss reweighting: example weight ∝ ``1 / n^power`` (1.0: inverse frequency, 0.5: inverse square root)."""
 
-    power: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.power >= 0:
-            raise ConfigError(f"power {self.power!r} must be >= 0 (1.0: 1/n, 0.5: 1/sqrt(n), 0: plain ERM)")
+    power: float = bounded(1.0, NON_NEGATIVE, "1.0: 1/n, 0.5: 1/sqrt(n), 0: plain ERM")
 
 
 #: the reweighting schemes search the exponent of their loss weights beside lr and weight decay

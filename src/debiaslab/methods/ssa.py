@@ -72,19 +72,7 @@ def relabelled(data: GroupDataset, index: Tensor, labels: Tensor, n_classes: int
 
 def with_attributes(data: GroupDataset, attr: Tensor) -> GroupDataset:
     """``data`` (all its examples) with ``attr`` as the attribute of each."""
-    index = torch.arange(len(data))
-    return GroupDataset(
-        x=data.x,
-        loader=None if data.x is not None else (lambda i: data.loader(index[i])),  # type: ignore[misc]
-        transform=data.transform,
-        y=data.y,
-        attr=attr,
-        n_classes=data.n_classes,
-        n_attrs=data.n_attrs,
-        aligned_groups=data.aligned_groups,
-        name=data.name,
-        split=data.split,
-    )
+    return data.replaced(attr=attr)
 
 
 def pseudo_label_selection(probs: Tensor, labeled: Tensor, rarest: int, tau: float) -> Tensor:

@@ -68,7 +68,7 @@ from debiaslab.engine.trainer import Trainer, eval_mode
 from debiaslab.errors import ConfigError
 from debiaslab.evaluation.health import Check, disagreement_checks, saliency_mass_check, student_error_check
 from debiaslab.methods.base import FitResult, Method
-from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.hparams import Bounds, Default, HparamTable, TrainHparams, bounded, one_of
 from debiaslab.methods.lff import generalized_cross_entropy
 from debiaslab.methods.premises import conflicting_mask, predictions
 from debiaslab.methods.presets import CMNIST_MLP
@@ -288,13 +288,13 @@ class ULEHparams(TrainHparams):
 
     omega: str = "mask"
     omega_weight: float = 1.0
-    saliency: str = "true_logit"
-    weighting: str = "uniform"
-    memory_alpha: float = 0.9
+    saliency: str = one_of("true_logit", SALIENCIES)
+    weighting: str = one_of("uniform", WEIGHTINGS)
+    memory_alpha: float = bounded(0.9, Bounds(0.0, 1.0, high_open=True))
     perturb_eps: float = 5.0
     mask_fraction: float = 0.25
-    mask_unit: str = "entry"
-    student_loss: str = "ce"
+    mask_unit: str = one_of("entry", MASK_UNITS)
+    student_loss: str = one_of("ce", STUDENT_LOSSES)
     student_gce_q: float = 0.7
     student_lr: float | None = None
     student_weight_decay: float | None = None
@@ -313,18 +313,8 @@ class ULEHparams(TrainHparams):
                 "omega 'reweight' with weighting 'uniform' only rescales the teacher's CE; choose a student weighting "
                 f"({', '.join(w for w in WEIGHTINGS if w != 'uniform')})"
             )
-        for name, value, allowed in (
-            ("saliency", self.saliency, SALIENCIES),
-            ("weighting", self.weighting, WEIGHTINGS),
-            ("mask_unit", self.mask_unit, MASK_UNITS),
-            ("student_loss", self.student_loss, STUDENT_LOSSES),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"{name} {value!r} unknown; expected one of {', '.join(allowed)}")
         if not (math.isfinite(self.omega_weight) and self.omega_weight >= 0):
             raise ConfigError(f"omega_weight {self.omega_weight!r} must be a finite number >= 0")
-        if not 0 <= self.memory_alpha < 1:
-            raise ConfigError(f"memory_alpha {self.memory_alpha!r} must be in [0, 1)")
         if not (math.isfinite(self.perturb_eps) and self.perturb_eps > 0):
             raise ConfigError(f"perturb_eps {self.perturb_eps!r} must be a positive number")
         if not 0 < self.mask_fraction < 1:
@@ -500,7 +490,7 @@ class ULE(Method):
         hp: ULEHparams = self.hparams  # type: ignore[assignment]
         rule = self.selection_rule(val)
         # diagnostics only (never used for training): which examples are bias-conflicting
-        conflicting = ~train.is_aligned if train.has_attrs and train.aligned_groups else None
+        conflicting = conflicting_mask(train)
 
         def build() -> Stage:
             teacher, student = self.build_model(train), self.build_model(train)

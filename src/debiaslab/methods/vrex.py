@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams
-from debiaslab.methods.hparams import Default, HparamTable
+from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, bounded
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS
 from debiaslab.methods.registry import register_method
 
@@ -30,8 +30,8 @@ def risk_variance(risks: Tensor) -> tuple[Tensor, Tensor]:
 class VRExHparams(AnnealedPenaltyHparams):
     """V-REx: ``penalty_weight`` λ on the risk variance after ``anneal_steps`` optimiser steps (1 before)."""
 
-    penalty_weight: float = 10.0
-    anneal_steps: int = 500
+    penalty_weight: float = bounded(10.0, NON_NEGATIVE)
+    anneal_steps: int = bounded(500, NON_NEGATIVE)
 
 
 @register_method("vrex")

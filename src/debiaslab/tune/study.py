@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from debiaslab.bench.runner import identity_diff
 from debiaslab.errors import ConfigError, DataError
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.methods.search_space import SearchSpace
@@ -150,7 +151,7 @@ def check_search_dir(spec: SearchSpec) -> None:
             raise ConfigError(f"{exc}; restore it or choose another --out") from exc
         if previous != spec.identity():
             raise ConfigError(
-                f"search directory {out} holds another search ({_diff(previous, spec.identity())}); "
+                f"search directory {out} holds another search ({identity_diff(previous, spec.identity())}); "
                 "choose another --out"
             )
         return
@@ -199,21 +200,10 @@ def open_study(spec: SearchSpec, *, sampler_seed: int | None = None, heartbeat_s
     elif found != spec.identity():
         where = shown(spec.storage) if spec.storage else f"search directory {spec.out}"
         raise ConfigError(
-            f"{where} holds another study named {spec.name!r} ({_diff(found, spec.identity())}); choose another "
-            "--out or --study"
+            f"{where} holds another study named {spec.name!r} ({identity_diff(found, spec.identity())}); "
+            "choose another --out or --study"
         )
     return study
-
-
-def _diff(found: Any, expected: dict[str, Any]) -> str:
-    if not isinstance(found, dict):
-        return f"found {found!r}"
-    parts = [
-        f"{k}: found {found.get(k)!r}, expected {expected.get(k)!r}"
-        for k in sorted(set(found) | set(expected))
-        if found.get(k) != expected.get(k)
-    ]
-    return "; ".join(parts)
 
 
 @dataclass

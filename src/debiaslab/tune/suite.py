@@ -142,8 +142,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
     where.only_keys("dataset", d, ("name", "options", "ratio", "dir"))
     s.dataset = where.string("dataset.name", d.get("name"))
     specs = {x.name: x for x in list_datasets()}
-    if s.dataset not in specs:
-        raise where.error("dataset.name", s.dataset, "a registered dataset: " + ", ".join(sorted(specs)))
+    where.registered("dataset.name", s.dataset, sorted(specs), "dataset")
     s.options = d.get("options") or {}
     if not isinstance(s.options, dict):
         raise where.error("dataset.options", s.options, "a mapping of dataset options")
@@ -171,13 +170,7 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
     known = sorted(c.name for c in list_methods())
     for i, m in enumerate(where.nonempty_list("methods", doc.get("methods"))):
         key = f"methods[{i}]"
-        m = {"method": m} if isinstance(m, str) else m
-        if not isinstance(m, dict):
-            raise where.error(key, m, "a method name or a mapping with keys " + ", ".join(METHOD_KEYS))
-        where.only_keys(key, m, METHOD_KEYS)
-        name = where.string(f"{key}.method", m.get("method"))
-        if name not in known:
-            raise where.error(f"{key}.method", name, "a registered method: " + ", ".join(known))
+        m, name = where.named_entry(key, m, "method", METHOD_KEYS, known, "method")
         label = _folder(where, f"{key}.label", m.get("label", name))
         hparams, space = m.get("hparams") or {}, m.get("space") or {}
         for k, v in (("hparams", hparams), ("space", space)):
