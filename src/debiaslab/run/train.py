@@ -190,20 +190,25 @@ def train_run(cfg: RunConfig) -> dict[str, Any]:
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)  # bad names fail before data loads
     bundle = build_dataset(cfg.dataset, cfg.data_root, cfg.cache_dir, **cfg.dataset_options)
     method = with_dataset_model(method, cfg, bundle)
-    groups = None
-    if cfg.groups is not None:
-        groups = groups_for_run(
-            cfg.groups,
-            cfg.groups_recipe,
-            cfg.dataset,
-            cfg.dataset_options,
-            cfg.seed,
-            bundle,
-            data_root=cfg.data_root,
-            cache_dir=cfg.cache_dir,
-            num_threads=cfg.num_threads,
-        )
-    return run_method(cfg, method, bundle, started=started, groups=groups)
+    return run_method(cfg, method, bundle, started=started, groups=groups_of(cfg, bundle))
+
+
+def groups_of(cfg: RunConfig, bundle: DatasetBundle) -> GroupsFile | None:
+    """The run's groups file (inferred first when ``cfg.groups_recipe`` says how and it does not exist), checked
+    against ``bundle``; None when the run trains on the dataset's own groups."""
+    if cfg.groups is None:
+        return None
+    return groups_for_run(
+        cfg.groups,
+        cfg.groups_recipe,
+        cfg.dataset,
+        cfg.dataset_options,
+        cfg.seed,
+        bundle,
+        data_root=cfg.data_root,
+        cache_dir=cfg.cache_dir,
+        num_threads=cfg.num_threads,
+    )
 
 
 def run_method(

@@ -29,7 +29,7 @@ from debiaslab.evaluation.metrics import EvalReport
 from debiaslab.evaluation.selection import get_rule
 from debiaslab.inference.apply import with_inferred_groups
 from debiaslab.inference.groups_file import GroupsFile
-from debiaslab.inference.in_runs import check_reads_groups, groups_for_run, label_ledger
+from debiaslab.inference.in_runs import check_reads_groups, label_ledger
 from debiaslab.methods.registry import get_method
 from debiaslab.run.directory import claimed_run_dir, plan_run_dir, recover_run_dir, run_dir_lock
 from debiaslab.run.train import (
@@ -37,6 +37,7 @@ from debiaslab.run.train import (
     RunConfig,
     _plain,
     check_resumable,
+    groups_of,
     groups_record,
     run_record,
     with_dataset_model,
@@ -100,19 +101,8 @@ def train_trial(cfg: RunConfig, epoch_hook: Any = None, extra: dict[str, Any] | 
     method = get_method(cfg.method)(dataset=cfg.dataset, **cfg.hparams)
     bundle = search_bundle(cfg)
     method = with_dataset_model(method, cfg, bundle)
-    groups = None
-    if cfg.groups is not None:
-        groups = groups_for_run(
-            cfg.groups,
-            cfg.groups_recipe,
-            cfg.dataset,
-            cfg.dataset_options,
-            cfg.seed,
-            bundle,
-            data_root=cfg.data_root,
-            cache_dir=cfg.cache_dir,
-            num_threads=cfg.num_threads,
-        )
+    groups = groups_of(cfg, bundle)
+    if groups is not None:
         bundle = with_inferred_groups(bundle, groups)
         check_reads_groups(method, bundle.val, groups)
     train, val = bundle.train, bundle.val
