@@ -108,13 +108,26 @@ class PlannedRun:
 
 
 @dataclass
-class Suite:
-    """A parsed and validated suite file."""
+class SuiteHeader:
+    """What every suite file (a bench suite or a tuning suite) opens with: its name, where it was read from, a
+    description and the plugin modules it imports."""
 
     name: str
     source: str
     description: str = ""
     imports: tuple[str, ...] = ()
+
+    def read_header(self, where: _Where, doc: dict[str, Any]) -> None:
+        """Set the description and imports of ``doc`` and import those plugin modules."""
+        self.description = str(doc.get("description") or "")
+        self.imports = tuple(where.str_list("imports", doc.get("imports", [])))
+        import_plugins(self.imports, where)
+
+
+@dataclass
+class Suite(SuiteHeader):
+    """A parsed and validated suite file."""
+
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = None
     selection: str | None = None
@@ -241,35 +254,19 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def _suite_text(name_or_path: str) -> tuple[str, str]:
-    path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"suite file {path} does not exist")
-        return path.read_text(), str(path)
-    shipped = shipped_suites()
-    if name_or_path not in shipped:
-        raise ConfigError(
-            f"unknown suite {name_or_path!r}: not a file and not a shipped suite; "
-            f"expected a path to a .yaml file or one of: {', '.join(shipped)}"
-        )
-    resource = importlib.resources.files("debiaslab.bench") / "suites" / f"{name_or_path}.yaml"
-    return resource.read_text(), f"suite {name_or_path} ({resource})"
+    text, location, shipped = paths.suite_file(name_or_path, "bench", "suite")
+    return text, f"suite {name_or_path} ({location})" if shipped else location
 
 
 def parse_suite(doc: Any, source: str, default_name: str = "suite") -> Suite:
     """Validate a loaded YAML document and build the :class:`Suite`."""
     where = _Where(source)
-    if not isinstance(doc, dict):
-        raise where.error("", doc, "a mapping with keys " + ", ".join(SUITE_KEYS))
-    unknown = sorted(set(doc) - set(SUITE_KEYS))
-    if unknown:
-        raise where.error(unknown[0], doc[unknown[0]], "one of the keys " + ", ".join(SUITE_KEYS), unknown_key=True)
+    doc = where.suite_mapping(doc, SUITE_KEYS)
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
         raise where.error("name", name, "a name of letters, digits and _ . + = - (it names the output folder)")
-    suite = Suite(name=name, source=source, description=str(doc.get("description") or ""))
-    suite.imports = tuple(where.str_list("imports", doc.get("imports", [])))
-    import_plugins(suite.imports, where)
+    suite = Suite(name=name, source=source)
+    suite.read_header(where, doc)
     suite.seeds = tuple(where.int_list("seeds", doc.get("seeds", [0]), low=0))
     if "epochs" in doc:
         suite.epochs = where.integer("epochs", doc["epochs"], low=1)
@@ -449,6 +446,15 @@ class _Where:
             return ConfigError(f"{self.source}: unknown key {key!r}; expected {expected}")
         at = f"key {key!r}" if key else "top level"
         return ConfigError(f"{self.source}: {at} = {value!r}; expected {expected}")
+
+    def suite_mapping(self, doc: Any, keys: Sequence[str]) -> dict[str, Any]:
+        """``doc``, the whole suite file, checked to be a mapping of some of ``keys``."""
+        if not isinstance(doc, dict):
+            raise self.error("", doc, "a mapping with keys " + ", ".join(keys))
+        unknown = sorted(set(doc) - set(keys))
+        if unknown:
+            raise self.error(unknown[0], doc[unknown[0]], "one of the keys " + ", ".join(keys), unknown_key=True)
+        return doc
 
     def only_keys(self, key: str, d: dict[str, Any], allowed: Sequence[str]) -> None:
         unknown = sorted(set(d) - set(allowed))

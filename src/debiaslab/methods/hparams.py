@@ -117,12 +117,12 @@ class TrainHparams:
     lr_milestones: tuple[int, ...] = ()
     lr_patience: int = 5
     grad_clip: float | None = None
-    density: float = 1.0
-    sparse_init: str = "erk"
-    sparse_update_every: int = 1000
-    sparse_static: bool = False
-    sparse_drop_fraction: float = 0.5
-    sparse_end_fraction: float = 1.0
+    density: float = 1.0  # dense; the sparse options below take SparseConfig's defaults
+    sparse_init: str = SparseConfig.init
+    sparse_update_every: int = SparseConfig.update_every
+    sparse_static: bool = SparseConfig.static
+    sparse_drop_fraction: float = SparseConfig.drop_fraction
+    sparse_end_fraction: float = SparseConfig.end_fraction
     selection: str = "auto"
     report_rules: tuple[str, ...] = ()
 
@@ -152,7 +152,7 @@ class TrainHparams:
             update_every=self.sparse_update_every,
             static=self.sparse_static,
             drop_fraction=self.sparse_drop_fraction,
-            drop_fraction_min=min(0.005, self.sparse_drop_fraction),
+            drop_fraction_min=min(SparseConfig.drop_fraction_min, self.sparse_drop_fraction),
             end_fraction=self.sparse_end_fraction,
         )
         return None if cfg.density == 1.0 else cfg

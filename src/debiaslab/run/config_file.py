@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 
 from debiaslab.errors import ConfigError
+from debiaslab.utils.io import load_yaml_file
 
 
 class RunBlock(pydantic.BaseModel):
@@ -32,50 +32,48 @@ class RunBlock(pydantic.BaseModel):
     groups_recipe: dict[str, Any] | None = None
 
 
+#: what a run records about itself besides the ``run`` block and the device: accepted, not read back (the run
+#: recomputes them)
+RECORDED_KEYS: tuple[str, ...] = (
+    "dataset_recipe",
+    "protocol",
+    "selection_split",
+    "resolved_hparams",
+    "hparam_sources",
+    "debiaslab_version",
+    "torch_version",
+    "world_size",
+    "global_batch_size",
+    "input",
+    "labels",
+    "groups",
+)
+
+
 class RunFile(pydantic.BaseModel):
-    """A run file: the ``run`` block and the device; the keys below it are what a run records about itself."""
+    """A run file: the ``run`` block and the device (the :data:`RECORDED_KEYS` are dropped before it is read)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     run: RunBlock
     device: str = "auto"
-    # recorded by a run, not read back: the run recomputes them
-    dataset_recipe: Any = None
-    protocol: Any = None
-    selection_split: Any = None
-    resolved_hparams: Any = None
-    hparam_sources: Any = None
-    debiaslab_version: Any = None
-    torch_version: Any = None
-    world_size: Any = None
-    global_batch_size: Any = None
-    input: Any = None
-    labels: Any = None
-    groups: Any = None
 
 
 def read_run_file(path: str | Path) -> RunFile:
     """Parse and check a run file; a missing file, bad YAML, an unknown key or a value of the wrong type is a
     one-line :class:`ConfigError` naming the file and the key."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read run file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"run file {path} is not valid YAML{where}") from None
+    doc = load_yaml_file(path, "run file")
     if not isinstance(doc, dict):
         raise ConfigError(f"run file {path}: expected a mapping with a 'run' block (as a run's config.yaml)")
     try:
-        return RunFile.model_validate(doc)
+        return RunFile.model_validate({k: v for k, v in doc.items() if k not in RECORDED_KEYS})
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            block = RunBlock if len(err["loc"]) > 1 and err["loc"][0] == "run" else RunFile
-            expected = ", ".join(block.model_fields)
+            in_run = len(err["loc"]) > 1 and err["loc"][0] == "run"
+            expected = ", ".join(RunBlock.model_fields if in_run else [*RunFile.model_fields, *RECORDED_KEYS])
             raise ConfigError(f"run file {path}: unknown key {key!r}; expected some of: {expected}") from None
         if err["type"] == "missing":
             raise ConfigError(f"run file {path}: key {key!r} is missing") from None

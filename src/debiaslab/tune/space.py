@@ -13,23 +13,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from debiaslab.errors import ConfigError
 from debiaslab.methods.hparams import hparam_names
 from debiaslab.methods.search_space import Distribution, SearchSpace, parse_distribution
-from debiaslab.utils.io import yaml_problem
+from debiaslab.utils.io import load_yaml_file
 
 
 def load_space_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a space file (``ConfigError`` naming the file when it is missing or not a mapping)."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"space file {path}: cannot read it ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"space file {path}: not valid YAML ({yaml_problem(exc)})") from exc
+    doc = load_yaml_file(path, "space file")
     if not isinstance(doc, dict) or not doc:
         raise ConfigError(f"space file {path}: expected a mapping of hyperparameter names to distributions")
     return doc

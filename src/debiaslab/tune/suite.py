@@ -5,14 +5,13 @@ then each rule's chosen configurations trained at several ratios and seeds. Read
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from debiaslab.bench.suite import _groups_entry, _Where, import_plugins
+from debiaslab.bench.suite import SuiteHeader, _groups_entry, _Where
 from debiaslab.errors import ConfigError
 from debiaslab.methods.search_space import SearchSpace
 from debiaslab.tune.space import resolve_space
@@ -53,11 +52,9 @@ class TuneEntry:
 
 
 @dataclass
-class TuneSuite:
-    name: str
-    source: str
-    description: str = ""
-    imports: tuple[str, ...] = ()
+class TuneSuite(SuiteHeader):
+    """A parsed and validated tuning suite file."""
+
     trials: int = 20
     epochs: int = 10
     sampler: str = "tpe"
@@ -85,25 +82,11 @@ def shipped_tune_suites() -> list[str]:
 
 
 def load_tune_suite(name_or_path: str) -> TuneSuite:
-    path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"tuning suite file {path} does not exist")
-        text, source, default_name = path.read_text(), str(path), path.stem
-    else:
-        shipped = shipped_tune_suites()
-        if name_or_path not in shipped:
-            raise ConfigError(
-                f"unknown tuning suite {name_or_path!r}: not a file and not a shipped suite; expected a .yaml "
-                f"file or one of: {', '.join(shipped)}"
-            )
-        resource = importlib.resources.files("debiaslab.tune") / "suites" / f"{name_or_path}.yaml"
-        # named inside the package: an installation's absolute path means nothing in a report read elsewhere
-        text, source = (
-            resource.read_text(),
-            f"shipped tuning suite {name_or_path} (debiaslab/tune/suites/{name_or_path}.yaml)",
-        )
-        default_name = name_or_path
+    text, location, shipped = paths.suite_file(name_or_path, "tune", "tuning suite")
+    default_name = Path(location).stem
+    # a shipped suite is named inside the package: an installation's absolute path means nothing in a report read
+    # elsewhere
+    source = f"shipped tuning suite {name_or_path} (debiaslab/tune/suites/{name_or_path}.yaml)" if shipped else location
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -116,15 +99,9 @@ def parse_tune_suite(doc: Any, source: str, default_name: str = "tune") -> TuneS
     from debiaslab.methods.registry import get_method, list_methods
 
     where = _Where(source)
-    if not isinstance(doc, dict):
-        raise where.error("", doc, "a mapping with keys " + ", ".join(KEYS))
-    unknown = sorted(set(doc) - set(KEYS))
-    if unknown:
-        raise where.error(unknown[0], doc[unknown[0]], "one of the keys " + ", ".join(KEYS), unknown_key=True)
+    doc = where.suite_mapping(doc, KEYS)
     s = TuneSuite(name=_folder(where, "name", doc.get("name", default_name)), source=source)
-    s.description = str(doc.get("description") or "")
-    s.imports = tuple(where.str_list("imports", doc.get("imports", [])))
-    import_plugins(s.imports, where)
+    s.read_header(where, doc)
     s.trials = where.integer("trials", doc.get("trials", 20), low=1)
     s.epochs = where.integer("epochs", doc.get("epochs", 10), low=1)
     s.sampler = where.choice("sampler", doc.get("sampler", "tpe"), SAMPLERS)

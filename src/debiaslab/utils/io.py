@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from debiaslab.errors import DataError, DiskFullError, OutputError, output_error
+from debiaslab.errors import ConfigError, DataError, DiskFullError, OutputError, output_error
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,17 @@ def read_yaml_mapping(path: str | os.PathLike[str], expected: str) -> dict[str, 
     if not isinstance(doc, dict):
         raise DataError(f"{path} holds a {type(doc).__name__}, not a mapping; expected {expected}")
     return doc
+
+
+def load_yaml_file(path: Path, what: str) -> Any:
+    """The YAML document in the user's file ``path``; a file that cannot be read or parsed is one
+    :class:`ConfigError` naming ``what`` (``run file``, ``space file``) and the path."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML ({yaml_problem(exc)})") from exc
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

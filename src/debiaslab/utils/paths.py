@@ -43,6 +43,29 @@ def shipped_suites(package: str) -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def suite_file(name_or_path: str, package: str, what: str) -> tuple[str, str, bool]:
+    """``(text, location, shipped)`` of a suite: the file ``name_or_path`` (a ``.yaml`` path or an existing file),
+    else the suite of that name shipped in ``debiaslab/<package>/suites``. A missing file or an unknown name is one
+    :class:`ConfigError` naming ``what`` (``suite``, ``tuning suite``) and the shipped suites."""
+    import importlib.resources
+
+    from debiaslab.errors import ConfigError
+
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"{what} file {path} does not exist")
+        return path.read_text(), str(path), False
+    shipped = shipped_suites(package)
+    if name_or_path not in shipped:
+        raise ConfigError(
+            f"unknown {what} {name_or_path!r}: not a file and not a shipped suite; "
+            f"expected a path to a .yaml file or one of: {', '.join(shipped)}"
+        )
+    resource = importlib.resources.files("debiaslab") / package / "suites" / f"{name_or_path}.yaml"
+    return resource.read_text(), str(resource), True
+
+
 def options_slug(options: Mapping[str, Any]) -> str:
     """Dataset options as a folder-name part, ``ratio0.01-protocolpaper``: a value that is a path (it holds a
     ``/`` or ends in a file suffix) is named by its file or folder name alone (``path=/data/mine.npz`` -> ``mine``),
