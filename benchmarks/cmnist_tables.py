@@ -130,10 +130,14 @@ def test_metric(name: str) -> Callable[[dict], float]:
 
 
 def readout(key: str, name: str) -> Callable[[dict], float | None]:
-    """Test ``name`` of a further model the run reports (an expert, a teacher): its interval over seeds only."""
+    """Test ``name`` of a further model the run reports (an expert, a teacher, ``selected_by_<rule>``: the epoch
+    another rule picks, under ``selections`` in newer records): its interval over seeds only."""
 
     def get(run: dict) -> float | None:
-        return run.get("readouts", {}).get(key, {}).get("test", {}).get(name)
+        found = run.get("readouts", {}).get(key, {}).get("test", {}).get(name)
+        if found is None and key.startswith("selected_by_"):
+            found = (run.get("selections") or {}).get(key.removeprefix("selected_by_"), {}).get("test", {}).get(name)
+        return found
 
     get.metric, get.readout = name, key  # type: ignore[attr-defined]
     return get

@@ -64,6 +64,7 @@ HEADLINE = (
     "cmnist-2026-11-24/cmnist",
     "cmnist-2026-11-24/jtt-idlr",
     "cmnist-2026-12-04/cmnist",
+    "cmnist-2026-12-07/cmnist",
 )
 #: Biased MNIST results: committed copies of `debiaslab bench bmnist` runs, ``benchmarks/results/bmnist-<date>/``
 #: (searches that also touch Biased MNIST, such as ``ule-search``, are not results and stay out)
@@ -169,12 +170,17 @@ def headline_tables(rec: Records, metrics: Sequence[str] = ("unbiased", "worst_g
     """Methods x ratios of Colored MNIST test metrics (95 % interval over seeds and test examples, marked against
     ERM of the same seeds), the published number beside."""
     rows = _headline_rows(rec)
+    notes_at = "docs/results/colored-mnist.md" if style == "pm" else None  # the README links to the full notes
+
+    def pivot(rows: list[dict], metric: str) -> str:
+        return ratio_pivot_markdown(rows, "colored_mnist", metric, style=style, notes_at=notes_at)
+
     parts = []
     for metric in metrics:
         parts += [f"**Colored MNIST, test {TITLE[metric]} accuracy** (%, {interval_words(style)}; "
                   + ("[published, ours − published] where a paper has the number; " if metric == "unbiased" else "")
                   + "marks against ERM below)",
-                  "", ratio_pivot_markdown(rows, "colored_mnist", metric, style=style), ""]  # fmt: skip
+                  "", pivot(rows, metric), ""]  # fmt: skip
     parts.append(legend("ERM", style))
     return "\n".join(parts).rstrip()
 

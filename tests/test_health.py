@@ -181,6 +181,17 @@ def test_report_marks_rows_and_footnotes_failures(tmp_path: Path) -> None:
     assert "re-scored from the record" in table
 
 
+def test_a_pivot_table_footnotes_failures_or_links_to_them() -> None:
+    """The docs pages list what did not pass under the table; the README's table links there in one line."""
+    from debiaslab.bench.results import ratio_pivot_markdown
+
+    rows = summarise(find_runs([REPO / "benchmarks/results/cmnist-2026-12-07/cmnist/bam"]))
+    full = ratio_pivot_markdown(rows, "colored_mnist", "unbiased")
+    short = ratio_pivot_markdown(rows, "colored_mnist", "unbiased", notes_at="page.md")
+    assert "⚠ [1]" in full and "\n[1] bam, ratio 0.005: warn `" in full
+    assert "⚠ [1]" in short and "[1] bam" not in short and short.endswith("([which, and why](page.md)).")
+
+
 def test_marks_need_checks_and_show_warnings_and_passes() -> None:
     notes = HealthNotes()
     ok = Check("x", "ok", None, "fine")

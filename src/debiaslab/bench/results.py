@@ -166,10 +166,13 @@ def ratio_pivot_markdown(
     metric: str | None = None,
     compare_paper: bool = True,
     style: str = "bracket",
+    notes_at: str | None = None,
 ) -> str:
     """Methods x ratios of the headline metric (deployed rules): ours (its 95 % interval as ``[low, high]`` or, with
     ``style="pm"``, ``± half-width``; mean ± std where the runs give none), n, the mark against the reference row
-    after :func:`~debiaslab.bench.aggregate.add_differences`, and [paper, ours − paper] when ``compare_paper``."""
+    after :func:`~debiaslab.bench.aggregate.add_differences`, and [paper, ours − paper] when ``compare_paper``.
+    Premise checks that did not pass are footnoted under the table, or with ``notes_at`` (a link) one line says
+    where they are listed."""
     metric = metric or headline_metric(dataset)
     notes = HealthNotes()
     rows = [r for r in rows if r["dataset"] == dataset and r["deployed"] and "ratio" in r["options"]]
@@ -196,6 +199,8 @@ def ratio_pivot_markdown(
             cells.append(f"{text} {health}" if health else text)
         lines.append("| " + " | ".join(cells) + " |")
     footnotes = notes.block()
+    if footnotes and notes_at:
+        footnotes = f"⚠ / ✗: a premise check warned or failed on some of the row's runs ([which, and why]({notes_at}))."
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
