@@ -272,3 +272,17 @@ def test_celeba_uses_run_metascript_values_not_waterbirds() -> None:
     assert all("run_metaScript.py" in src[k] for k in ("epochs", "aux_lambda", "amplify_epochs", "lr", "batch_size"))
     assert "could not be checked" in src["aux_lambda"] and "unverified" in src["mu"]
     assert src["aux_lambda"] != BAM(dataset="waterbirds").hparam_sources["aux_lambda"]
+
+
+def test_biased_mnist_row_takes_the_colored_mnist_steps() -> None:
+    """The `bmnist` suite gives every method its Colored MNIST settings: BAM's stage-1 SGD lr is the Colored MNIST
+    preset's (tuned for the class-summed squared loss), and its stage lengths, λ, μ and stage-2 weight decay are the
+    `cmnist` suite's."""
+    from debiaslab.bench.suite import load_suite
+
+    bmnist = {m.method: m.hparams for m in load_suite("bmnist").methods}["bam"]
+    cmnist = {m.method: m.hparams for m in load_suite("cmnist").methods}["bam"]
+    preset = BAM(dataset="colored_mnist").hparams
+    assert (bmnist["optimizer"], bmnist["lr"]) == (preset.optimizer, preset.lr) == ("sgd", 0.005)
+    shared = ("aux_lambda", "mu", "amplify_epochs", "upweight_weight_decay", "epochs")
+    assert {k: bmnist[k] for k in shared} == {k: cmnist[k] for k in shared}
