@@ -145,6 +145,33 @@ def accuracy_table(root: Path, metric: str) -> str | None:
     return "\n".join(lines)
 
 
+def tuned_table(tune_root: Path, preset_root: Path | None, rule: str, metric: str = "unbiased") -> str | None:
+    """Test ``metric`` of the pipelines ``labelfree-tune`` tuned (the configuration ``rule`` chose on validation,
+    read on the inferred validation groups or none), each above the same pipeline at its preset from the
+    ``labelfree`` suite (``preset_root``), with the labels each row read."""
+    from tune_tables import rule_runs
+
+    tuned: dict[str, dict[str, list[dict]]] = {}
+    for final in rule_runs(tune_root, rule):
+        setting = setting_of(final.get("dataset_options", {}))
+        tuned.setdefault(row_key(final), {}).setdefault(setting, []).append(final)
+    if not tuned:
+        return None
+    preset = load_runs(preset_root) if preset_root is not None else {}
+    found = {s for rows in tuned.values() for s in rows}
+    settings = [r for r in RATIOS if r in found] or sorted(found)
+    lines = [_head(settings, "pipeline", ("settings", "labels (training; checkpoint selection)"))]
+    for key in ordered_rows(tuned):
+        for label, rows in (("tuned", tuned), ("preset", preset)):
+            if key not in rows:
+                continue
+            ledgers = {ledger_text(f.get("labels")) for fs in rows[key].values() for f in fs}
+            cells = [ct.interval_cell_of(rows[key].get(s, []), ct.test_metric(metric)) for s in settings]
+            name = key if label == "tuned" else ""
+            lines.append(f"| {name} | {label} | {' / '.join(sorted(ledgers))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def gap_sentence(root: Path, setting: str = "0.01", metric: str = "unbiased") -> str | None:
     """The pipeline without group labels that scores best on **validation** at ``setting`` (``metric`` on the
     validation split's true groups, read after training: the benchmark's own choice, never a test number) against

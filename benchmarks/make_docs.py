@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cmnist_tables as ct
 import denetdm_tables
+import dett_projector_table
 import labelfree_tables as lf
 import statistics_tables as st
 import tune_tables
@@ -599,6 +600,16 @@ def tune_pruning_table(rec: Records) -> str | None:
     return "\n".join(lines)
 
 
+#: DeTT's map-projector comparison (validation only), ``debiaslab bench benchmarks/suites/dett-projector.yaml``
+DETT_PROJECTOR = "dett-projector-2026-12-07"
+
+
+def dett_projector(rec: Records) -> str | None:
+    if not rec.exists(DETT_PROJECTOR):
+        return None
+    return dett_projector_table.table(rec.path(DETT_PROJECTOR))
+
+
 def ule_search(rec: Records) -> str | None:
     return ule_search_table.table(rec.path("ule-search")) if rec.exists("ule-search") else None
 
@@ -637,6 +648,15 @@ def labelfree_seed_methods(rec: Records) -> str | None:
     if len(rows) < 2:
         return None
     return ratio_pivot_markdown(rows, "colored_mnist", "unbiased", compare_paper=False) + "\n\n" + legend("ERM")
+
+
+def labelfree_tuned(rec: Records, rule: str) -> str | None:
+    """The pipelines ``labelfree-tune`` tuned on Colored MNIST, chosen by ``rule``, beside their presets."""
+    root = tuned_root(rec, "labelfree-tune")
+    if root is None or rule not in tune_tables.rules(root):
+        return None
+    table = lf.tuned_table(root, labelfree_root(rec, "cmnist"), rule)
+    return labelled(rec, table, [root / f"final-{rule}"])
 
 
 def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:
@@ -691,6 +711,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
         ),
         "bam": lambda: labelled(rec, ct.bam_table(rec.headline()), rec.headline(), _method("bam")),
         "ule_search": lambda: labelled(rec, ule_search(rec), [p("ule-search")]),
+        "dett_projector": lambda: labelled(rec, dett_projector(rec), [p(DETT_PROJECTOR)]),
         "ule_final": lambda: if_any(
             rec,
             _gradient_ule,
@@ -767,6 +788,15 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
             )
         },
         "labelfree_count": lambda: labelfree_count(rec),
+        "labelfree_tune_budget": lambda: (
+            None
+            if tuned_root(rec, "labelfree-tune") is None
+            else tune_tables.budget_line(tuned_root(rec, "labelfree-tune"))  # type: ignore[arg-type]
+        ),
+        **{
+            f"labelfree_tuned:{rule}": (lambda rule=rule: labelfree_tuned(rec, rule))
+            for rule in load_tune_suite("labelfree-tune").rules
+        },
         "labelfree_seed_methods": lambda: labelfree_seed_methods(rec),
         "labelfree_index": lambda: (
             "| [Without group labels](labelfree.md) | group inference scored against the truth; group methods on "

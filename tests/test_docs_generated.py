@@ -178,3 +178,51 @@ def test_relative_links_in_readme_and_docs_resolve() -> None:
             if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
     assert broken == []
+
+
+def test_labelfree_tuned_rows_are_keyed_by_method_and_inferrer(make_docs, tmp_path: Path) -> None:
+    records = make_docs.Records(tmp_path)
+    assert make_docs.labelfree_tuned(records, "val_unbiased") is None  # nothing tuned yet: the section is dropped
+    groups = {"inferrer": "gce", "file": "g.npz", "sha256": "0" * 64}
+    labels = {"train": "inferred", "select": "inferred", "train_source": "inferred:g.npz sha256:0",
+              "select_source": "inferred:g.npz sha256:0"}  # fmt: skip
+    for seed, unbiased in enumerate((0.70, 0.72, 0.74)):
+        for root, method in (("labelfree-tune-2026-12-07/final-val_unbiased", "reweight_group"),
+                             ("labelfree-tune-2026-12-07/final-val_unbiased", "groupdro"),
+                             ("labelfree-2026-12-07/labelfree", "reweight_group")):  # fmt: skip
+            run = tmp_path / root / "cmnist" / f"{method}+gce" / "r0.01" / f"seed{seed}"
+            run.mkdir(parents=True)
+            metrics = {"unbiased": unbiased - (0.1 if "labelfree/" in str(run) else 0.0), "worst_group": 0.1}
+            final = {"method": method, "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "seed": seed,
+                     "groups": groups, "labels": labels, "metrics": {"val": metrics, "test": metrics}}  # fmt: skip
+            (run / "final.json").write_text(json.dumps(final))
+    table = make_docs.labelfree_tuned(records, "val_unbiased")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    # one row per pipeline (method + inferrer), the same pipeline's preset under it; groupdro has no preset here
+    assert [r.split(" | ")[:2] for r in rows[1:]] == [
+        ["| reweight_group + gce", "tuned"], ["| ", "preset"], ["| groupdro + gce", "tuned"]
+    ]  # fmt: skip
+    assert "72.0 [" in rows[1] and "62.0 [" in rows[2]
+    assert make_docs.labelfree_tuned(records, "val_worst_class") is None
+
+
+def test_dett_projector_choice_reads_validation_and_keeps_simkd_within_half_a_point() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dett_projector_table as dpt
+
+    def runs(simkd: float, ours: float) -> dict:
+        def final(style: str | None, val: float) -> dict:
+            hp = {} if style is None else {"map_projector": style}
+            return {"method": "groupdro" if style is None else "dett", "hparams": hp,
+                    "metrics": {"val": {"unbiased": val}, "test": {"unbiased": 1.0 - val}}}  # fmt: skip
+
+        both = ("cmnist", "bmnist-rho0.99")
+        return {"groupdro": {d: final(None, 0.9) for d in both}, "dett-simkd": {d: final("simkd", simkd) for d in both},
+                "dett-ours": {d: final("ours", ours) for d in both}}  # fmt: skip
+
+    assert dpt.choose(runs(0.800, 0.804)) == "simkd"  # 0.4 point: within the tie margin
+    assert dpt.choose(runs(0.800, 0.810)) == "ours"  # a point above on validation (its test score is lower)
+    assert dpt.choose(runs(0.810, 0.800)) == "simkd"
+    partial = runs(0.8, 0.9)
+    del partial["dett-ours"]
+    assert dpt.choose(partial) is None
