@@ -132,7 +132,7 @@ class Records:
     def resolver(self, run_dir: Path | str) -> Callable[[str], dict | None]:
         """Finds the committed record of a run that the run in ``run_dir`` names by its training-time path (a DFR
         base run, a teacher): a record whose path inside its results folder (``<suite>-<date>/``) is a tail of
-        that path, one of the same results folder first."""
+        that path, one of the same results folder first, then one of the same suite's folders."""
         if self._all is None:
             self._all = {}
             for final in self.root.rglob("final.json"):
@@ -145,7 +145,8 @@ class Records:
                 f for f in self._all.get(tuple(parts[-3:]), []) if parts[-len(self._inside(f)) :] == self._inside(f)
             ]
             near = [f for f in found if f.relative_to(self.root).parts[0] == home]
-            found = near or found
+            kin = [f for f in found if _suite_of(f.relative_to(self.root).parts[0]) == _suite_of(home)]
+            found = near or kin or found
             if len(found) > 1:
                 raise SystemExit(f"{run_dir}: {path!r} names two records ({found[0].parent}, {found[1].parent})")
             return self._final(found[0]) if found else None
@@ -164,6 +165,11 @@ class Records:
 
     def methods(self, roots: Sequence[Path]) -> set[str]:
         return {f["method"] for _, f in self.finals(roots)}
+
+
+def _suite_of(folder: str) -> str:
+    """The suite a results folder holds: its name without the ``-<date>`` suffix."""
+    return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", folder)
 
 
 # ---------------------------------------------------------------------------------------------- tables

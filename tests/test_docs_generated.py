@@ -226,3 +226,15 @@ def test_dett_projector_choice_reads_validation_and_keeps_simkd_within_half_a_po
     partial = runs(0.8, 0.9)
     del partial["dett-ours"]
     assert dpt.choose(partial) is None
+
+
+def test_dett_default_projector_is_the_one_the_committed_validation_runs_choose() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import dett_projector_table as dpt
+    import make_docs
+
+    from debiaslab.methods.dett import DeTTHparams
+
+    runs = dpt._load(REPO / "benchmarks" / "results" / make_docs.DETT_PROJECTOR)
+    assert set(runs) == {"groupdro", "dett-simkd", "dett-ours"}
+    assert dpt.choose(runs) == DeTTHparams().map_projector == "simkd"
