@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cmnist_tables as ct
@@ -145,10 +145,18 @@ def accuracy_table(root: Path, metric: str) -> str | None:
     return "\n".join(lines)
 
 
-def tuned_table(tune_root: Path, preset_root: Path | None, rule: str, metric: str = "unbiased") -> str | None:
+def tuned_table(
+    tune_root: Path,
+    preset_root: Path | None,
+    rule: str,
+    metric: str = "unbiased",
+    ledger: Callable[[dict], str] | None = None,
+) -> str | None:
     """Test ``metric`` of the pipelines ``labelfree-tune`` tuned (the configuration ``rule`` chose on validation,
     read on the inferred validation groups or none), each above the same pipeline at its preset from the
-    ``labelfree`` suite (``preset_root``), with the labels each row read."""
+    ``labelfree`` suite (``preset_root``), with the labels each row read (``ledger`` of a record; a run that
+    reports ``rule`` from another rule's training carries ``_rule``, and its selection is ``rule``'s)."""
+    ledger = ledger or (lambda f: ledger_text(f.get("labels")))
     from tune_tables import rule_runs
 
     tuned: dict[str, dict[str, list[dict]]] = {}
@@ -165,7 +173,7 @@ def tuned_table(tune_root: Path, preset_root: Path | None, rule: str, metric: st
         for label, rows in (("tuned", tuned), ("preset", preset)):
             if key not in rows:
                 continue
-            ledgers = {ledger_text(f.get("labels")) for fs in rows[key].values() for f in fs}
+            ledgers = {ledger(f) for fs in rows[key].values() for f in fs}
             cells = [ct.interval_cell_of(rows[key].get(s, []), ct.test_metric(metric)) for s in settings]
             name = key if label == "tuned" else ""
             lines.append(f"| {name} | {label} | {' / '.join(sorted(ledgers))} | " + " | ".join(cells) + " |")

@@ -661,8 +661,11 @@ def labelfree_tuned(rec: Records, rule: str) -> str | None:
     root = tuned_root(rec, "labelfree-tune")
     if root is None or rule not in tune_tables.rules(root):
         return None
-    table = lf.tuned_table(root, labelfree_root(rec, "cmnist"), rule)
-    return labelled(rec, table, [root / f"final-{rule}"])
+    table = lf.tuned_table(root, labelfree_root(rec, "cmnist"), rule, ledger=rec.labels)
+    if table is None:
+        return None
+    extra = f"{SEEDS_ONLY_LEGEND}. " if SEEDS_ONLY in table else ""
+    return f"{table}\n\n{extra}Intervals: {method_line()} [How they are computed](statistics.md)."
 
 
 def labelfree(rec: Records, key: str, make: Callable[[Path], str | None]) -> str | None:

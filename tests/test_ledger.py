@@ -27,6 +27,13 @@ def test_recorded_labels_are_used_as_written_and_checked() -> None:
     assert _text(final) == "train: inferred groups · select: inferred groups"
     # another rule reported from the same training keeps the training's labels, with that rule's selection
     assert _text(final, "val_worst_class") == "train: inferred groups · select: none"
+    # and a group rule reported from a run trained on a groups file read that file's validation groups
+    trained = {"train": "inferred", "select": "none", "train_source": source, "select_source": None}
+    groups = {"file": "runs/x/groups/error_set-seed0.npz", "sha256": "0123456789abcdef", "inferrer": "error_set"}
+    worst_class = _final("groupdro", "val_worst_class", labels=trained, groups=groups)
+    assert label_ledger(worst_class, "val_unbiased")["select_source"] == source
+    assert _text(worst_class, "val_unbiased") == "train: inferred groups · select: inferred groups"
+    assert _text({**worst_class, "groups": None}, "val_unbiased") == "train: inferred groups · select: val groups"
     with pytest.raises(DataError, match=r"labels\.select = 'val'; expected one of groups, inferred, none"):
         check_labels({"train": "none", "select": "val"})
 

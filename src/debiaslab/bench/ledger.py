@@ -45,6 +45,10 @@ def label_ledger(final: Mapping[str, Any], rule: str | None = None, inputs: Inpu
     labels = check_labels(recorded, "final.json labels")
     if rule not in (None, final.get("selection")):  # another rule of the same training: that rule's selection
         own = {**labels, **_selection(final, rule)}
+        groups = final.get("groups")
+        if own["select"] == "groups" and groups:  # the validation split carried the run's inferred groups
+            name = Path(str(groups.get("file", ""))).name
+            own.update(select="inferred", select_source=f"inferred:{name} sha256:{str(groups.get('sha256', ''))[:12]}")
         if labels["select"] != "none" and _reads_on_validation(final):  # a head fitted on validation stays
             own = _fold(own, labels, "select", None)
         labels = own
