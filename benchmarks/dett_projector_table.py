@@ -12,11 +12,10 @@ Run: ``python benchmarks/dett_projector_table.py benchmarks/results/dett-project
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
-from ule_search_table import DATASETS, _fmt, _load, _val
+from ule_search_table import DATASETS, _fmt, _load, _val, print_table
 
 #: the design kept when the two are within ``TIE`` points of mean validation unbiased accuracy
 INCUMBENT = "simkd"
@@ -63,9 +62,7 @@ def table(root: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", type=Path)
-    print(table(parser.parse_args().root))
+    print_table(table, __doc__)
 
 
 if __name__ == "__main__":

@@ -577,7 +577,8 @@ def tuned_choices(rec: Records, suite: str) -> str | None:
 
 def tuned_budget(rec: Records, suite: str) -> str | None:
     root = tuned_root(rec, suite)
-    return None if root is None else tune_tables.budget_line(root, TUNED[suite].axis)
+    axis = TUNED[suite].axis if suite in TUNED else tune_tables.RATIO
+    return None if root is None else tune_tables.budget_line(root, axis)
 
 
 def tune_pruning_table(rec: Records) -> str | None:
@@ -797,11 +798,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
             )
         },
         "labelfree_count": lambda: labelfree_count(rec),
-        "labelfree_tune_budget": lambda: (
-            None
-            if tuned_root(rec, "labelfree-tune") is None
-            else tune_tables.budget_line(tuned_root(rec, "labelfree-tune"))  # type: ignore[arg-type]
-        ),
+        "labelfree_tune_budget": lambda: tuned_budget(rec, "labelfree-tune"),
         **{
             f"labelfree_tuned:{rule}": (lambda rule=rule: labelfree_tuned(rec, rule))
             for rule in load_tune_suite("labelfree-tune").rules

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 #: (folder under ROOT, folder between the label and seed0, column name)
@@ -104,10 +105,15 @@ def table(root: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def print_table(make: Callable[[Path], str], doc: str) -> None:
+    """The command line of a validation-table script: ``make(ROOT)`` printed; ``doc``'s first line is its help."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("root", type=Path)
-    print(table(parser.parse_args().root))
+    print(make(parser.parse_args().root))
+
+
+def main() -> None:
+    print_table(table, __doc__)
 
 
 if __name__ == "__main__":
