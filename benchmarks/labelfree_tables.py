@@ -157,7 +157,9 @@ def tuned_table(
     ``labelfree`` suite (``preset_root``), with the labels each row read (``ledger`` of a record; a run that
     reports ``rule`` from another rule's training carries ``_rule``, and its selection is ``rule``'s)."""
     ledger = ledger or (lambda f: ledger_text(f.get("labels")))
-    from tune_tables import rule_runs
+    from tune_tables import _marked, _with_notes, rule_runs
+
+    from debiaslab.bench.health_marks import HealthNotes
 
     tuned: dict[str, dict[str, list[dict]]] = {}
     for final in rule_runs(tune_root, rule):
@@ -169,15 +171,19 @@ def tuned_table(
     found = {s for rows in tuned.values() for s in rows}
     settings = [r for r in RATIOS if r in found] or sorted(found)
     lines = [_head(settings, "pipeline", ("settings", "labels (training; checkpoint selection)"))]
+    notes = HealthNotes()
     for key in ordered_rows(tuned):
         for label, rows in (("tuned", tuned), ("preset", preset)):
             if key not in rows:
                 continue
             ledgers = {ledger(f) for fs in rows[key].values() for f in fs}
-            cells = [ct.interval_cell_of(rows[key].get(s, []), ct.test_metric(metric)) for s in settings]
+            cells = [
+                _marked(ct.interval_cell_of(runs, ct.test_metric(metric)), notes, f"{key} ({label})", runs)
+                for runs in (rows[key].get(s, []) for s in settings)
+            ]
             name = key if label == "tuned" else ""
             lines.append(f"| {name} | {label} | {' / '.join(sorted(ledgers))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def gap_sentence(root: Path, setting: str = "0.01", metric: str = "unbiased") -> str | None:
