@@ -535,3 +535,22 @@ def test_pruning_benchmark_merges_separate_runs_relative_to_the_unpruned_one(tmp
     (tmp_path / "median.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="settings differ"):
         bench.merge([str(tmp_path / "none.json"), str(tmp_path / "median.json")], out)
+
+
+def test_a_running_trial_whose_worker_never_named_itself_stops_counting_after_a_grace(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from debiaslab.tune import search as search_module
+
+    spec = spec_for(tmp_path, trials=3)
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"scores": {}}))
+    study.ask()  # created, then its worker was killed before it wrote its name
+    spy = _StopSpy(study)
+    _stop_at_budget(spec)(spy, study.trials[1])
+    assert spy.stopped  # just created: its worker may be about to name itself
+    monkeypatch.setattr(search_module, "UNNAMED_GRACE_S", -1.0)
+    spy = _StopSpy(study)
+    _stop_at_budget(spec)(spy, study.trials[1])
+    assert not spy.stopped  # past the grace it is not in flight, and the budget has room for one more

@@ -14,6 +14,7 @@ are considered, whatever extra trials parallel workers started.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import multiprocessing
@@ -274,9 +275,17 @@ def _stop_at_budget(spec: SearchSpec) -> Any:
     return callback
 
 
+#: a worker names itself on its trial first thing; a running trial still unnamed after this long lost its worker
+#: between the trial's creation and that write (a search killed at that moment)
+UNNAMED_GRACE_S = 30.0
+
+
 def _died_here(trial: Any) -> bool:
     """Whether a running trial's worker was a process on this machine that no longer exists (a killed search
-    being resumed): such a trial will not finish, though its heartbeat has not yet run out."""
+    being resumed), or never named itself: such a trial will not finish, though its heartbeat has not run out."""
+    if "worker" not in trial.user_attrs:
+        started = trial.datetime_start
+        return started is not None and (datetime.datetime.now() - started).total_seconds() > UNNAMED_GRACE_S
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
         return False
