@@ -238,3 +238,27 @@ def test_dett_default_projector_is_the_one_the_committed_validation_runs_choose(
     runs = dpt._load(REPO / "benchmarks" / "results" / make_docs.DETT_PROJECTOR)
     assert set(runs) == {"groupdro", "dett-simkd", "dett-ours"}
     assert dpt.choose(runs) == DeTTHparams().map_projector == "simkd"
+
+
+#: an absolute path in a record: ``/a/b/...`` not inside a relative path, a number or a home-relative path
+ABSOLUTE_PATH = re.compile(r"(?<![\w.\-/~])/(?:[\w.+-]+/){2,}")
+
+
+def test_committed_run_records_name_no_absolute_path() -> None:
+    """Records name the runs they read (teachers, base runs, groups files) by the bench's relative run paths, so they
+    read the same on every machine; a record copied with the path of the machine it ran on fails here."""
+    import sqlite3
+
+    found = [
+        f"{path.relative_to(REPO)}: {match.group(0)}"
+        for path in sorted((REPO / "benchmarks" / "results").rglob("*"))
+        if path.suffix in {".json", ".jsonl", ".yaml", ".md"}
+        for match in ABSOLUTE_PATH.finditer(path.read_text())
+    ]
+    for db in sorted((REPO / "benchmarks" / "results").rglob("study.db")):
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            values = [v for (v,) in con.execute("select value_json from trial_user_attributes")]
+        found += [f"{db.relative_to(REPO)}: {m.group(0)}" for v in values for m in ABSOLUTE_PATH.finditer(v)]
+    assert not found, found[:5]
+    assert ABSOLUTE_PATH.search('teacher_run: "/srv/runs/cmnist/groupdro/seed0"')
+    assert not ABSOLUTE_PATH.search("base_run: runs/bench/cmnist/erm/r0.01/seed0 (1/n_g weights, ~/data/x/y)")
