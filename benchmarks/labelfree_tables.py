@@ -146,7 +146,7 @@ def accuracy_table(root: Path, metric: str) -> str | None:
 
 
 def tuned_table(
-    tune_root: Path,
+    tune_root: Path | Sequence[Path],
     preset_root: Path | None,
     rule: str,
     metric: str = "unbiased",

@@ -531,9 +531,11 @@ VERSUS = (("ule", "erm"), ("reweight_group", "groupdro"), ("rest", "erm"), ("rew
 TUNED_METRICS = {"": ("unbiased", "worst_group"), "_unbiased": ("unbiased",)}
 
 
-def tuned_root(rec: Records, suite: str) -> Path | None:
+def tuned_root(rec: Records, suite: str) -> list[Path] | None:
+    """The results folders of ``suite`` (``<suite>-<date>/``; a suite run in parts, methods added later with
+    ``--only``, has one per part, read as one), or None when none is committed."""
     roots = sorted(p for p in rec.root.glob(f"{suite}-2*") if p.is_dir())
-    return roots[-1] if roots else None
+    return roots or None
 
 
 def _suite_order(suite: str) -> list[str]:

@@ -4,7 +4,8 @@ validation scores, and, per rule, the test table of the chosen configurations ov
 presets' rows. ``benchmarks/make_docs.py`` puts them in the README and ``docs/results/tuned.md``.
 
 Layout read: ``search/<label>/best.json`` (budget, counts, each rule's best trial) and ``final-<rule>/**/final.json``
-(the chosen configurations' runs, the only ones that saw the test split).
+(the chosen configurations' runs, the only ones that saw the test split). A suite run in parts (methods added later
+with ``--only``) has one folder per part; every function takes one folder or several and reads them as one.
 """
 
 from __future__ import annotations
@@ -62,23 +63,37 @@ RATIO = Axis("ratio", lambda v: f"{100 * v:g} %", ct.RATIOS)
 RHO = Axis("rho", lambda v: f"ρ {v:g}")
 
 
-def searches(root: Path) -> dict[str, dict]:
-    """``{label: best.json}`` of every search under ``root/search`` (a search without ``best.json`` is skipped)."""
-    out = {}
-    for best in sorted((root / "search").glob("*/best.json")):
-        out[best.parent.name] = json.loads(best.read_text())
+Roots = Path | Sequence[Path]
+
+
+def _roots(root: Roots) -> list[Path]:
+    """The folders of a suite's records: one, or the parts of a suite run in several goes."""
+    return [root] if isinstance(root, Path) else list(root)
+
+
+def searches(root: Roots) -> dict[str, dict]:
+    """``{label: best.json}`` of every search under each ``root/search`` (a search without ``best.json`` is
+    skipped; one method searched in two folders is an error, not a choice between them)."""
+    out: dict[str, dict] = {}
+    for folder in _roots(root):
+        for best in sorted((folder / "search").glob("*/best.json")):
+            if best.parent.name in out:
+                raise SystemExit(f"{best.parent}: {best.parent.name} is searched in two folders of the suite")
+            out[best.parent.name] = json.loads(best.read_text())
     return out
 
 
-def rules(root: Path) -> list[str]:
-    """The rules with final runs under ``root``, in :data:`RULE_TITLE` order."""
-    found = {p.name.removeprefix("final-") for p in root.glob("final-*") if p.is_dir()}
-    for final in root.glob("final-*/**/final.json"):  # rules reported by runs of another rule
-        found.update((json.loads(final.read_text()).get("hparams") or {}).get("report_rules", []))
+def rules(root: Roots) -> list[str]:
+    """The rules with final runs under the folders, in :data:`RULE_TITLE` order."""
+    found: set[str] = set()
+    for folder in _roots(root):
+        found |= {p.name.removeprefix("final-") for p in folder.glob("final-*") if p.is_dir()}
+        for final in folder.glob("final-*/**/final.json"):  # rules reported by runs of another rule
+            found.update((json.loads(final.read_text()).get("hparams") or {}).get("report_rules", []))
     return [r for r in RULE_TITLE if r in found]
 
 
-def budget_line(root: Path, axis: Axis = RATIO) -> str | None:
+def budget_line(root: Roots, axis: Axis = RATIO) -> str | None:
     """The search budget every method had (identical across the suite's searches, or the line says otherwise)."""
     found = searches(root)
     budgets = {json.dumps(b.get("budget"), sort_keys=True) for b in found.values()}
@@ -86,7 +101,9 @@ def budget_line(root: Path, axis: Axis = RATIO) -> str | None:
     if not found:
         return None
     if len(budgets) != 1 or len(objectives) != 1:
-        raise SystemExit(f"{root}: the searches differ in budget or objective ({sorted(budgets)}); not a fair table")
+        raise SystemExit(
+            f"{_roots(root)[0]}: the searches differ in budget or objective ({sorted(budgets)}); not a fair table"
+        )
     budget = next(iter(found.values()))["budget"]
     where = _search_setting(root, axis)
     return (
@@ -116,11 +133,11 @@ def _past_budget(found: dict[str, dict], trials: int) -> str:
     )
 
 
-def _search_setting(root: Path, axis: Axis) -> str | None:
+def _search_setting(root: Roots, axis: Axis) -> str | None:
     """Where the searches ran, e.g. "1 % conflicting" or "ρ 0.99" (from a search's recorded dataset options)."""
     import yaml
 
-    for spec in sorted((root / "search").glob("*/search.yaml")):
+    for spec in sorted(s for folder in _roots(root) for s in (folder / "search").glob("*/search.yaml")):
         doc = yaml.safe_load(spec.read_text()) or {}
         value = (doc.get("identity") or {}).get("dataset_options", {}).get(axis.option)
         if value is not None:
@@ -138,7 +155,7 @@ class Cells:
 
 
 def tuned_table(
-    root: Path,
+    root: Roots,
     rule: str,
     order: Sequence[str],
     presets: Sequence[Path] = (),
@@ -179,7 +196,7 @@ def tuned_table(
 
 
 def rules_table(
-    root: Path,
+    root: Roots,
     order: Sequence[str],
     presets: Sequence[Path] = (),
     metrics: Sequence[str] = ("unbiased", "worst_group"),
@@ -195,7 +212,7 @@ def rules_table(
     preset = [r for r in load_runs(presets) if dataset is None or r["dataset"] == dataset]
     columns = axis.columns([r for runs in tuned.values() for r in runs])
     if len(columns) != 1:
-        raise SystemExit(f"{root}: final runs at {len(columns)} settings of {axis.option}; expected one")
+        raise SystemExit(f"{_roots(root)[0]}: final runs at {len(columns)} settings of {axis.option}; expected one")
     where = columns[0]
     heads = ["preset", *[RULE_SHORT.get(rule, rule) for rule in names]]
     notes = HealthNotes()
@@ -254,12 +271,13 @@ def load_runs(roots: Sequence[Path]) -> list[dict]:
     return out
 
 
-def rule_runs(root: Path, rule: str) -> list[dict]:
+def rule_runs(root: Roots, rule: str) -> list[dict]:
     """The final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``), and the runs
     of another rule that chose the same trial and report ``rule`` from the same training (their
     ``selections[rule]`` metrics). A reporting run must have selected on validation in its last stage only."""
-    out = load_runs([root / f"final-{rule}"])
-    for folder in sorted(root.glob("final-*")):
+    folders = _roots(root)
+    out = load_runs([f / f"final-{rule}" for f in folders])
+    for folder in sorted(f for base in folders for f in base.glob("final-*")):
         if folder.name == f"final-{rule}":
             continue
         for run in load_runs([folder]):
@@ -284,7 +302,7 @@ def _with_notes(lines: list[str], notes: HealthNotes) -> str:
     return "\n".join(lines) + (f"\n\n{footnotes}" if footnotes else "")
 
 
-def choices_table(root: Path, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:
+def choices_table(root: Roots, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:
     """Per method: trials done / pruned, the search's trial time, and each rule's chosen trial, validation score
     and searched values."""
     found = searches(root)

@@ -167,6 +167,23 @@ def test_biased_mnist_tuned_table_has_a_column_per_rho_and_stays_out_of_the_pres
     assert make_docs.tuned(records, "cmnist-tune", "val_unbiased", ("unbiased",)) is None  # another suite's
     assert "(n=1)" in make_docs.bmnist_table(records)  # the preset table reads the preset run only
 
+    # methods added later with `--only` land in a second folder of the suite: the tables read both as one
+    part = tmp_path / "bmnist-tune-2026-12-09"
+    (part / "search" / "irm").mkdir(parents=True)
+    (part / "search" / "irm" / "best.json").write_text(json.dumps({**doc, "best": {"val_unbiased": best}}))
+    _final(part / "final-val_unbiased" / "irm" / "seed0", "irm", "biased_mnist", {"rho": 0.99}, 0, 0.75)
+    records = make_docs.Records(tmp_path)
+    table = make_docs.tuned(records, "bmnist-tune", "val_unbiased", ("unbiased",))
+    assert (
+        "| erm | tuned |" in table
+        and "| irm | tuned | train: train groups · select: val groups | 75.0 (n=1) |" in table
+    )
+    assert "| irm | ? (?) | – | val_unbiased | 3 | 70.0 | lr=0.001 |" in make_docs.tuned_choices(records, "bmnist-tune")
+    (part / "search" / "erm").mkdir()
+    (part / "search" / "erm" / "best.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match="erm is searched in two folders"):
+        make_docs.tuned_budget(make_docs.Records(tmp_path), "bmnist-tune")
+
 
 def test_relative_links_in_readme_and_docs_resolve() -> None:
     import re
