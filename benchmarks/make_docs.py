@@ -570,6 +570,14 @@ def tuned_rules(rec: Records, suite: str, metrics: Sequence[str], style: str = "
     return f"{table}\n\n{legend('the preset', style, SEEDS_ONLY in table)}"
 
 
+def tuned_families(rec: Records, suite: str, rule: str) -> str | None:
+    """Where each family's tuned methods differ from tuned ERM under ``rule`` (paired marks, test unbiased)."""
+    root = tuned_root(rec, suite)
+    if root is None or rule not in tune_tables.rules(root):
+        return None
+    return tune_tables.family_table(root, rule, _suite_order(suite), axis=TUNED[suite].axis)
+
+
 def tuned_choices(rec: Records, suite: str) -> str | None:
     root = tuned_root(rec, suite)
     if root is None or not tune_tables.searches(root):
@@ -770,6 +778,11 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
             for suite in TUNED
             for rule in tune_tables.RULE_TITLE
             for suffix, metrics in TUNED_METRICS.items()
+        },
+        **{
+            f"tuned_families:{suite}:{rule}": (lambda suite=suite, rule=rule: tuned_families(rec, suite, rule))
+            for suite in TUNED
+            for rule in tune_tables.RULE_TITLE
         },
         **{
             f"tuned_rules{suffix}:{suite}": (

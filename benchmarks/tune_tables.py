@@ -19,7 +19,7 @@ from pathlib import Path
 import cmnist_tables as ct
 
 from debiaslab.bench.health_marks import HealthNotes, recorded_checks
-from debiaslab.bench.stats import mark
+from debiaslab.bench.stats import ABOVE, BELOW, NEITHER, mark
 
 #: the rules of the tables, in order, and what each one may read
 RULE_TITLE = {
@@ -230,6 +230,48 @@ def rules_table(
     if missing:
         lines += ["", f"Methods of the suite with no tuned runs recorded: {', '.join(missing)}."]
     return _with_notes(lines, notes)
+
+
+def family_table(
+    root: Roots,
+    rule: str,
+    order: Sequence[str],
+    metric: str = "unbiased",
+    axis: Axis = RATIO,
+    reference: str = "erm",
+) -> str | None:
+    """Families x settings: where each family's tuned methods differ from the tuned ``reference`` (the same rule,
+    budget and seeds). A cell sorts the family's methods by the mark of their paired 95 % interval of test
+    ``metric`` against the reference: ``▲`` above 0, ``○`` holds 0, ``▼`` below, ``–`` not paired (the reference
+    has no runs there, or one seed); no method is picked by its test score. None when the reference has no runs
+    under ``rule``."""
+    from debiaslab.methods.families import FAMILIES
+    from debiaslab.methods.registry import get_method
+
+    tuned = rule_runs(root, rule)
+    base = [r for r in tuned if r["method"] == reference]
+    if not base:
+        return None
+    columns = axis.columns(tuned)
+    get = ct.test_metric(metric)
+    by_family: dict[str, list[str]] = {}
+    for method in _ordered({r["method"] for r in tuned} - {reference}, order):
+        by_family.setdefault(get_method(method).family, []).append(method)
+    lines = [ct.table_head("family", "methods", *[axis.title(float(c)) for c in columns])]
+    for family in sorted(by_family, key=lambda f: list(FAMILIES).index(f) if f in FAMILIES else len(FAMILIES)):
+        row = []
+        for c in columns:
+            against = [ct.scores_of(r, get) for r in base if axis.key(r) == c]
+            marked: dict[str, list[str]] = {}
+            for method in by_family[family]:
+                runs = [ct.scores_of(r, get) for r in tuned if r["method"] == method and axis.key(r) == c]
+                if runs:
+                    sign = mark(ct.STATS.difference(runs, against, metric)) if against else ""
+                    marked.setdefault(sign or "–", []).append(method)
+            cell = " · ".join(f"{s} {', '.join(marked[s])}" for s in (ABOVE, NEITHER, BELOW, "–") if s in marked)
+            row.append(cell or "–")
+        lines.append(f"| {family} | {len(by_family[family])} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def _cells(runs: list[dict], metrics: Sequence[str], cells: Cells, against: list[dict] | None = None) -> str:

@@ -279,3 +279,30 @@ def test_committed_run_records_name_no_absolute_path() -> None:
     assert not found, found[:5]
     assert ABSOLUTE_PATH.search('teacher_run: "/srv/runs/cmnist/groupdro/seed0"')
     assert not ABSOLUTE_PATH.search("base_run: runs/bench/cmnist/erm/r0.01/seed0 (1/n_g weights, ~/data/x/y)")
+
+
+def test_family_table_sorts_each_familys_tuned_methods_by_their_paired_mark_against_tuned_erm(
+    make_docs, tmp_path: Path
+) -> None:
+    root = tmp_path / "cmnist-tune-2026-12-04"
+    scores = {"erm": (0.50, 0.52, 0.51), "reweight_group": (0.70, 0.71, 0.73), "resample_group": (0.50, 0.53, 0.50),
+              "lff": (0.40, 0.41, 0.43), "focal": (0.60, 0.62, 0.61)}  # fmt: skip
+    for method, values in scores.items():
+        for seed, unbiased in enumerate(values):
+            run = root / "final-val_unbiased" / "cmnist" / method / "r0.01" / f"seed{seed}"
+            _final(run, method, "colored_mnist", {"ratio": 0.01}, seed, unbiased)
+    _final(root / "final-val_unbiased" / "cmnist" / "focal" / "r0.05" / "seed0", "focal", "colored_mnist",
+           {"ratio": 0.05}, 0, 0.9)  # fmt: skip
+    records = make_docs.Records(tmp_path)
+    table = make_docs.tuned_families(records, "cmnist-tune", "val_unbiased")
+    lines = table.splitlines()
+    assert lines[0] == "| family | methods | 0.5 % | 1 % | 2 % | 5 % |"
+    # families in `debiaslab methods` order; ERM is the reference, not a row; a run ERM has no pair for: –
+    assert lines[2] == "| balancing | 2 | – | ▲ reweight_group · ○ resample_group | – | – |"
+    assert lines[3] == "| class-imbalance losses | 1 | – | ▲ focal | – | – focal |"
+    assert lines[4] == "| inferred minority | 1 | – | ▼ lff | – | – |"
+    assert make_docs.tuned_families(records, "cmnist-tune", "val_worst_class") is None  # no runs of that rule
+    for seed in range(3):  # no tuned ERM under the rule: no reference, no table
+        path = root / "final-val_unbiased" / "cmnist" / "erm" / "r0.01" / f"seed{seed}" / "final.json"
+        path.unlink()
+    assert make_docs.tuned_families(make_docs.Records(tmp_path), "cmnist-tune", "val_unbiased") is None
