@@ -250,6 +250,30 @@ def _read_headline_rows(rec: Records) -> list[dict]:
     return rows
 
 
+def headline_seeds(rec: Records, method: str | None = None) -> str | None:
+    """The seeds behind the Colored MNIST headline (of ``method``, or of every method), e.g. ``seeds 0–2, 0–4 at
+    1 %``: the seeds most ratios have, then each ratio with other seeds."""
+    seeds: dict[float, set[int]] = {}
+    for _, f in rec.finals(rec.headline()):
+        wanted = method is None or f["method"] == method
+        if wanted and f["dataset"] == "colored_mnist" and f.get("protocol", "default") == "default":
+            seeds.setdefault(float(f["dataset_options"]["ratio"]), set()).add(int(f.get("seed", 0)))
+    if not seeds:
+        return None
+    sets = [tuple(sorted(v)) for v in seeds.values()]
+    common = max(set(sets), key=lambda s: (sets.count(s), -len(s)))
+    others = [f"{_seed_list(v)} at {100 * r:g} %" for r, v in sorted(seeds.items()) if tuple(sorted(v)) != common]
+    return ", ".join([f"seed{'s' if len(common) > 1 else ''} {_seed_list(common)}", *others])
+
+
+def _seed_list(seeds: Sequence[int] | set[int]) -> str:
+    """``0–2`` for a run of consecutive seeds, else ``0, 3``."""
+    ordered = sorted(seeds)
+    if len(ordered) > 2 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}–{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
 def _no_duplicates(records: Sequence[RunRecord]) -> None:
     seen: dict[tuple, Path] = {}
     for r in records:
@@ -691,6 +715,8 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
     return {
         "machine": lambda: machine_line(rec),
         "headline": lambda: headline_tables(rec, style=style),
+        "seeds": lambda: headline_seeds(rec),
+        **{f"seeds:{m.method}": (lambda m=m.method: headline_seeds(rec, m)) for m in load_suite("cmnist").methods},
         "readme_headline": lambda: headline_tables(rec, ("unbiased",), style=style),
         "below_erm": lambda: below_erm_note(rec),
         "changed_defaults": lambda: changed_defaults_note(rec),

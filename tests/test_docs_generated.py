@@ -38,13 +38,16 @@ def test_readme_headline_rows_come_from_the_records(generated) -> None:
     block = readme.split("<!-- generated:cmnist:start -->")[1].split("<!-- generated:cmnist:end -->")[0]
     # three seeds' final.json: the mean ± the half-width of its 95 % interval, the labels the runs read
     assert "| erm | val_unbiased | train: none · select: val groups | 44.8 ± 3.3 (n=3) [paper 35.3, +9.4]" in block
-    # paired with ERM of the same seeds, and a premise-check mark pointing at the full notes
-    assert "| ule | val_unbiased | train: none · select: val groups | 62.8 ± 8.9 (n=3) ▲ ⚠ [4] |" in block
+    # paired with ERM of the same seeds, and a premise-check mark pointing at the full notes; five seeds at 1 %
+    assert (
+        "| ule | val_unbiased | train: none · select: val groups | 62.8 ± 8.9 (n=3) ▲ ⚠ [9] | 67.5 ± 2.5 (n=5)" in block
+    )
+    assert "seeds 0–2 (0–4 at 1 %)" in readme.split("<!-- generated:cmnist:start -->")[0]  # the intro says so
     assert "worst-group" in block and "{{" not in block and "docs/results/statistics.md" in block
     page = generated["docs/results/colored-mnist.md"]
     assert "| erm | val_unbiased | train: none · select: val groups | 44.8 [41.5, 48.1] (n=3) [paper 35.3" in page
     stats = generated["docs/results/statistics.md"]
-    assert "| ule | +18.0 [+11.0, +25.0] ▲ 3/3 | +9.9 [+5.5, +14.3] ▲ 3/3 |" in stats  # paired with ERM, per setting
+    assert "| ule | +18.0 [+11.0, +25.0] ▲ 3/3 | +8.9 [+6.1, +11.8] ▲ 5/5 |" in stats  # paired with ERM, per setting
     assert "Friedman χ² = " in stats and "critical-difference.png" in stats
     assert re.search(r"Every row is above ERM|Below ERM: ", block)  # one line on the rows below ERM
 
@@ -306,3 +309,16 @@ def test_family_table_sorts_each_familys_tuned_methods_by_their_paired_mark_agai
         path = root / "final-val_unbiased" / "cmnist" / "erm" / "r0.01" / f"seed{seed}" / "final.json"
         path.unlink()
     assert make_docs.tuned_families(make_docs.Records(tmp_path), "cmnist-tune", "val_unbiased") is None
+
+
+def test_seed_phrases_name_the_seeds_most_ratios_have_then_the_exceptions(make_docs, tmp_path: Path) -> None:
+    root = tmp_path / "cmnist-2026-11-23" / "cmnist"
+    for ratio, seeds in ((0.005, range(3)), (0.01, range(5)), (0.05, range(3))):
+        for seed in seeds:
+            _final(root / "erm" / f"r{ratio}" / f"seed{seed}", "erm", "colored_mnist", {"ratio": ratio}, seed, 0.5)
+    _final(root / "jtt" / "r0.01" / "seed0", "jtt", "colored_mnist", {"ratio": 0.01}, 0, 0.5)
+    records = make_docs.Records(tmp_path)
+    assert make_docs.headline_seeds(records) == "seeds 0–2, 0–4 at 1 %"
+    assert make_docs.headline_seeds(records, "jtt") == "seed 0"
+    assert make_docs.headline_seeds(records, "bam") is None
+    assert make_docs._seed_list([0, 3]) == "0, 3" and make_docs._seed_list([2, 3, 4]) == "2–4"
