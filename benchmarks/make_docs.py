@@ -418,6 +418,21 @@ def bmnist_roots(rec: Records) -> list[Path]:
     return sorted(p for p in rec.root.glob(BMNIST) if p.is_dir())
 
 
+def bmnist_seeds(rec: Records) -> str | None:
+    """The seeds of the Biased MNIST preset rows, e.g. ``seeds 0–4`` (``seeds 0–4, 0–2 for erm`` where a method has
+    others)."""
+    seeds: dict[str, set[int]] = {}
+    for _, f in rec.finals(bmnist_roots(rec)):
+        if f["dataset"] == "biased_mnist":
+            seeds.setdefault(f["method"], set()).add(int(f.get("seed", 0)))
+    if not seeds:
+        return None
+    sets = [tuple(sorted(v)) for v in seeds.values()]
+    common = max(set(sets), key=lambda s: (sets.count(s), len(s)))
+    others = [f"{_seed_list(v)} for {m}" for m, v in seeds.items() if tuple(sorted(v)) != common]
+    return ", ".join([f"seed{'s' if len(common) > 1 else ''} {_seed_list(common)}", *others])
+
+
 def bmnist_rows(rec: Records) -> list[dict]:
     """The deployed Biased MNIST rows (suite order), marked against ERM."""
     return rec.once("bmnist", lambda: _read_bmnist_rows(rec))
@@ -716,6 +731,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
         "machine": lambda: machine_line(rec),
         "headline": lambda: headline_tables(rec, style=style),
         "seeds": lambda: headline_seeds(rec),
+        "bmnist_seeds": lambda: bmnist_seeds(rec),
         **{f"seeds:{m.method}": (lambda m=m.method: headline_seeds(rec, m)) for m in load_suite("cmnist").methods},
         "readme_headline": lambda: headline_tables(rec, ("unbiased",), style=style),
         "below_erm": lambda: below_erm_note(rec),

@@ -322,3 +322,8 @@ def test_seed_phrases_name_the_seeds_most_ratios_have_then_the_exceptions(make_d
     assert make_docs.headline_seeds(records, "jtt") == "seed 0"
     assert make_docs.headline_seeds(records, "bam") is None
     assert make_docs._seed_list([0, 3]) == "0, 3" and make_docs._seed_list([2, 3, 4]) == "2–4"
+    bmnist = tmp_path / "bmnist-2026-12-04" / "bmnist-rho0.99"
+    for method, seeds in (("erm", range(5)), ("jtt", range(5)), ("lff", range(3))):
+        for seed in seeds:
+            _final(bmnist / method / f"seed{seed}", method, "biased_mnist", {"rho": 0.99}, seed, 0.6)
+    assert make_docs.bmnist_seeds(make_docs.Records(tmp_path)) == "seeds 0–4, 0–2 for lff"
