@@ -16,7 +16,7 @@ from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods import get_method
 from debiaslab.methods.coral import coral_distance
 from debiaslab.methods.environments import environment_masks
-from debiaslab.methods.irm import IRMHparams, irm_penalty
+from debiaslab.methods.irm import IRMHparams, irm_penalty, irm_risk_and_penalty
 from debiaslab.methods.mmd import mmd_distance
 from debiaslab.methods.vrex import risk_variance
 from toys import assert_same_run, full_and_resumed, tiny_mlp, toy_splits
@@ -40,6 +40,33 @@ def test_irm_penalty_is_the_product_of_the_halves_scale_gradients() -> None:
     assert torch.isclose(penalty, expected)
     penalty.backward()  # differentiable with respect to the model's outputs
     assert logits.grad is not None and bool(logits.grad.abs().sum() > 0)
+
+
+def per_environment(logits: torch.Tensor, y: torch.Tensor, masks: list[torch.Tensor]):
+    """IRM's risk and penalty by definition: one cross-entropy and one double back-propagation per environment."""
+    nll = torch.stack([torch.nn.functional.cross_entropy(logits[m], y[m]) for m in masks]).mean()
+    terms = [irm_penalty(logits[m], y[m]) for m in masks if int(m.sum()) > 1]
+    return nll, torch.stack(terms).mean() if terms else logits.new_zeros(())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_irm_risk_and_penalty_equal_the_per_environment_definition_with_their_gradients(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(37, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (37,), generator=gen)
+    attr = torch.randint(0, 4, (37,), generator=gen)
+    attr[-1] = 7  # an environment of one example: in the risk, not in the penalty
+    masks = [attr == a for a in torch.unique(attr)]
+    want = [logits.clone().requires_grad_(True) for _ in range(2)]
+    expected = per_environment(want[0], y, masks)
+    got = irm_risk_and_penalty(want[1], y, masks)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    (expected[0] + 3.0 * expected[1]).backward()
+    (got[0] + 3.0 * got[1]).backward()
+    assert torch.allclose(want[0].grad, want[1].grad, atol=1e-12)
+    single = [torch.arange(3) == i for i in range(3)]  # every environment one example: no penalty at all
+    assert float(irm_risk_and_penalty(logits[:3], y[:3], single)[1]) == 0.0
 
 
 def test_penalty_weight_is_one_until_the_annealing_step() -> None:
