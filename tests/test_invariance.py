@@ -15,7 +15,7 @@ from debiaslab.engine.trainer import Trainer
 from debiaslab.errors import ConfigError, MissingLabelsError
 from debiaslab.methods import get_method
 from debiaslab.methods.coral import coral_distance
-from debiaslab.methods.environments import environment_masks
+from debiaslab.methods.environments import environment_masks, environment_risks
 from debiaslab.methods.irm import IRMHparams, irm_penalty, irm_risk_and_penalty
 from debiaslab.methods.mmd import mmd_distance
 from debiaslab.methods.vrex import risk_variance
@@ -65,6 +65,8 @@ def test_batched_irm_risk_and_penalty_equal_the_per_environment_definition_with_
     (expected[0] + 3.0 * expected[1]).backward()
     (got[0] + 3.0 * got[1]).backward()
     assert torch.allclose(want[0].grad, want[1].grad, atol=1e-12)
+    risks = torch.stack([torch.nn.functional.cross_entropy(logits[m], y[m]) for m in masks])
+    assert torch.allclose(environment_risks(logits, y, masks), risks, atol=1e-12)  # V-REx's risks, IRM's mean
     single = [torch.arange(3) == i for i in range(3)]  # every environment one example: no penalty at all
     assert float(irm_risk_and_penalty(logits[:3], y[:3], single)[1]) == 0.0
 

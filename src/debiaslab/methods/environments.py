@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from debiaslab.data.core import Batch, GroupDataset
@@ -29,6 +30,14 @@ def environment_masks(batch: Batch, by: str) -> list[Tensor]:
     """One boolean mask per environment present in the batch (attribute values or groups), in increasing order."""
     labels = batch.attr if by == "attr" else batch.group
     return [labels == value for value in torch.unique(labels)]
+
+
+def environment_risks(logits: Tensor, y: Tensor, masks: list[Tensor]) -> Tensor:
+    """Each environment's mean cross-entropy (one per mask, in mask order), for the whole batch in one pass."""
+    env = torch.stack(masks).to(torch.int64).argmax(0)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    totals = logits.new_zeros(len(masks)).index_add(0, env, losses)
+    return totals / torch.bincount(env, minlength=len(masks)).to(logits.dtype)
 
 
 @dataclass

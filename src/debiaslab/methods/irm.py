@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams
+from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams, environment_risks
 from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, bounded
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS, SUBPOP_REGISTRY
 from debiaslab.methods.registry import register_method
@@ -45,8 +45,8 @@ def irm_risk_and_penalty(logits: Tensor, y: Tensor, masks: list[Tensor]) -> tupl
     member = torch.stack(masks)  # (environments, batch), one True per column
     env = member.to(torch.int64).argmax(0)
     n_env = len(masks)
-    count = member.sum(1).to(logits.dtype)
-    nll = (logits.new_zeros(n_env).index_add(0, env, F.cross_entropy(logits, y, reduction="none")) / count).mean()
+    count = member.sum(1)
+    nll = environment_risks(logits, y, masks).mean()
     grad = (torch.softmax(logits, 1) * logits).sum(1) - logits.gather(1, y.view(-1, 1)).squeeze(1)
     odd = (member.cumsum(1) - 1).gather(0, env.view(1, -1)).squeeze(0) % 2  # position within its environment
     slot = env * 2 + odd

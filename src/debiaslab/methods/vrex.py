@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams
+from debiaslab.methods.environments import AnnealedPenalty, AnnealedPenaltyHparams, environment_risks
 from debiaslab.methods.hparams import NON_NEGATIVE, Default, HparamTable, bounded
 from debiaslab.methods.presets import DOMAINBED_REGISTRY, SUBPOP_ALGORITHMS
 from debiaslab.methods.registry import register_method
@@ -50,4 +48,4 @@ class VREx(AnnealedPenalty):
 
     @staticmethod
     def risk_and_penalty(logits: Tensor, y: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor]:
-        return risk_variance(torch.stack([F.cross_entropy(logits[m], y[m]) for m in masks]))
+        return risk_variance(environment_risks(logits, y, masks))
