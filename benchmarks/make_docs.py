@@ -258,11 +258,16 @@ def headline_seeds(rec: Records, method: str | None = None) -> str | None:
         wanted = method is None or f["method"] == method
         if wanted and f["dataset"] == "colored_mnist" and f.get("protocol", "default") == "default":
             seeds.setdefault(float(f["dataset_options"]["ratio"]), set()).add(int(f.get("seed", 0)))
+    return _seed_phrase({f"at {100 * r:g} %": v for r, v in sorted(seeds.items())})
+
+
+def _seed_phrase(seeds: dict[str, set[int]]) -> str | None:
+    """``seeds 0–2, 0–4 at 1 %`` from ``{where: seeds}``: the seed set most entries have, then each other entry's."""
     if not seeds:
         return None
     sets = [tuple(sorted(v)) for v in seeds.values()]
-    common = max(set(sets), key=lambda s: (sets.count(s), -len(s)))
-    others = [f"{_seed_list(v)} at {100 * r:g} %" for r, v in sorted(seeds.items()) if tuple(sorted(v)) != common]
+    common = max(set(sets), key=lambda s: (sets.count(s), len(s)))
+    others = [f"{_seed_list(v)} {where}" for where, v in seeds.items() if tuple(sorted(v)) != common]
     return ", ".join([f"seed{'s' if len(common) > 1 else ''} {_seed_list(common)}", *others])
 
 
@@ -425,12 +430,7 @@ def bmnist_seeds(rec: Records) -> str | None:
     for _, f in rec.finals(bmnist_roots(rec)):
         if f["dataset"] == "biased_mnist":
             seeds.setdefault(f["method"], set()).add(int(f.get("seed", 0)))
-    if not seeds:
-        return None
-    sets = [tuple(sorted(v)) for v in seeds.values()]
-    common = max(set(sets), key=lambda s: (sets.count(s), len(s)))
-    others = [f"{_seed_list(v)} for {m}" for m, v in seeds.items() if tuple(sorted(v)) != common]
-    return ", ".join([f"seed{'s' if len(common) > 1 else ''} {_seed_list(common)}", *others])
+    return _seed_phrase({f"for {m}": v for m, v in seeds.items()})
 
 
 def bmnist_rows(rec: Records) -> list[dict]:
