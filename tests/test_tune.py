@@ -554,3 +554,26 @@ def test_a_running_trial_whose_worker_never_named_itself_stops_counting_after_a_
     spy = _StopSpy(study)
     _stop_at_budget(spec)(spy, study.trials[1])
     assert not spy.stopped  # past the grace it is not in flight, and the budget has room for one more
+
+
+def test_a_search_alone_on_its_directory_fails_a_dead_search_s_unnamed_trial_at_once(tmp_path: Path) -> None:
+    """A search killed between creating a trial and naming its worker on it: the resumed search, the only one of
+    its directory on this machine (its lock), fails that trial at once and runs the whole budget."""
+    import fcntl
+
+    from debiaslab.tune.presence import LOCK
+
+    spec = spec_for(tmp_path, trials=3)
+    study = open_study(spec)
+    orphan = study.ask()  # just created by a search that died at once: no worker named, well within the grace
+    result = run_search(spec)
+    assert result.counts["done"] == 3 and result.counts["running"] == 0
+    trials = open_study(spec).trials
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "not yet named" in trials[orphan.number].user_attrs["killed"]
+
+    other = study.ask()  # another search of the directory holds its lock: its fresh trial is left alone
+    with open(Path(spec.out) / LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        run_search(spec)
+    assert open_study(spec).trials[other.number].state == TrialState.RUNNING

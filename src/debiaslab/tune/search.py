@@ -31,6 +31,7 @@ from debiaslab.errors import ConfigError, DebiasLabError
 from debiaslab.evaluation.selection import check_rule_applicable, get_rule
 from debiaslab.methods.registry import get_method
 from debiaslab.run.train import RunConfig
+from debiaslab.tune.presence import search_presence
 from debiaslab.tune.space import as_hparams, suggest
 from debiaslab.tune.storage import GRACE_S, open_storage
 from debiaslab.tune.study import SearchResult, SearchSpec, check_search_dir, open_study
@@ -50,10 +51,18 @@ def run_search(spec: SearchSpec, *, workers: int = 1, heartbeat_s: int | None = 
     check_inputs(spec)
     check_search_dir(spec)
     remove_stale_temp_files(spec.out)
-    study = open_study(spec, heartbeat_s=heartbeat_s)
-    killed = fail_dead_trials(spec)  # an earlier search of this machine was killed while they ran
-    if killed:
-        log.warning("%s: trial(s) %s were running when their search was killed; marked failed", spec.name, killed)
+    with contextlib.ExitStack() as stack:
+        study = open_study(spec, heartbeat_s=heartbeat_s)
+        killed: list[int] = []
+        if spec.storage is None:  # the local study file: a search of this machine is the only possible writer
+            stack.enter_context(search_presence(spec.out, lambda: killed.extend(fail_dead_trials(spec, every=True))))
+        killed += fail_dead_trials(spec)  # an earlier search of this machine was killed while they ran
+        if killed:
+            log.warning("%s: trial(s) %s were running when their search was killed; marked failed", spec.name, killed)
+        return _search(spec, study, workers, heartbeat_s)
+
+
+def _search(spec: SearchSpec, study: Any, workers: int, heartbeat_s: int | None) -> SearchResult:
     left = spec.trials - len(counted_trials(study))
     started = time.perf_counter()
     if left > 0:
@@ -139,20 +148,21 @@ def run_workers(spec: SearchSpec, workers: int, heartbeat_s: int | None) -> None
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def fail_dead_trials(spec: SearchSpec) -> list[int]:
-    """Mark failed the running trials whose worker was a process of this machine that no longer exists (user
-    attribute ``killed``; they do not count against the budget) and remove their checkpoints; returns their
-    numbers."""
+def fail_dead_trials(spec: SearchSpec, *, every: bool = False) -> list[int]:
+    """Mark failed the running trials whose worker was a process of this machine that no longer exists (``every``:
+    all running trials, for a search that knows it is the only one of its study) (user attribute ``killed``; they
+    do not count against the budget) and remove their checkpoints; returns their numbers."""
     from optuna.trial import TrialState
 
     storage = open_storage(spec.storage, spec.out, heartbeat_s=None)
     study_id = storage.get_study_id_from_name(spec.name)
     failed = []
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _died_here(t):
+        if not (every or _died_here(t)):
             continue
+        worker = t.user_attrs.get("worker", "not yet named")
         with contextlib.suppress(Exception):  # another process failed it first (its heartbeat, a worker)
-            storage.set_trial_user_attr(t._trial_id, "killed", f"its worker {t.user_attrs.get('worker')} died")
+            storage.set_trial_user_attr(t._trial_id, "killed", f"its worker ({worker}) died")
             storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             failed.append(t.number)
             shutil.rmtree(trial_dir(spec.out, t.number) / "checkpoints", ignore_errors=True)
