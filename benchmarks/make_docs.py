@@ -31,6 +31,7 @@ import denetdm_tables
 import dett_projector_table
 import labelfree_tables as lf
 import statistics_tables as st
+import tune_readings
 import tune_tables
 import ule_search_table
 
@@ -617,6 +618,15 @@ def tuned_families(rec: Records, suite: str, rule: str) -> str | None:
     return tune_tables.family_table(root, rule, _suite_order(suite), axis=TUNED[suite].axis)
 
 
+def tuned_readings(rec: Records, suite: str) -> str | None:
+    """The generated bullets of a tuned page's reading: highest means, marks against the preset, same trials."""
+    root = tuned_root(rec, suite)
+    if root is None or not tune_tables.rules(root):
+        return None
+    order, presets, kwargs = _tuned_args(rec, suite, "bracket")
+    return tune_readings.readings(root, order, load_tune_suite(suite).rules, presets, **kwargs)
+
+
 def tuned_choices(rec: Records, suite: str) -> str | None:
     root = tuned_root(rec, suite)
     if root is None or not tune_tables.searches(root):
@@ -821,6 +831,7 @@ def generators(rec: Records, style: str = "bracket") -> dict[str, Callable[[], s
             for rule in tune_tables.RULE_TITLE
             for suffix, metrics in TUNED_METRICS.items()
         },
+        **{f"tuned_readings:{suite}": (lambda suite=suite: tuned_readings(rec, suite)) for suite in TUNED},
         **{
             f"tuned_families:{suite}:{rule}": (lambda suite=suite, rule=rule: tuned_families(rec, suite, rule))
             for suite in TUNED

@@ -327,3 +327,36 @@ def test_seed_phrases_name_the_seeds_most_ratios_have_then_the_exceptions(make_d
         for seed in seeds:
             _final(bmnist / method / f"seed{seed}", method, "biased_mnist", {"rho": 0.99}, seed, 0.6)
     assert make_docs.bmnist_seeds(make_docs.Records(tmp_path)) == "seeds 0–4, 0–2 for lff"
+
+
+RULES = ("val_unbiased", "val_worst_class")
+
+
+def test_tuned_readings_name_leaders_preset_marks_and_same_trials_from_the_records(make_docs, tmp_path: Path) -> None:
+    root = tmp_path / "bmnist-tune-2026-12-05"
+    budget = {"trials": 20, "epochs": 20, "sampler": "random", "pruner": "hyperband"}
+    trials = {"erm": (3, 3), "reweight_group": (1, 4), "lff": (2, 2)}  # each rule's chosen trial
+    for method, (first, second) in trials.items():
+        search = root / "search" / method
+        search.mkdir(parents=True)
+        best = {rule: {"trial": t, "score": 0.7, "params": {}} for rule, t in zip(RULES, (first, second))}
+        (search / "best.json").write_text(json.dumps({"budget": budget, "rule": RULES[1], "best": best}))
+    tuned = {"erm": (0.60, 0.62, 0.61), "reweight_group": (0.80, 0.82, 0.81), "lff": (0.70, 0.72, 0.71)}
+    preset = {"erm": (0.60, 0.63, 0.60), "reweight_group": (0.70, 0.71, 0.70), "lff": (0.80, 0.81, 0.82)}
+    for method in tuned:
+        for seed in range(3):
+            for rule, shift in zip(RULES, (0.0, -0.02 if method == "lff" else -0.05)):
+                run = root / f"final-{rule}" / method / f"seed{seed}"
+                _final(run, method, "biased_mnist", {"rho": 0.99}, seed, tuned[method][seed] + shift)
+            run = tmp_path / "bmnist-2026-12-04" / "bmnist-rho0.99" / method / f"seed{seed}"
+            _final(run, method, "biased_mnist", {"rho": 0.99}, seed, preset[method][seed])
+    lines = make_docs.tuned_readings(make_docs.Records(tmp_path), "bmnist-tune").splitlines()
+    assert lines[0] == (  # erm is 10 points below lff: not named as near it
+        "- **Highest mean, tuned with validation group labels:** `reweight_group` (81.0). Among the methods that "
+        "train on no group label: `lff` (71.0)."
+    )
+    assert "`reweight_group` (76.0)" in lines[1]
+    assert lines[2].endswith("val unbiased:** below it (▼) `lff`; above it (▲) `reweight_group`.")
+    assert lines[3].endswith("val worst-class:** below it (▼) `erm` and `lff`; above it (▲) `reweight_group`.")
+    assert lines[4].startswith("- **Same trial under both rules:** `erm` and `lff`; different trials: `reweight_group`")
+    assert "from -5.0 to -2.0 points over these methods (the largest drop: `erm`)" in lines[4]
