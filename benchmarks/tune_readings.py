@@ -159,6 +159,55 @@ def rule_change(
     )
 
 
+def family_summary(
+    root: tt.Roots, order: Sequence[str], rules: Sequence[str], axis: tt.Axis, reference: str = "erm"
+) -> list[str]:
+    """A bullet per method family: its tuned methods against tuned ``reference`` (same rule, budget and seeds),
+    counting the settings where the paired interval of test unbiased accuracy lies above 0 and below it, under each
+    of ``rules`` in turn. Families with no tuned method besides the reference are left out."""
+    from debiaslab.methods.families import FAMILIES
+    from debiaslab.methods.registry import get_method
+
+    get = ct.test_metric("unbiased")
+    marks: dict[str, list[list[str]]] = {}  # method -> per rule, the marks of its settings
+    for rule in rules:
+        tuned = tt.rule_runs(root, rule)
+        base = [r for r in tuned if r["method"] == reference]
+        for method in {r["method"] for r in tuned} - {reference}:
+            found = []
+            for c in axis.columns(tuned):
+                mine = [ct.scores_of(r, get) for r in tuned if r["method"] == method and axis.key(r) == c]
+                theirs = [ct.scores_of(r, get) for r in base if axis.key(r) == c]
+                if mine and theirs:
+                    found.append(mark(ct.STATS.difference(mine, theirs, "unbiased")))
+            marks.setdefault(method, [[] for _ in rules])[list(rules).index(rule)] = found
+    by_family: dict[str, list[str]] = {}
+    for method in tt._ordered(set(marks), order):
+        by_family.setdefault(get_method(method).family, []).append(method)
+    lines = []
+    for family in sorted(by_family, key=lambda f: list(FAMILIES).index(f) if f in FAMILIES else len(FAMILIES)):
+        above = [m for m in by_family[family] if any(ABOVE in ms for ms in marks[m])]
+        below = [m for m in by_family[family] if any(BELOW in ms for ms in marks[m])]
+        never = [m for m in by_family[family] if m not in above and any(ms for ms in marks[m])]
+        parts = []
+        if above:
+            parts.append("above it " + ", ".join(f"`{m}` ({_counts(marks[m], ABOVE)})" for m in above))
+        if never:
+            parts.append(f"never above it {_names(never)}")
+        if below:
+            parts.append("below it " + ", ".join(f"`{m}` ({_counts(marks[m], BELOW)})" for m in below))
+        if parts:
+            lines.append(f"  - {family}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def _counts(marks: Sequence[Sequence[str]], sign: str) -> str:
+    """``everywhere`` or ``3/4 · 1/4``: the settings marked ``sign`` under each rule."""
+    if all(ms and all(m == sign for m in ms) for ms in marks):
+        return "everywhere"
+    return " · ".join(f"{sum(m == sign for m in ms)}/{len(ms)}" if ms else "–" for ms in marks)
+
+
 def readings(
     root: tt.Roots,
     order: Sequence[str],
@@ -187,6 +236,14 @@ def readings(
             f"- **Against the preset, {short}:** below it ({BELOW}) {below or 'nowhere'}; above it ({ABOVE}) "
             f"{above or 'nowhere'}."
         )
+    families = family_summary(root, order, names, axis)
+    if families:
+        rules_named = " / ".join(tt.RULE_SHORT.get(r, r).removeprefix("tuned, ") for r in names)
+        lines.append(
+            f"- **Against tuned ERM, by family** (the settings where a method's paired interval lies above or below "
+            f"tuned ERM's, under {rules_named}):"
+        )
+        lines += families
     same, differ = same_trial(root, order, names)
     if len(names) == 2 and same:
         change = rule_change(root, order, same, names, axis)

@@ -358,5 +358,9 @@ def test_tuned_readings_name_leaders_preset_marks_and_same_trials_from_the_recor
     assert "`reweight_group` (76.0)" in lines[1]
     assert lines[2].endswith("val unbiased:** below it (▼) `lff`; above it (▲) `reweight_group`.")
     assert lines[3].endswith("val worst-class:** below it (▼) `erm` and `lff`; above it (▲) `reweight_group`.")
-    assert lines[4].startswith("- **Same trial under both rules:** `erm` and `lff`; different trials: `reweight_group`")
-    assert "from -5.0 to -2.0 points over these methods (the largest drop: `erm`)" in lines[4]
+    assert lines[5:7] == [
+        "  - balancing: above it `reweight_group` (everywhere).",
+        "  - inferred minority: above it `lff` (everywhere).",
+    ]
+    assert lines[7].startswith("- **Same trial under both rules:** `erm` and `lff`; different trials: `reweight_group`")
+    assert "from -5.0 to -2.0 points over these methods (the largest drop: `erm`)" in lines[7]
