@@ -427,7 +427,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
     table = Table(title=f"methods by {'family' if by_family else 'the labels they train with'}")
     heading = "family" if by_family else "training labels"
     for col in (heading, "name", "what it does", "training labels" if by_family else "family", "selection if unusual"):
-        table.add_column(col)
+        if col == "name":  # a name is what a user types next: never cut, whatever the terminal's width
+            table.add_column(col, no_wrap=True, min_width=max((len(m.name) for m in methods), default=4))
+        else:
+            table.add_column(col, overflow="fold")  # folded, not cut with an ellipsis
     for group, _, members in groups:
         table.add_section()
         for i, method in enumerate(members):
