@@ -361,8 +361,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     import_plugins(args.imports)
     table = Table(title="datasets")
-    for col in ("name", "description", "options (defaults)"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)  # what a user types next: never cut
+    for col in ("description", "options (defaults)"):
+        table.add_column(col, overflow="fold")  # folded, not cut with an ellipsis
     for spec in list_datasets():
         opts = ", ".join(f"{k}={v!r}" for k, v in spec.options().items())
         table.add_row(spec.name, spec.description, opts)
@@ -396,7 +397,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for dataset, values in card["presets"].items():
             table = Table(title=f"{card['name']} on {dataset}", title_justify="left")
             for col in ("hyperparameter", "value", "source"):
-                table.add_column(col)
+                table.add_column(col, overflow="fold")  # a long value or source folds, never cut
             defaults = []
             for name, entry in values.items():
                 if entry["source"] == "default":
