@@ -77,3 +77,20 @@ def test_presets_follow_spuco() -> None:
     assert not ssa.requires.train_attrs and ssa.requires.val_attrs
     with pytest.raises(ConfigError, match="ssa_folds"):
         get_method("ssa")(ssa_folds=1)
+
+
+def test_the_premise_check_fails_when_a_fold_predictor_stays_at_chance() -> None:
+    train, val = toy_splits(240, 120, 0.1, n_features=6)
+    learned = get_method("ssa")(**FAST).fit(train, val, trainer=Trainer(progress=False, seed=0))
+    check = {c.name: c for c in learned.health(train, val)}["ssa_predictors_learned"]
+    assert check.status == "ok" and check.uses_labels and len(check.value["val_attribute_accuracy"]) == 3
+    stuck = get_method("ssa")(**{**FAST, "ssa_lr": 1e-9}).fit(train, val, trainer=Trainer(progress=False, seed=0))
+    check = {c.name: c for c in stuck.health(train, val)}["ssa_predictors_learned"]
+    assert check.status == "fail" and "at chance on the selecting half of validation" in check.message
+
+
+def test_the_search_space_holds_the_predictor_step_of_every_preset_the_tuned_suites_train() -> None:
+    space = get_method("ssa").search_space["ssa_lr"]
+    for dataset in (None, "colored_mnist", "biased_mnist"):
+        lr = get_method("ssa")(dataset=dataset).hparams.ssa_lr
+        assert space.low <= lr <= space.high, (dataset, lr, str(space))

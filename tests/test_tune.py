@@ -577,3 +577,24 @@ def test_a_search_alone_on_its_directory_fails_a_dead_search_s_unnamed_trial_at_
         fcntl.flock(handle, fcntl.LOCK_SH)
         run_search(spec)
     assert open_study(spec).trials[other.number].state == TrialState.RUNNING
+
+
+def test_every_shipped_suite_searches_around_each_method_s_own_preset() -> None:
+    """A space that leaves out the preset's value can miss the region where the method works at all (SSA's
+    predictors stay at chance below their Colored MNIST step). Allowed: a weight decay of 0 (a log scale cannot
+    hold it; its low end stands for it), an unset value (None: the method's default rule), and epoch counts above
+    the search's epoch cap."""
+    for name in shipped_tune_suites():
+        suite = load_tune_suite(name)
+        for entry in suite.methods:
+            hparams = get_method(entry.method)(dataset=suite.dataset, **entry.fixed).hparams
+            for field, dist in entry.space.items():
+                value = getattr(hparams, field)
+                if dist.kind == "categorical":
+                    assert value in dist.choices, (name, entry.label, field, value)
+                elif value is None or (value == 0 and dist.kind == "loguniform"):
+                    continue
+                elif "epochs" in field:
+                    assert dist.low <= min(value, suite.epochs) <= dist.high, (name, entry.label, field, value)
+                else:
+                    assert dist.low <= value <= dist.high, (name, entry.label, field, value, str(dist))
