@@ -94,3 +94,14 @@ def test_the_search_space_holds_the_predictor_step_of_every_preset_the_tuned_sui
     for dataset in (None, "colored_mnist", "biased_mnist"):
         lr = get_method("ssa")(dataset=dataset).hparams.ssa_lr
         assert space.low <= lr <= space.high, (dataset, lr, str(space))
+
+
+def test_a_run_reporting_a_second_rule_keeps_it_on_groupdro_not_on_the_predictors() -> None:
+    """A tuning suite's shared final run deploys one rule and reports another; the fold predictors select by
+    attribute accuracy on relabelled validation examples (no groups there), so only GroupDRO reports it."""
+    train, val = toy_splits(240, 120, 0.1, n_features=6)
+    trainer = Trainer(progress=False, seed=0, report_rules=["val_unbiased"])
+    ssa = get_method("ssa")(**FAST, selection="val_worst_class").fit(train, val, trainer=trainer)
+    stages = {s.name: s for s in ssa.fit_result_.stages}
+    assert "val_unbiased" in stages["groupdro"].alternatives
+    assert not stages["ssa_fold0"].alternatives

@@ -55,6 +55,9 @@ class Stage:
         on_epoch_end: called after each epoch's training steps; may return values to log.
         report_rules: further selection rules under which the trainer also keeps the best epoch's weights
             (:class:`~debiaslab.engine.rule_keeper.RuleKeeper`), beside the deployed ``selection``.
+        run_rules: whether the trainer's own ``report_rules`` (the run's) apply here too when the stage selects;
+            False for a stage that selects by a criterion of its own on a split of its own (SSA's attribute
+            predictors, scored on relabelled validation examples), where the run's rules mean nothing.
         grad_sync: how gradients are averaged when the run has several processes: ``"ddp"``
             (DistributedDataParallel around the whole loss) or ``"allreduce"`` (one coalesced all-reduce after
             backward, for losses DDP cannot run, e.g. double backprop); see
@@ -79,6 +82,7 @@ class Stage:
     on_epoch_end: Callable[[StepContext], dict[str, float] | None] | None = None
     drop_last: bool = False
     report_rules: tuple[str, ...] = ()
+    run_rules: bool = True
     grad_sync: str = "ddp"
 
     def parameters_to_optimize(self) -> list[Any]:

@@ -88,8 +88,8 @@ class Trainer:
         channels_last: feed 4-D inputs in channels-last memory format (faster convs on CPU and GPU).
         num_threads: torch intra-op threads (None: leave torch's default).
         report_rules: further selection rules under which every stage that selects on validation (rule other
-            than ``last``) also keeps its best epoch's weights (``StageResult.alternatives``), beside the rule it
-            deploys; one training then reports several rules.
+            than ``last``; not a stage with ``run_rules=False``) also keeps its best epoch's weights
+            (``StageResult.alternatives``), beside the rule it deploys; one training then reports several rules.
         epoch_hook: called after every validated epoch of a stage that selects on validation, with the stage
             name, the 1-based epoch and the validation metrics its rule scores; it may stop the run by raising
             (a tuning trial reports the score and is pruned this way, after the epoch's checkpoint is written).
@@ -234,7 +234,7 @@ class Trainer:
         """The rules kept beside ``rule``: the stage's own, and the trainer's for stages that select."""
         if val is None:
             return []
-        names = [*stage.report_rules, *(self.report_rules if rule.name != "last" else ())]
+        names = [*stage.report_rules, *(self.report_rules if rule.name != "last" and stage.run_rules else ())]
         names = [n for n in dict.fromkeys(get_rule(n).name for n in names) if n != rule.name]
         for name in names:
             check_rule_applicable(name, val.has_attrs)

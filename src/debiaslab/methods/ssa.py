@@ -278,6 +278,7 @@ class SSA(GroupDRO):
                 batch_size=hp.ssa_batch_size,
                 optim=optim,
                 sparsity=None,
+                run_rules=False,  # it selects by attribute accuracy on relabelled validation, whatever the run's rules
             )
 
         return build
