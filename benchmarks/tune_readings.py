@@ -18,7 +18,8 @@ from debiaslab.bench.stats import ABOVE, BELOW, mark
 
 #: how close (points of mean test accuracy) a runner-up must be to the leader at every setting to be named
 NEAR_POINTS = 3.0
-NO_TRAIN_LABELS = "train: none"
+#: the tuned method the readings compare with
+REFERENCE = "erm"
 
 
 def _means(runs: Sequence[dict], axis: tt.Axis, metric: str) -> dict[str, dict[str, float]]:
@@ -54,12 +55,12 @@ def leaders(
     axis: tt.Axis,
     cells: tt.Cells,
     metric: str = "unbiased",
-    train: str | None = None,
+    ledger: str | None = None,
 ) -> str | None:
-    """Which tuned method has the highest mean test ``metric`` at each setting under ``rule`` (among those whose
-    training ledger is ``train`` when given), with its mean, and the methods within :data:`NEAR_POINTS` of the leader
+    """Which tuned method has the highest mean test ``metric`` at each setting under ``rule`` (among the runs whose
+    label ledger is ``ledger`` when given), with its mean, and the methods within :data:`NEAR_POINTS` of the leader
     at every setting. None when no method qualifies."""
-    runs = [r for r in tt.rule_runs(root, rule) if train is None or cells.labels(r).startswith(train + " ·")]
+    runs = [r for r in tt.rule_runs(root, rule) if ledger is None or cells.labels(r) == ledger]
     if not runs:
         return None
     means = _means(runs, axis, metric)
@@ -160,7 +161,7 @@ def rule_change(
 
 
 def family_summary(
-    root: tt.Roots, order: Sequence[str], rules: Sequence[str], axis: tt.Axis, reference: str = "erm"
+    root: tt.Roots, order: Sequence[str], rules: Sequence[str], axis: tt.Axis, reference: str = REFERENCE
 ) -> list[str]:
     """A bullet per method family: its tuned methods against tuned ``reference`` (same rule, budget and seeds),
     counting the settings where the paired interval of test unbiased accuracy lies above 0 and below it, under each
@@ -223,10 +224,11 @@ def readings(
     for rule in names:
         title = tt.RULE_TITLE[rule].split(" (")[0].capitalize()
         top = leaders(root, rule, order, axis, cells)
-        free = leaders(root, rule, order, axis, cells, train=NO_TRAIN_LABELS)
         text = f"- **Highest mean, {title.lower()}:** {top}."
-        if free:
-            text += f" Among the methods that train on no group label: {free}."
+        reference = [cells.labels(r) for r in tt.rule_runs(root, rule) if r["method"] == REFERENCE]
+        if reference:  # the labels the rule alone reads: ERM's ledger
+            free = leaders(root, rule, order, axis, cells, ledger=reference[0])
+            text += f" Among the methods that read no label beyond ERM's (`{reference[0]}`): {free}."
         lines.append(text)
     for rule in names:
         below = preset_marks(root, rule, order, presets, axis, cells, BELOW, dataset)

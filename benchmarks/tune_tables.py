@@ -316,7 +316,10 @@ def load_runs(roots: Sequence[Path]) -> list[dict]:
 def rule_runs(root: Roots, rule: str) -> list[dict]:
     """The final runs of the configurations ``rule`` chose: those deploying it (``final-<rule>/``), and the runs
     of another rule that chose the same trial and report ``rule`` from the same training (their
-    ``selections[rule]`` metrics). A reporting run must have selected on validation in its last stage only."""
+    ``selections[rule]`` metrics). A reporting run must have selected on validation in its last stage only, or be
+    of a method whose earlier stages select by a score of their own (``rule_free_training``)."""
+    from debiaslab.methods.registry import get_method
+
     folders = _roots(root)
     out = load_runs([f / f"final-{rule}" for f in folders])
     for folder in sorted(f for base in folders for f in base.glob("final-*")):
@@ -326,7 +329,9 @@ def rule_runs(root: Roots, rule: str) -> list[dict]:
             if rule not in (run.get("hparams") or {}).get("report_rules", []):
                 continue
             early = [s for s in run.get("stages", [])[:-1] if s.get("selection") not in (None, "last")]
-            if early or rule not in run.get("selections", {}):
+            if early and not get_method(run["method"]).rule_free_training:  # e.g. SSA's predictors: their own score
+                raise SystemExit(f"{run['_dir']}: an earlier stage selected its epoch; it cannot stand for {rule}")
+            if rule not in run.get("selections", {}):
                 raise SystemExit(f"{run['_dir']}: reports {rule} but cannot stand for a run trained for it")
             picked = run["selections"][rule]
             out.append({**run, "metrics": {"val": picked["val"], "test": picked["test"]}, "_rule": rule})

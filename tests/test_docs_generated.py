@@ -353,7 +353,7 @@ def test_tuned_readings_name_leaders_preset_marks_and_same_trials_from_the_recor
     lines = make_docs.tuned_readings(make_docs.Records(tmp_path), "bmnist-tune").splitlines()
     assert lines[0] == (  # erm is 10 points below lff: not named as near it
         "- **Highest mean, tuned with validation group labels:** `reweight_group` (81.0). Among the methods that "
-        "train on no group label: `lff` (71.0)."
+        "read no label beyond ERM's (`train: none · select: val groups`): `lff` (71.0)."
     )
     assert "`reweight_group` (76.0)" in lines[1]
     assert lines[2].endswith("val unbiased:** below it (▼) `lff`; above it (▲) `reweight_group`.")
@@ -364,3 +364,29 @@ def test_tuned_readings_name_leaders_preset_marks_and_same_trials_from_the_recor
     ]
     assert lines[7].startswith("- **Same trial under both rules:** `erm` and `lff`; different trials: `reweight_group`")
     assert "from -5.0 to -2.0 points over these methods (the largest drop: `erm`)" in lines[7]
+
+
+def test_a_shared_run_with_an_earlier_selecting_stage_stands_for_a_reported_rule_only_if_its_method_says_so(
+    make_docs, tmp_path: Path
+) -> None:
+    import tune_tables
+
+    root = tmp_path / "cmnist-tune-2026-12-07"
+    reported = {"val": {"unbiased": 0.9}, "test": {"unbiased": 0.8}}
+
+    def shared(method: str, first_stage: str, selection: str) -> None:
+        run = root / "final-val_worst_class" / "cmnist" / method / "r0.01" / "seed0"
+        run.mkdir(parents=True)
+        final = {"method": method, "dataset": "colored_mnist", "dataset_options": {"ratio": 0.01}, "seed": 0,
+                 "hparams": {"selection": "val_worst_class", "report_rules": ["val_unbiased"]},
+                 "stages": [{"name": first_stage, "selection": selection},
+                            {"name": "last", "selection": "val_worst_class"}],
+                 "metrics": {"val": {"unbiased": 0.1}, "test": {"unbiased": 0.1}},
+                 "selections": {"val_unbiased": reported}}  # fmt: skip
+        (run / "final.json").write_text(json.dumps(final))
+
+    shared("ssa", "ssa_fold0", "val_accuracy")  # its predictors select by their own score, whatever the rule
+    assert [r["method"] for r in tune_tables.rule_runs(root, "val_unbiased")] == ["ssa"]
+    shared("denetdm", "experts", "val_worst_class")  # its experts select by the rule: another rule trains otherwise
+    with pytest.raises(SystemExit, match="an earlier stage selected its epoch"):
+        tune_tables.rule_runs(root, "val_unbiased")
