@@ -71,6 +71,27 @@ def test_batched_irm_risk_and_penalty_equal_the_per_environment_definition_with_
     assert float(irm_risk_and_penalty(logits[:3], y[:3], single)[1]) == 0.0
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_pass_mmd_penalty_equals_the_mean_over_pairs_with_its_gradient(seed: int) -> None:
+    from debiaslab.methods.coral import FeatureMatching
+    from debiaslab.methods.mmd import MMD
+
+    gen = torch.Generator().manual_seed(seed)
+    phi = torch.randn(41, 6, generator=gen, dtype=torch.float64) * 0.3
+    attr = torch.randint(0, 5, (41,), generator=gen)
+    attr[-1] = 9  # an environment of one example (MMD's kernel mean takes it)
+    masks = [attr == a for a in torch.unique(attr)]
+    inputs = [phi.clone().requires_grad_(True) for _ in range(2)]
+    expected = torch.stack([mmd_distance(inputs[0][a], inputs[0][b]) for i, a in enumerate(masks)
+                            for b in masks[i + 1:]]).mean()  # fmt: skip
+    got = MMD.penalty(inputs[1], masks)
+    assert torch.allclose(expected, got, atol=1e-12)
+    expected.backward()
+    got.backward()
+    assert torch.allclose(inputs[0].grad, inputs[1].grad, atol=1e-12)
+    assert MMD.penalty(phi, masks[:1]) is None and FeatureMatching.penalty(phi, masks[:1]) is None
+
+
 def test_penalty_weight_is_one_until_the_annealing_step() -> None:
     hp = IRMHparams()
     assert (hp.weight_at(0), hp.weight_at(499), hp.weight_at(500)) == (1.0, 1.0, 100.0)

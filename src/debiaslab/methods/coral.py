@@ -68,17 +68,24 @@ class FeatureMatching(OneStage):
     def distance(a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def penalty(cls, phi: Tensor, masks: list[Tensor]) -> Tensor | None:
+        """Mean of :meth:`distance` over the pairs of environments (``masks`` over the rows of ``phi``, each with
+        at least :attr:`min_examples`); None with fewer than two. A subclass may compute it in one pass."""
+        pairs = [cls.distance(phi[a], phi[b]) for a, b in combinations(masks, 2)]
+        return torch.stack(pairs).mean() if pairs else None
+
     def loss_fn(self, model: nn.Module, train: GroupDataset, device: torch.device) -> LossFn:
         hp: MatchingHparams = self.hparams  # type: ignore[assignment]
         features, head = model.features, model.head  # the backbone contract (debiaslab.models.base)
-        distance, least = self.distance, self.min_examples
+        penalty_of, least = self.penalty, self.min_examples
 
         def loss(batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
             phi = features(batch.x)
             nll = F.cross_entropy(head(phi), batch.y)
-            envs = [phi[m] for m in environment_masks(batch, hp.environments) if int(m.sum()) >= least]
-            pairs = [distance(a, b) for a, b in combinations(envs, 2)]
-            penalty = torch.stack(pairs).mean() if pairs else nll.new_zeros(())
+            masks = [m for m in environment_masks(batch, hp.environments) if int(m.sum()) >= least]
+            found = penalty_of(phi, masks)
+            penalty = nll.new_zeros(()) if found is None else found
             return {"loss": nll + hp.penalty_weight * penalty, "nll": nll.detach(), "penalty": penalty.detach()}
 
         return loss

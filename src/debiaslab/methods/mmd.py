@@ -26,10 +26,29 @@ OURS_GENERIC = (
 KERNEL_GAMMAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
 
 
-def gaussian_kernel_mean(a: Tensor, b: Tensor, gammas: tuple[float, ...] = KERNEL_GAMMAS) -> Tensor:
-    """Mean over pairs of ``Σ_γ exp(−γ ‖a_i − b_j‖²)`` (squared distances floored at 1e-30, as in DomainBed)."""
+def gaussian_kernel(a: Tensor, b: Tensor, gammas: tuple[float, ...] = KERNEL_GAMMAS) -> Tensor:
+    """``Σ_γ exp(−γ ‖a_i − b_j‖²)`` for every pair (squared distances floored at 1e-30, as in DomainBed)."""
     sq = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2.0 * a @ b.t()).clamp_min(1e-30)
-    return sum(torch.exp(-g * sq) for g in gammas).mean()  # type: ignore[union-attr]
+    return sum(torch.exp(-g * sq) for g in gammas)  # type: ignore[return-value]
+
+
+def gaussian_kernel_mean(a: Tensor, b: Tensor, gammas: tuple[float, ...] = KERNEL_GAMMAS) -> Tensor:
+    """Mean over pairs of :func:`gaussian_kernel`."""
+    return gaussian_kernel(a, b, gammas).mean()
+
+
+def mean_pairwise_mmd(phi: Tensor, masks: list[Tensor]) -> Tensor | None:
+    """The mean over pairs of environments of :func:`mmd_distance`, from one kernel matrix of the whole batch:
+    with ``M`` the examples × environments membership, ``K̄ = Mᵀ K M / (n nᵀ)`` holds every kernel mean at once and
+    ``MMD²(i, j) = K̄_ii + K̄_jj − 2 K̄_ij``. None with fewer than two environments."""
+    if len(masks) < 2:
+        return None
+    member = torch.stack(masks, dim=1).to(phi.dtype)  # examples x environments
+    counts = member.sum(0)
+    means = member.t() @ gaussian_kernel(phi, phi) @ member / (counts[:, None] * counts[None, :])
+    own = means.diagonal()
+    i, j = torch.triu_indices(len(masks), len(masks), offset=1, device=phi.device)
+    return (own[i] + own[j] - 2.0 * means[i, j]).mean()
 
 
 def mmd_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -52,3 +71,8 @@ class MMD(FeatureMatching):
     @staticmethod
     def distance(a: Tensor, b: Tensor) -> Tensor:
         return mmd_distance(a, b)
+
+    @classmethod
+    def penalty(cls, phi: Tensor, masks: list[Tensor]) -> Tensor | None:
+        """The pairwise mean in one pass (:func:`mean_pairwise_mmd`; the same value as the loop over pairs)."""
+        return mean_pairwise_mmd(phi, masks)
