@@ -14,7 +14,7 @@ from statistics import fmean
 import cmnist_tables as ct
 import tune_tables as tt
 
-from debiaslab.bench.stats import ABOVE, BELOW, mark
+from debiaslab.bench.stats import ABOVE, BELOW
 
 #: how close (points of mean test accuracy) a runner-up must be to the leader at every setting to be named
 NEAR_POINTS = 3.0
@@ -104,14 +104,13 @@ def preset_marks(
         r for r in tt.load_runs(presets) if (dataset is None or r["dataset"] == dataset) and r["method"] in methods
     ]
     columns = axis.columns(tuned)
-    get = ct.test_metric(metric)
     found = []
     for method in methods:
         chosen = []
         for c in columns:
-            mine = [ct.scores_of(r, get) for r in tuned if r["method"] == method and axis.key(r) == c]
-            theirs = [ct.scores_of(r, get) for r in preset if r["method"] == method and axis.key(r) == c]
-            if mine and theirs and mark(ct.STATS.difference(mine, theirs, metric)) == sign:
+            mine = [r for r in tuned if r["method"] == method and axis.key(r) == c]
+            theirs = [r for r in preset if r["method"] == method and axis.key(r) == c]
+            if mine and theirs and tt.paired_mark(mine, theirs, metric) == sign:
                 chosen.append(c)
         if chosen:
             where = _settings(columns, chosen, axis)
@@ -169,7 +168,6 @@ def family_summary(
     from debiaslab.methods.families import FAMILIES
     from debiaslab.methods.registry import get_method
 
-    get = ct.test_metric("unbiased")
     marks: dict[str, list[list[str]]] = {}  # method -> per rule, the marks of its settings
     for rule in rules:
         tuned = tt.rule_runs(root, rule)
@@ -177,10 +175,10 @@ def family_summary(
         for method in {r["method"] for r in tuned} - {reference}:
             found = []
             for c in axis.columns(tuned):
-                mine = [ct.scores_of(r, get) for r in tuned if r["method"] == method and axis.key(r) == c]
-                theirs = [ct.scores_of(r, get) for r in base if axis.key(r) == c]
+                mine = [r for r in tuned if r["method"] == method and axis.key(r) == c]
+                theirs = [r for r in base if axis.key(r) == c]
                 if mine and theirs:
-                    found.append(mark(ct.STATS.difference(mine, theirs, "unbiased")))
+                    found.append(tt.paired_mark(mine, theirs))
             marks.setdefault(method, [[] for _ in rules])[list(rules).index(rule)] = found
     by_family: dict[str, list[str]] = {}
     for method in tt._ordered(set(marks), order):

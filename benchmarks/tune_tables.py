@@ -253,7 +253,6 @@ def family_table(
     if not base:
         return None
     columns = axis.columns(tuned)
-    get = ct.test_metric(metric)
     by_family: dict[str, list[str]] = {}
     for method in _ordered({r["method"] for r in tuned} - {reference}, order):
         by_family.setdefault(get_method(method).family, []).append(method)
@@ -261,17 +260,26 @@ def family_table(
     for family in sorted(by_family, key=lambda f: list(FAMILIES).index(f) if f in FAMILIES else len(FAMILIES)):
         row = []
         for c in columns:
-            against = [ct.scores_of(r, get) for r in base if axis.key(r) == c]
+            against = [r for r in base if axis.key(r) == c]
             marked: dict[str, list[str]] = {}
             for method in by_family[family]:
-                runs = [ct.scores_of(r, get) for r in tuned if r["method"] == method and axis.key(r) == c]
+                runs = [r for r in tuned if r["method"] == method and axis.key(r) == c]
                 if runs:
-                    sign = mark(ct.STATS.difference(runs, against, metric)) if against else ""
+                    sign = paired_mark(runs, against, metric) if against else ""
                     marked.setdefault(sign or "–", []).append(method)
             cell = " · ".join(f"{s} {', '.join(marked[s])}" for s in (ABOVE, NEITHER, BELOW, "–") if s in marked)
             row.append(cell or "–")
         lines.append(f"| {family} | {len(by_family[family])} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def paired_mark(runs: Sequence[dict], against: Sequence[dict], metric: str = "unbiased") -> str:
+    """The mark of the paired 95 % interval of test ``metric``, ``runs`` minus ``against`` (runs of the same
+    seeds are paired): ▲ / ○ / ▼, or '' when fewer than two seeds pair."""
+    get = ct.test_metric(metric)
+    return mark(
+        ct.STATS.difference([ct.scores_of(r, get) for r in runs], [ct.scores_of(r, get) for r in against], metric)
+    )
 
 
 def _cells(runs: list[dict], metrics: Sequence[str], cells: Cells, against: list[dict] | None = None) -> str:
@@ -281,9 +289,7 @@ def _cells(runs: list[dict], metrics: Sequence[str], cells: Cells, against: list
         get = ct.test_metric(metric)
         text = ct.interval_cell_of(runs, get, cells.style)
         if against:
-            mine = [ct.scores_of(r, get) for r in runs]
-            theirs = [ct.scores_of(r, get) for r in against]
-            text += f" {mark(ct.STATS.difference(mine, theirs, metric))}".rstrip()
+            text += f" {paired_mark(runs, against, metric)}".rstrip()
         parts.append(text)
     return " / ".join(parts)
 

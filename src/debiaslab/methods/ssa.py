@@ -40,6 +40,7 @@ from debiaslab.evaluation.health import CHANCE_MARGIN, Check
 from debiaslab.methods.base import FitResult, Requirements
 from debiaslab.methods.groupdro import GroupDRO, GroupDROHparams
 from debiaslab.methods.hparams import Default, HparamTable, TrainHparams
+from debiaslab.methods.premises import majority_share
 from debiaslab.methods.registry import register_method
 from debiaslab.methods.search_space import SearchSpace, loguniform
 from debiaslab.methods.stages import method_stage
@@ -217,7 +218,7 @@ class SSA(GroupDRO):
                 "pseudo_group_counts": pseudo_counts(train, predicted),
                 **quality,
                 "predictor_val_accuracy": [s.score for s in stages],
-                "predictor_val_majority": float(torch.bincount(selecting.y).max()) / len(selecting),
+                "predictor_val_majority": majority_share(selecting),  # its labels are the attributes
             }
         )
         return result
