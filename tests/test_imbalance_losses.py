@@ -48,6 +48,17 @@ def test_focal_loss_is_ce_scaled_by_one_minus_p_to_gamma() -> None:
     assert torch.equal(focal_from_ce(ce, 2.0), focal_loss(logits, y, 2.0))
 
 
+def test_focal_loss_gradient_stays_finite_on_a_fitted_example_for_gamma_below_one() -> None:
+    # a logit margin of 40 gives p_y = 1 in float32: (1 − p)^γ has an infinite slope there for γ < 1
+    logits = torch.tensor([[40.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    y = torch.tensor([0, 0])
+    for gamma in (0.05, 0.5, 0.67, 1.0, 2.0):
+        loss = focal_loss(logits, y, gamma).mean()
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(loss) and bool(torch.isfinite(grad).all()), gamma
+        assert grad[0].abs().max() < 1e-6  # the fitted example pulls on nothing
+
+
 def test_effective_number_weights_follow_cui_and_sum_to_the_present_units() -> None:
     counts = torch.tensor([100, 10, 0])
     w = effective_number_weights(counts, 0.99)

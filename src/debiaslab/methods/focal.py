@@ -24,8 +24,13 @@ from debiaslab.methods.search_space import COMMON_SPACE, SearchSpace, loguniform
 
 
 def focal_from_ce(ce: Tensor, gamma: float) -> Tensor:
-    """Per-example focal loss ``(1 − p_y)^γ · CE`` from the per-example cross-entropies (γ = 0: cross-entropy)."""
-    return (1.0 - torch.exp(-ce)).clamp(min=0.0) ** gamma * ce
+    """Per-example focal loss ``(1 − p_y)^γ · CE`` from the per-example cross-entropies (γ = 0: cross-entropy).
+
+    ``1 − p_y`` is ``−expm1(−CE)``, exact for small CE, and floored at the dtype's smallest normal number: at
+    ``p_y = 1`` the derivative of ``x^γ`` for γ < 1 is infinite and times CE = 0 would make the gradient NaN (a
+    fitted example in float32); the floor changes the loss by less than that number."""
+    tiny = torch.finfo(ce.dtype).tiny
+    return (-torch.expm1(-ce)).clamp(min=tiny) ** gamma * ce
 
 
 def focal_loss(logits: Tensor, y: Tensor, gamma: float) -> Tensor:
