@@ -356,8 +356,8 @@ def _with_notes(lines: list[str], notes: HealthNotes) -> str:
 
 
 def choices_table(root: Roots, order: Sequence[str], suite_rules: Sequence[str] = ()) -> str:
-    """Per method: trials done / pruned, the search's trial time, and each rule's chosen trial, validation score
-    and searched values."""
+    """Per method: trials done / pruned (and failed by an error of their own: they count against the budget), the
+    search's trial time, and each rule's chosen trial, validation score and searched values."""
     found = searches(root)
     names = list(suite_rules) or rules(root) or sorted({r for b in found.values() for r in b.get("best", {})})
     lines = [ct.table_head("method", "trials (pruned)", "trial time", "rule", "trial", "val score", "chosen values")]
@@ -370,8 +370,9 @@ def choices_table(root: Roots, order: Sequence[str], suite_rules: Sequence[str] 
             if best is None:
                 continue
             values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best["params"].items()))
+            failed = f"; {counts['failed']} failed" if counts.get("failed") else ""
             head = (
-                f"| {label} | {counts.get('done', '?')} ({counts.get('pruned', '?')}) | "
+                f"| {label} | {counts.get('done', '?')} ({counts.get('pruned', '?')}{failed}) | "
                 f"{_minutes(doc.get('trial_time_s'))} "
                 if first
                 else "| | | "

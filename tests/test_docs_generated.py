@@ -128,6 +128,10 @@ def test_tuned_tables_come_from_the_search_and_final_records(make_docs, tmp_path
     )
     choices = make_docs.tuned_choices(records, "cmnist-tune")
     assert "| erm | 20 (13) | 10 min | val_unbiased | 7 | 61.0 | lr=0.00123, weight_decay=0.01 |" in choices
+    # a trial that failed by its own error counts against the budget, and the table says so
+    (search / "best.json").write_text(json.dumps({**doc, "counts": {"done": 20, "pruned": 13, "failed": 2},
+                                                  "best": {"val_unbiased": best}}))  # fmt: skip
+    assert "| erm | 20 (13; 2 failed) | 10 min |" in make_docs.tuned_choices(records, "cmnist-tune")
 
 
 def _final(run: Path, method: str, dataset: str, options: dict, seed: int, unbiased: float) -> None:
