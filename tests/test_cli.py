@@ -148,6 +148,30 @@ def test_listing_commands(capsys) -> None:
     assert "erm" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("width", [80, 200])
+def test_method_list_never_breaks_a_word_or_a_name(width: int, monkeypatch) -> None:
+    """Narrower than the one table needs without breaking words, the list becomes one table per family."""
+    import io
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from debiaslab.cli import main as cli_main
+    from debiaslab.methods.registry import list_methods
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_main, "console", Console(file=out, width=width))
+    assert run_cli("methods") == 0
+    text = out.getvalue()
+    assert max(cell_len(line) for line in text.splitlines()) <= width  # cells: "p̂" is two code points
+    cells = {cell.strip() for line in text.splitlines() for cell in line.split("│")}
+    assert all(m.name in cells for m in list_methods())
+    words = " ".join(text.replace("│", " ").split())
+    assert {"cross-entropy", "group-balanced", "class-balanced"} <= set(words.split())  # folded at spaces only
+    assert ("family: class-imbalance losses" in words) == (width == 80)  # a title per family when narrow
+    assert ("methods by family" in words) == (width == 200)
+
+
 def test_suite_help_names_every_shipped_suite() -> None:
     from debiaslab.bench.suite import shipped_suites
     from debiaslab.cli.main import build_parser

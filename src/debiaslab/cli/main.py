@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from debiaslab.audit import command as audit_command
@@ -425,22 +426,34 @@ def cmd_methods(args: argparse.Namespace) -> int:
     selections = {m.name: selection_summary(m) for m in methods}
     usual = Counter(selections.values()).most_common(1)[0][0] if methods else ""
     groups = grouped(methods, args.by)
-    table = Table(title=f"methods by {'family' if by_family else 'the labels they train with'}")
     heading = "family" if by_family else "training labels"
-    for col in (heading, "name", "what it does", "training labels" if by_family else "family", "selection if unusual"):
-        if col == "name":  # a name is what a user types next: never cut, whatever the terminal's width
-            table.add_column(col, no_wrap=True, min_width=max((len(m.name) for m in methods), default=4))
-        else:
-            table.add_column(col, overflow="fold")  # folded, not cut with an ellipsis
-    for group, _, members in groups:
-        table.add_section()
-        for i, method in enumerate(members):
-            summary = method.summary or (method.__doc__ or "").split("\n")[0]
-            other = training_labels(method) if by_family else family_of(method)
-            selection = selections[method.name]
-            shown = "" if selection == usual else escape(selection)
-            table.add_row(escape(group) if i == 0 else "", method.name, escape(summary), other, shown)
-    console.print(table)
+    other = "training labels" if by_family else "family"
+    name_width = max((len(m.name) for m in methods), default=4)
+
+    def table_of(title: str, sections: list, with_heading: bool) -> Table:
+        table = Table(title=title, title_justify="left" if not with_heading else "center")
+        for col in ([heading] if with_heading else []) + ["name", "what it does", other, "selection if unusual"]:
+            if col == "name":  # a name is what a user types next: never cut, whatever the terminal's width
+                table.add_column(col, no_wrap=True, min_width=name_width)
+            else:
+                table.add_column(col, overflow="fold")  # folded, not cut with an ellipsis
+        for group, _, members in sections:
+            table.add_section()
+            for i, method in enumerate(members):
+                summary = method.summary or (method.__doc__ or "").split("\n")[0]
+                label = training_labels(method) if by_family else family_of(method)
+                selection = selections[method.name]
+                cells = [escape(summary), label, "" if selection == usual else escape(selection)]
+                table.add_row(*([escape(group) if i == 0 else ""] if with_heading else []), method.name, *cells)
+        return table
+
+    whole = table_of(f"methods by {'family' if by_family else 'the labels they train with'}", groups, True)
+    unbounded = console.options.update(max_width=10_000)  # the width it needs, not the one it is given
+    if Measurement.get(console, unbounded, whole).minimum <= console.width:
+        console.print(whole)
+    else:  # too narrow for one table without breaking words: one table per group, its name as the title
+        for section in groups:
+            console.print(table_of(f"[bold]{heading}: {escape(section[0])}[/]", [section], False))
     for group, description, _ in groups:
         console.print(f"  [bold]{escape(group)}[/]: {escape(description)}")
     console.print(
