@@ -20,6 +20,7 @@ import cmnist_tables as ct
 
 from debiaslab.bench.health_marks import HealthNotes, recorded_checks
 from debiaslab.bench.stats import ABOVE, BELOW, NEITHER, mark
+from debiaslab.tune.values import short_value
 
 #: the rules of the tables, in order, and what each one may read
 RULE_TITLE = {
@@ -387,7 +388,7 @@ def _ordered(names: set[str], order: Sequence[str]) -> list[str]:
 
 
 def _short(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return short_value(value, digits=3)
 
 
 def _minutes(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ from debiaslab.tune.final import Chosen, TuneLines, chosen_hparams, final_suite,
 from debiaslab.tune.search import SearchResult, run_search
 from debiaslab.tune.space import load_space_file, resolve_space
 from debiaslab.tune.study import SearchSpec
+from debiaslab.tune.values import short_value
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def search_lines(result: SearchResult) -> list[str]:
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return short_value(value)
 
 
 def _check_ints(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from debiaslab.tune.space import describe_space
+from debiaslab.tune.values import short_value
 from debiaslab.utils.io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return short_value(value)
     return "" if value is None else str(value)
 
 

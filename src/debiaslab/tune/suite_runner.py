@@ -24,6 +24,7 @@ from debiaslab.tune.search import SearchResult, run_search
 from debiaslab.tune.space import describe_space
 from debiaslab.tune.study import SearchSpec
 from debiaslab.tune.suite import TuneSuite
+from debiaslab.tune.values import short_value
 from debiaslab.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -234,4 +235,4 @@ def suite_report(suite: TuneSuite, out: Path, searches: dict[str, SearchResult],
 
 
 def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return short_value(value)
