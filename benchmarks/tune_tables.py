@@ -370,7 +370,7 @@ def choices_table(root: Roots, order: Sequence[str], suite_rules: Sequence[str] 
             best = doc.get("best", {}).get(rule)
             if best is None:
                 continue
-            values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best["params"].items()))
+            values = ", ".join(f"{k}={short_value(v, digits=3)}" for k, v in sorted(best["params"].items()))
             failed = f"; {counts['failed']} failed" if counts.get("failed") else ""
             head = (
                 f"| {label} | {counts.get('done', '?')} ({counts.get('pruned', '?')}{failed}) | "
@@ -385,10 +385,6 @@ def choices_table(root: Roots, order: Sequence[str], suite_rules: Sequence[str] 
 
 def _ordered(names: set[str], order: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (order.index(m) if m in order else len(order), m))
-
-
-def _short(value: object) -> str:
-    return short_value(value, digits=3)
 
 
 def _minutes(seconds: float | None) -> str:

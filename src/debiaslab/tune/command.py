@@ -150,16 +150,12 @@ def search_lines(result: SearchResult) -> list[str]:
         + (f" in {result.wall_s:.0f} s" if result.wall_s is not None else "")
     ]
     for rule, best in result.best.items():
-        values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
+        values = ", ".join(f"{k}={short_value(v)}" for k, v in best["params"].items())
         lines.append(f"  {rule}: trial {best['trial']} (val {best['score']:.4f}): {values}")
     if result.tie_note():
         lines.append(f"  note: {result.tie_note()}")
     lines.append(f"report: {Path(spec.out) / 'search.md'}")
     return lines
-
-
-def _short(value: Any) -> str:
-    return short_value(value)
 
 
 def _check_ints(args: argparse.Namespace) -> None:

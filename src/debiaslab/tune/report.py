@@ -96,9 +96,7 @@ def search_markdown(result: SearchResult, plot: str = "") -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return short_value(value)
-    return "" if value is None else str(value)
+    return "" if value is None else short_value(value)
 
 
 def plot_search_history(result: SearchResult, path: Path) -> Path:

@@ -215,7 +215,7 @@ def suite_report(suite: TuneSuite, out: Path, searches: dict[str, SearchResult],
             if best is None:
                 lines.append(f"- {label}: no complete trial")
                 continue
-            values = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
+            values = ", ".join(f"{k}={short_value(v)}" for k, v in best["params"].items())
             lines.append(f"- {label}: trial {best['trial']}, val {best['score']:.4f}: {values}")
         tables = rule_tables(out, rule, list(searches))
         if tables:
@@ -232,7 +232,3 @@ def suite_report(suite: TuneSuite, out: Path, searches: dict[str, SearchResult],
             lines.append(f"- {entry.label}: {space}{fixed}")
     lines.append("")
     return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    return short_value(value)

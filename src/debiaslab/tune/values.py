@@ -14,18 +14,11 @@ def short_value(value: Any, digits: int = 4) -> str:
     ``0.99999`` at 3 digits would read ``1``, a different setting (class-balanced loss's β = 1 is another
     weighting); it prints ``0.99999``. Non-floats print as ``str``.
     """
-    if not isinstance(value, float):
+    if not isinstance(value, float) or not math.isfinite(value):
         return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    text = f"{value:.{digits}g}"
     precision = digits
-    while precision < MAX_DIGITS and value != round(value) and _whole(text):
+    text = f"{value:.{precision}g}"
+    while precision < MAX_DIGITS and not value.is_integer() and float(text).is_integer():
         precision += 1
         text = f"{value:.{precision}g}"
     return text
-
-
-def _whole(text: str) -> bool:
-    number = float(text)
-    return math.isfinite(number) and number == round(number)
